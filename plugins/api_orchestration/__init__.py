@@ -1,0 +1,47 @@
+"""api_orchestration: resilient HTTP operators, shared rate limiters and circuit breakers for Airflow 3."""
+
+from api_orchestration.call import DeferralNeeded, Guard, ResilientCaller
+from api_orchestration.errors import (
+    ApiOrchestrationError,
+    CallTimeoutError,
+    CircuitOpenError,
+    ConfigurationError,
+    HttpCallError,
+    HttpStatusError,
+    PermanentHttpStatusError,
+    ResponseCheckError,
+    StateBackendError,
+    TransportError,
+)
+from api_orchestration.idempotency import idempotency_key
+from api_orchestration.operators.http import ResilientHttpOperator, default_response_filter
+from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.retry import parse_retry_after
+from api_orchestration.state import StateBackend, backend_for_url, configured_state_url, get_backend
+
+__all__ = [
+    "ApiOrchestrationError",
+    "BreakerPolicy",
+    "CallTimeoutError",
+    "CircuitOpenError",
+    "ConfigurationError",
+    "DeferralNeeded",
+    "Guard",
+    "HttpCallError",
+    "HttpStatusError",
+    "PermanentHttpStatusError",
+    "RateLimit",
+    "ResilientCaller",
+    "ResilientHttpOperator",
+    "ResponseCheckError",
+    "RetryPolicy",
+    "StateBackend",
+    "StateBackendError",
+    "TransportError",
+    "backend_for_url",
+    "configured_state_url",
+    "default_response_filter",
+    "get_backend",
+    "idempotency_key",
+    "parse_retry_after",
+]

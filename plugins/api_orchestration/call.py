@@ -1,0 +1,238 @@
+"""The resilient call path: limiter -> breaker -> HTTP attempt -> verdict -> retry, one log line per attempt.
+
+Used by :class:`~api_orchestration.operators.http.ResilientHttpOperator` (one call per task) and by
+anything that makes many calls in one process. It never sleeps longer than ``max_sleep``: longer
+waits raise :class:`DeferralNeeded`, which the operator turns into a deferral to the triggerer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from api_orchestration import breaker as brk
+from api_orchestration.errors import (
+    CallTimeoutError,
+    CircuitOpenError,
+    HttpStatusError,
+    PermanentHttpStatusError,
+    TransportError,
+)
+from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.redact import redact_url
+from api_orchestration.retry import Outcome, classify_exception, classify_status, may_retry_method, parse_retry_after
+from api_orchestration.state.base import StateBackend
+
+logger = logging.getLogger(__name__)
+
+
+class DeferralNeeded(Exception):  # noqa: N818 - control flow, not an error
+    """The next step is more than ``max_sleep`` away: defer ``seconds``, then resume at ``attempt``."""
+
+    def __init__(self, seconds: float, reason: str, attempt: int) -> None:
+        self.seconds, self.reason, self.attempt = seconds, reason, attempt
+        super().__init__(f"wait {seconds:.2f} s ({reason}) before attempt {attempt}")
+
+
+@dataclass(frozen=True)
+class Guard:
+    """The resilience settings of one call site."""
+
+    backend: StateBackend
+    limit_key: str
+    rate_limit: RateLimit | None = None
+    breaker_key: str = ""
+    breaker: BreakerPolicy | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_sleep: float = 10.0
+    on_circuit_open: str = "fail"  # or "defer"
+
+
+@dataclass
+class _Waits:
+    parts: list[str] = field(default_factory=list)
+
+    def add(self, seconds: float, why: str) -> None:
+        if seconds > 0.0005:
+            self.parts.append(f"{seconds:.3f} s {why}")
+
+    def text(self) -> str:
+        return f"; waited {', '.join(self.parts)}" if self.parts else ""
+
+
+def _timeout_seconds(timeout: float | tuple[float, float] | None) -> float:
+    if isinstance(timeout, tuple):
+        return float(sum(timeout))
+    return float(timeout or 60.0)
+
+
+class ResilientCaller:
+    """Sends requests over one ``requests.Session`` (built by ``HttpHook.get_conn``) under a :class:`Guard`."""
+
+    def __init__(
+        self,
+        session: requests.Session,
+        guard: Guard,
+        *,
+        timeout: float | tuple[float, float] | None = (10.0, 60.0),
+        send_options: dict[str, Any] | None = None,
+        log: logging.Logger | logging.LoggerAdapter | None = None,
+    ) -> None:
+        self.session, self.guard, self.timeout = session, guard, timeout
+        self.send_options = send_options or {}
+        self.log = log or logger
+        self.lease_seconds = _timeout_seconds(timeout) + 30.0
+        self._settings: dict[str, dict[str, Any]] = {}
+
+    # -- the guarded steps ----------------------------------------------------------------------
+    def _wait_for_permit(self, attempt: int, waits: _Waits) -> None:
+        g = self.guard
+        decision = g.backend.limiter_acquire(g.limit_key, g.rate_limit, g.max_sleep)
+        why = "Retry-After pause" if decision.paused else "rate limit"
+        if not decision.granted:
+            raise DeferralNeeded(decision.wait, f"{why} on {g.limit_key!r}", attempt)
+        if decision.wait > 0:
+            time.sleep(decision.wait)
+            waits.add(decision.wait, f"for {why} on {g.limit_key!r}")
+
+    def _enter_breaker(self, attempt: int, waits: _Waits) -> brk.BreakerDecision | None:
+        g = self.guard
+        if g.breaker is None:
+            return None
+        held = 0.0
+        while True:
+            decision = g.backend.breaker_acquire(g.breaker_key, g.breaker, self.lease_seconds)
+            if decision.allowed:
+                waits.add(held, f"for calls in flight on circuit {g.breaker_key!r}")
+                return decision
+            if decision.kind == "hold" and held < g.max_sleep:
+                time.sleep(decision.wait)
+                held += decision.wait
+                continue
+            if g.on_circuit_open == "defer" and decision.kind == "open":
+                raise DeferralNeeded(max(decision.wait, 0.0), f"circuit {g.breaker_key!r} open", attempt)
+            raise CircuitOpenError(g.breaker_key, decision.reopen_at, decision.state)
+
+    def _report(self, decision: brk.BreakerDecision | None, failed: bool) -> None:
+        g = self.guard
+        if decision is None or g.breaker is None:
+            return
+        transition = g.backend.breaker_record(g.breaker_key, g.breaker, decision, failed)
+        if transition.changed:
+            self.log.warning("circuit %r: %s -> %s", g.breaker_key, transition.before, transition.after)
+
+    def _send(self, prepared: requests.PreparedRequest) -> requests.Response:
+        url = prepared.url or ""
+        settings = self._settings.get(url)
+        if settings is None:
+            s = self.session
+            settings = s.merge_environment_settings(url, proxies=s.proxies, stream=s.stream, verify=s.verify, cert=s.cert)
+            settings["allow_redirects"] = self.send_options.get("allow_redirects", True)
+            self._settings[url] = settings
+        return self.session.send(prepared, timeout=self.timeout, **settings)
+
+    # -- one call, many attempts ----------------------------------------------------------------
+    def call(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+        idempotency_header: str = "Idempotency-Key",
+        first_attempt: int = 1,
+    ) -> requests.Response:
+        """Make the call; return the successful response or raise a typed error."""
+        method = method.upper()
+        g, policy = self.guard, self.guard.retry
+        headers = dict(headers or {})
+        if idempotency_key:
+            headers[idempotency_header] = idempotency_key
+        if method in ("GET", "HEAD"):
+            request = requests.Request(method, url, params=params, headers=headers)
+        else:
+            request = requests.Request(method, url, params=params, json=json, data=data, headers=headers)
+        prepared = self.session.prepare_request(request)
+        safe_url = redact_url(prepared.url or url)
+        retry_ok = may_retry_method(method, idempotency_key)
+        max_attempts = policy.max_attempts if retry_ok else 1
+        attempt = first_attempt
+        waits = _Waits()
+        while True:
+            self._wait_for_permit(attempt, waits)
+            permit = self._enter_breaker(attempt, waits)
+            started = time.perf_counter()
+            response: requests.Response | None = None
+            error: Exception | None = None
+            try:
+                response = self._send(prepared)
+                outcome = classify_status(response.status_code, policy)
+            except requests.Timeout as exc:
+                error, outcome = exc, classify_exception(True, policy)
+            except requests.RequestException as exc:
+                error, outcome = exc, classify_exception(False, policy)
+            elapsed = time.perf_counter() - started
+            slow = bool(g.breaker and g.breaker.slow_call_seconds and elapsed >= g.breaker.slow_call_seconds)
+            self._report(permit, outcome.breaker_failure or slow)
+
+            result = str(response.status_code) if response is not None else type(error).__name__
+            line = f"{method} {safe_url} attempt {attempt}/{max_attempts} -> {result} in {elapsed * 1000:.1f} ms"
+            line += waits.text()
+            if outcome.ok:
+                self.log.info("%s", line)
+                return response  # type: ignore[return-value]
+
+            retry_after = self._retry_after(response)
+            if outcome.retryable and attempt < max_attempts:
+                delay, why = self._delay(attempt, retry_after)
+                self.log.warning("%s; retrying in %.3f s (%s)", line, delay, why)
+                attempt += 1
+                waits = _Waits()
+                if delay > g.max_sleep:
+                    raise DeferralNeeded(delay, why, attempt)
+                time.sleep(delay)
+                waits.add(delay, f"for {why}")
+                continue
+            reason = "" if retry_ok or not outcome.retryable else f" ({method} without an idempotency key is not retried)"
+            self.log.error("%s; giving up%s", line, reason)
+            raise self._error(method, safe_url, attempt, response, error, outcome, retry_after)
+
+    def _retry_after(self, response: requests.Response | None) -> float | None:
+        if response is None or response.status_code not in (429, 503):
+            return None
+        seconds = parse_retry_after(response.headers.get("Retry-After"))
+        if seconds is not None and response.status_code == 429:
+            self.guard.backend.limiter_pause(self.guard.limit_key, seconds)
+        return seconds
+
+    def _delay(self, attempt: int, retry_after: float | None) -> tuple[float, str]:
+        policy = self.guard.retry
+        if retry_after is not None and policy.respect_retry_after:
+            return min(retry_after, policy.max_retry_after), "Retry-After"
+        return policy.backoff(attempt), "backoff"
+
+    @staticmethod
+    def _error(
+        method: str,
+        url: str,
+        attempts: int,
+        response: requests.Response | None,
+        error: Exception | None,
+        outcome: Outcome,
+        retry_after: float | None,
+    ) -> Exception:
+        if response is not None:
+            status = response.status_code
+            cls = HttpStatusError if (outcome.breaker_failure or outcome.retryable) else PermanentHttpStatusError
+            return cls(method=method, url=url, status=status, response=response, retry_after=retry_after, attempts=attempts)
+        cls_t = CallTimeoutError if outcome.kind == "timeout" else TransportError
+        err = cls_t(f"{method} {url} failed after {attempts} attempt(s): {error}", method=method, url=url, attempts=attempts)
+        err.__cause__ = error
+        return err

@@ -1,0 +1,104 @@
+"""The package's error hierarchy. Every error carries the data that explains it.
+
+::
+
+    ApiOrchestrationError
+    ├── ConfigurationError (also ValueError)        bad argument or policy, raised at DAG parse time
+    ├── StateBackendError                           shared state store unreachable or broken (fail closed)
+    ├── CircuitOpenError                            the breaker for a key is open: the call was not made
+    └── HttpCallError                               a call was made (or attempted) and did not succeed
+        ├── TransportError                          no HTTP response: connection refused, reset, ...
+        │   └── CallTimeoutError                    connect or read timeout (the effect is unknown)
+        ├── HttpStatusError                         an HTTP response with an error status
+        │   └── PermanentHttpStatusError            4xx (not 408/429): never retried, not even by Airflow
+        └── ResponseCheckError                      ``response_check`` returned False
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+if TYPE_CHECKING:
+    import requests
+
+
+class ApiOrchestrationError(Exception):
+    """Base class of every error raised by api_orchestration."""
+
+
+class ConfigurationError(ApiOrchestrationError, ValueError):
+    """A parameter has an invalid value. Names the thing, the parameter and the fix."""
+
+    def __init__(self, owner: str, param: str, value: Any, expected: str) -> None:
+        self.owner, self.param, self.value, self.expected = owner, param, value, expected
+        super().__init__(f"{owner}: {param} {expected}, got {value!r}")
+
+
+class StateBackendError(ApiOrchestrationError):
+    """The shared state store failed; the call is refused rather than let through unguarded."""
+
+    def __init__(self, url: str, operation: str, cause: BaseException | str) -> None:
+        self.url, self.operation, self.cause = url, operation, cause
+        super().__init__(
+            f"state backend {url} failed during {operation}: {cause}. "
+            "No call was made (fail closed); check that the store is reachable "
+            "or change [api_orchestration] state_url."
+        )
+
+
+class CircuitOpenError(ApiOrchestrationError):
+    """The circuit breaker for ``key`` is open (or its half-open trial calls are all taken)."""
+
+    def __init__(self, key: str, reopen_at: float | None, state: str = "open") -> None:
+        self.key, self.reopen_at, self.state = key, reopen_at, state
+        when = f"half-open at unix time {reopen_at:.3f}" if reopen_at else "trial calls in progress"
+        super().__init__(f"circuit {key!r} is {state} ({when}); the call was not made")
+
+
+class HttpCallError(ApiOrchestrationError):
+    """A call that did not succeed. ``attempts`` counts the attempts made inside the task."""
+
+    def __init__(self, message: str, *, method: str, url: str, attempts: int = 1) -> None:
+        self.method, self.url, self.attempts = method, url, attempts
+        super().__init__(message)
+
+
+class TransportError(HttpCallError):
+    """No HTTP response was received (connection refused, reset, DNS, TLS...)."""
+
+
+class CallTimeoutError(TransportError):
+    """The call timed out: the server may or may not have acted on it."""
+
+
+class HttpStatusError(HttpCallError):
+    """The server answered with an error status."""
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        url: str,
+        status: int,
+        response: requests.Response | None,
+        retry_after: float | None = None,
+        attempts: int = 1,
+    ) -> None:
+        self.status, self.response, self.retry_after = status, response, retry_after
+        reason = getattr(response, "reason", "") or ""
+        super().__init__(
+            f"{method} {url} answered {status} {reason}".rstrip() + f" after {attempts} attempt(s)",
+            method=method,
+            url=url,
+            attempts=attempts,
+        )
+
+
+class PermanentHttpStatusError(HttpStatusError, AirflowFailException):
+    """A client error (4xx other than 408/429): retrying cannot help, so Airflow does not retry either."""
+
+
+class ResponseCheckError(HttpCallError):
+    """``response_check`` rejected a successful response (Airflow task retries apply, as in HttpOperator)."""

@@ -1,0 +1,189 @@
+"""``ResilientHttpOperator``: one HTTP call, rate-limited, circuit-broken, retried, idempotent."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+import requests
+from airflow.providers.http.hooks.http import HttpHook
+from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+from airflow.sdk import BaseOperator, Context
+
+from api_orchestration.call import DeferralNeeded, Guard, ResilientCaller
+from api_orchestration.errors import ConfigurationError, ResponseCheckError
+from api_orchestration.idempotency import DEFAULT_HEADER, idempotency_key
+from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.state import get_backend
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def default_response_filter(response: requests.Response) -> Any:
+    """Parsed JSON when the response says it is JSON, else the text."""
+    if "json" in response.headers.get("Content-Type", "").lower():
+        try:
+            return response.json()
+        except ValueError:
+            return response.text
+    return response.text
+
+
+def _check_type(param: str, value: Any, types: type | tuple[type, ...], expected: str) -> None:
+    if value is not None and not isinstance(value, types):
+        raise ConfigurationError("ResilientHttpOperator", param, value, expected)
+
+
+class ResilientHttpOperator(BaseOperator):
+    """Call an HTTP API through an Airflow HTTP Connection, guarded by a shared rate limiter and
+    circuit breaker, with in-task retries (exponential backoff, full jitter, ``Retry-After``) and an
+    idempotency key that is the same for every retry of the task instance.
+
+    :param endpoint: path appended to the connection's base URL (templated).
+    :param method: HTTP method.
+    :param http_conn_id: Airflow Connection (type ``http``) with host, credentials and headers.
+    :param json: JSON body (templated). ``data``: form body or raw text (templated).
+    :param params: query parameters (templated). ``headers``: extra headers (templated).
+    :param timeout: seconds, or ``(connect, read)``; default ``(10, 60)``.
+    :param rate_limit: :class:`RateLimit` shared by every task using ``rate_limit_key``.
+    :param rate_limit_key: default: the connection id.
+    :param breaker: :class:`BreakerPolicy` shared by every task using ``breaker_key`` (default: the connection id).
+    :param retry: :class:`RetryPolicy` for retries inside one task try.
+    :param idempotency_key: ``None`` (default): derived from dag, run, task and map index for
+        POST/PUT/PATCH/DELETE; a string (templated) to set it; ``False`` to send none.
+    :param idempotency_header: header name, default ``Idempotency-Key``.
+    :param max_sleep: waits up to this many seconds sleep in the worker; longer ones defer to the triggerer.
+    :param on_circuit_open: ``"fail"`` (raise :class:`CircuitOpenError`) or ``"defer"`` until half-open.
+    :param response_check: ``f(response) -> bool``; False fails the task.
+    :param response_filter: ``f(response) -> value`` pushed to XCom (default: JSON or text).
+    :param state_url: override ``[api_orchestration] state_url`` for this task.
+    """
+
+    template_fields: Sequence[str] = ("endpoint", "json", "data", "params", "headers", "idempotency_key", "http_conn_id")
+    template_fields_renderers = {"json": "json", "headers": "json", "params": "json"}
+    ui_color = "#e8f4ff"
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        method: str = "GET",
+        http_conn_id: str = "http_default",
+        json: Any = None,
+        data: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | tuple[float, float] = (10.0, 60.0),
+        rate_limit: RateLimit | None = None,
+        rate_limit_key: str | None = None,
+        breaker: BreakerPolicy | None = None,
+        breaker_key: str | None = None,
+        retry: RetryPolicy | None = None,
+        idempotency_key: str | bool | None = None,
+        idempotency_header: str = DEFAULT_HEADER,
+        max_sleep: float = 10.0,
+        on_circuit_open: str = "fail",
+        response_check: Callable[[requests.Response], bool] | None = None,
+        response_filter: Callable[[requests.Response], Any] | None = None,
+        extra_options: dict[str, Any] | None = None,
+        auth_type: Any = None,
+        state_url: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        method = str(method).upper()
+        if method not in METHODS:
+            raise ConfigurationError(self.task_id, "method", method, f"must be one of {', '.join(METHODS)}")
+        _check_type("rate_limit", rate_limit, RateLimit, "must be a RateLimit(permits, per_seconds, burst)")
+        _check_type("breaker", breaker, BreakerPolicy, "must be a BreakerPolicy(...)")
+        _check_type("retry", retry, RetryPolicy, "must be a RetryPolicy(...)")
+        _check_type("idempotency_key", idempotency_key, (str, bool), "must be None, False or a (templated) string")
+        if idempotency_key is True:
+            raise ConfigurationError(self.task_id, "idempotency_key", True, "must be None (derived), False or a string")
+        if on_circuit_open not in ("fail", "defer"):
+            raise ConfigurationError(self.task_id, "on_circuit_open", on_circuit_open, "must be 'fail' or 'defer'")
+        if not (isinstance(max_sleep, int | float) and max_sleep >= 0):
+            raise ConfigurationError(self.task_id, "max_sleep", max_sleep, "must be a number of seconds >= 0")
+        parts = timeout if isinstance(timeout, tuple) else (timeout,)
+        if not all(isinstance(t, int | float) and t > 0 for t in parts) or len(parts) > 2:
+            raise ConfigurationError(self.task_id, "timeout", timeout, "must be seconds > 0 or a (connect, read) pair")
+        if json is not None and data is not None:
+            raise ConfigurationError(self.task_id, "json/data", "both", "must not both be set: send one body")
+        self.endpoint, self.method, self.http_conn_id = endpoint, method, http_conn_id
+        self.json, self.data, self.params, self.headers = json, data, params, headers
+        self.timeout = timeout
+        self.rate_limit, self.rate_limit_key = rate_limit, rate_limit_key
+        self.breaker, self.breaker_key = breaker, breaker_key
+        self.retry = retry or RetryPolicy()
+        self.idempotency_key, self.idempotency_header = idempotency_key, idempotency_header
+        self.max_sleep, self.on_circuit_open = float(max_sleep), on_circuit_open
+        self.response_check, self.response_filter = response_check, response_filter
+        self.extra_options, self.auth_type, self.state_url = extra_options or {}, auth_type, state_url
+
+    # -- building blocks ------------------------------------------------------------------------
+    def _key(self, context: Context) -> str | None:
+        if self.idempotency_key is False:
+            return None
+        if isinstance(self.idempotency_key, str) and self.idempotency_key:
+            return self.idempotency_key
+        if self.method not in UNSAFE_METHODS:
+            return None
+        ti = context["ti"]
+        return idempotency_key(ti.dag_id, ti.run_id, ti.task_id, ti.map_index if ti.map_index is not None else -1)
+
+    def _caller(self, hook: HttpHook) -> ResilientCaller:
+        session = hook.get_conn(extra_options=self.extra_options)
+        guard = Guard(
+            backend=get_backend(self.state_url),
+            limit_key=self.rate_limit_key or self.http_conn_id,
+            rate_limit=self.rate_limit,
+            breaker_key=self.breaker_key or self.http_conn_id,
+            breaker=self.breaker,
+            retry=self.retry,
+            max_sleep=self.max_sleep,
+            on_circuit_open=self.on_circuit_open,
+        )
+        return ResilientCaller(session, guard, timeout=self.timeout, send_options=hook.merged_extra, log=self.log)
+
+    # -- execution ------------------------------------------------------------------------------
+    def execute(self, context: Context) -> Any:
+        return self._run(context, first_attempt=1)
+
+    def execute_resume(self, context: Context, event: Any = None, attempt: int = 1) -> Any:
+        """Resume after a deferral (a long limiter, breaker or Retry-After wait)."""
+        self.log.info("resumed after deferral (%s); continuing at attempt %d", event, attempt)
+        return self._run(context, first_attempt=attempt)
+
+    def _run(self, context: Context, first_attempt: int) -> Any:
+        hook = HttpHook(method=self.method, http_conn_id=self.http_conn_id, auth_type=self.auth_type)
+        caller = self._caller(hook)
+        try:
+            response = caller.call(
+                self.method,
+                hook.url_from_endpoint(self.endpoint),
+                params=self.params,
+                json=self.json,
+                data=self.data,
+                headers=self.headers,
+                idempotency_key=self._key(context),
+                idempotency_header=self.idempotency_header,
+                first_attempt=first_attempt,
+            )
+        except DeferralNeeded as wait:
+            self.log.info("deferring %.2f s to the triggerer: %s", wait.seconds, wait.reason)
+            self.defer(
+                trigger=DateTimeTrigger(moment=pendulum.now("UTC").add(seconds=wait.seconds)),
+                method_name="execute_resume",
+                kwargs={"attempt": wait.attempt},
+                timeout=timedelta(seconds=wait.seconds + 3600),
+            )
+        if self.response_check is not None and not self.response_check(response):
+            raise ResponseCheckError(
+                f"response_check returned False for {self.method} {self.endpoint} (status {response.status_code})",
+                method=self.method,
+                url=self.endpoint,
+            )
+        return (self.response_filter or default_response_filter)(response)

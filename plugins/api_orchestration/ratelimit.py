@@ -1,0 +1,75 @@
+"""Rate-limit decisions: a reserving GCRA plus, for bursts, a sliding log of the last ``permits`` slots.
+
+Every decision is one atomic operation on the shared store. The SQLite backend runs
+:func:`decide` inside a ``BEGIN IMMEDIATE`` transaction; the Redis backend runs the same
+algorithm as a Lua script (``state/redis_scripts.py``) against the Redis server's clock.
+
+A granted permit is a *reserved slot*: the caller sleeps until the slot, then calls. Slots are
+handed out in FIFO order, so no process starves. A permit whose wait would exceed ``max_wait`` is
+not reserved (the caller defers and asks again later), because a caller that comes back late
+must not spend a slot in the past.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from api_orchestration.policy import RateLimit
+
+
+@dataclass(frozen=True)
+class LimiterDecision:
+    """``granted``: a slot ``wait`` seconds from now is reserved for the caller.
+    Not granted: the next slot is ``wait`` seconds away, more than the caller would wait."""
+
+    granted: bool
+    wait: float
+    paused: bool = False
+
+
+@dataclass
+class LimiterRecord:
+    """Per-key limiter state (unix seconds of the store's clock)."""
+
+    tat: float = 0.0
+    last_slot: float = 0.0
+    paused_until: float = 0.0
+    last_retry_after: float = 0.0
+    granted: int = 0
+
+
+def next_slot(rec: LimiterRecord, limit: RateLimit | None, now: float, nth_latest: float | None) -> float:
+    """The earliest slot a new caller may take. ``nth_latest`` is the ``permits``-th most recent
+    reserved slot (only needed, and only stored, when ``burst > 1``)."""
+    slot = max(now, rec.paused_until)
+    if limit is None:
+        return slot
+    tolerance = (limit.burst - 1) * limit.interval
+    slot = max(slot, rec.tat - tolerance, rec.last_slot)
+    if limit.burst > 1 and nth_latest is not None:
+        slot = max(slot, nth_latest + limit.window)
+    return slot
+
+
+def decide(
+    rec: LimiterRecord, limit: RateLimit | None, now: float, max_wait: float, nth_latest: float | None
+) -> tuple[LimiterDecision, float | None]:
+    """Decide one request; mutates ``rec`` when a slot is reserved and returns that slot."""
+    slot = next_slot(rec, limit, now, nth_latest)
+    wait = slot - now
+    paused = rec.paused_until > now
+    if wait > max_wait:
+        return LimiterDecision(False, wait, paused), None
+    if limit is None:
+        return LimiterDecision(True, wait, paused), None
+    rec.tat = max(rec.tat, slot) + limit.interval
+    rec.last_slot = slot
+    rec.granted += 1
+    return LimiterDecision(True, wait, paused), slot
+
+
+def pause(rec: LimiterRecord, now: float, seconds: float) -> float:
+    """Pause the key for ``seconds`` (a ``Retry-After``); pauses only ever extend."""
+    rec.paused_until = max(rec.paused_until, now + seconds)
+    rec.last_retry_after = seconds
+    return rec.paused_until

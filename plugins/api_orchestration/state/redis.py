@@ -1,0 +1,153 @@
+"""Distributed backend: state in Redis, every decision one Lua script on the server's clock.
+
+URL: ``redis://[:password@]host:port/db[?prefix=apiorch:]`` (``rediss://`` for TLS). The optional
+``prefix`` namespaces every key, so several deployments (or test runs) can share one server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+
+from api_orchestration import breaker as brk
+from api_orchestration.errors import StateBackendError
+from api_orchestration.policy import BreakerPolicy, RateLimit
+from api_orchestration.ratelimit import LimiterDecision
+from api_orchestration.state import redis_scripts
+from api_orchestration.state.base import StateBackend, Transition
+
+T = TypeVar("T")
+DEFAULT_PREFIX = "apiorch:"
+
+
+def split_prefix(url: str) -> tuple[str, str]:
+    """Remove our ``prefix`` query parameter from a Redis URL; returns (url for redis-py, prefix)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = next((v for k, v in query if k == "prefix"), DEFAULT_PREFIX)
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
+def _float(value: Any) -> float:
+    return float(value) if value not in (None, "", b"") else 0.0
+
+
+class RedisBackend(StateBackend):
+    """Shared state in Redis for processes on any number of hosts."""
+
+    def __init__(self, url: str, *, socket_timeout: float = 5.0) -> None:
+        self.url = url
+        client_url, self.prefix = split_prefix(url)
+        self.client = redis.Redis.from_url(
+            client_url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout, decode_responses=True
+        )
+        self._limiter_acquire = self.client.register_script(redis_scripts.LIMITER_ACQUIRE)
+        self._limiter_pause = self.client.register_script(redis_scripts.LIMITER_PAUSE)
+        self._breaker = self.client.register_script(redis_scripts.BREAKER)
+
+    def _keys(self, kind: str, key: str) -> list[str]:
+        base = f"{self.prefix}{kind}:{{{key}}}"  # hash tag: both keys on one cluster slot
+        return [base, base + ":z"]
+
+    def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except redis.RedisError as exc:
+            raise StateBackendError(self.safe_url, operation, exc) from exc
+
+    @property
+    def safe_url(self) -> str:
+        parts = urlsplit(self.url)
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    # -- limiter --------------------------------------------------------------------------------
+    def limiter_acquire(self, key: str, limit: RateLimit | None, max_wait: float) -> LimiterDecision:
+        args = (
+            [1, limit.permits, repr(limit.window), repr(limit.interval), limit.burst, repr(max_wait)]
+            if limit
+            else [0, 1, 1, 1, 1, repr(max_wait)]
+        )
+        granted, wait, paused = self._call(
+            "limiter_acquire", lambda: self._limiter_acquire(keys=self._keys("rl", key), args=args)
+        )
+        return LimiterDecision(bool(granted), float(wait), bool(paused))
+
+    def limiter_pause(self, key: str, seconds: float) -> float:
+        until = self._call(
+            "limiter_pause", lambda: self._limiter_pause(keys=self._keys("rl", key)[:1], args=[repr(seconds)])
+        )
+        return float(until)
+
+    def limiter_status(self, key: str) -> dict[str, Any] | None:
+        raw = self._call("limiter_status", lambda: self.client.hgetall(self._keys("rl", key)[0]))
+        if not raw:
+            return None
+        now = self._now()
+        names = ("tat", "last_slot", "paused_until", "last_retry_after")
+        return {**{n: _float(raw.get(n)) for n in names}, "granted": int(raw.get("granted") or 0), "now": now}
+
+    def _now(self) -> float:
+        sec, usec = self._call("time", self.client.time)
+        return sec + usec / 1e6
+
+    # -- breaker --------------------------------------------------------------------------------
+    def _policy_args(self, op: str, policy: BreakerPolicy) -> list[Any]:
+        return [
+            op, repr(policy.failure_rate), policy.window_size, policy.min_calls, repr(policy.open_seconds),
+            policy.half_open_calls, repr(policy.half_open_timeout),
+        ]  # fmt: skip
+
+    def breaker_acquire(self, key: str, policy: BreakerPolicy, lease_seconds: float) -> brk.BreakerDecision:
+        args = [*self._policy_args("acquire", policy), repr(lease_seconds), repr(brk.HOLD_SECONDS)]
+        allowed, kind, gen, state, lease, reopen_at, wait = self._call(
+            "breaker_acquire", lambda: self._breaker(keys=self._keys("br", key), args=args)
+        )
+        return brk.BreakerDecision(
+            bool(allowed), kind, int(gen), state, lease, float(reopen_at) if reopen_at else None, float(wait)
+        )
+
+    def breaker_record(
+        self, key: str, policy: BreakerPolicy, decision: brk.BreakerDecision, failed: bool
+    ) -> Transition:
+        args = [*self._policy_args("record", policy), decision.kind, decision.gen, decision.lease, int(failed)]
+        before, after = self._call("breaker_record", lambda: self._breaker(keys=self._keys("br", key), args=args))
+        return Transition(before, after)
+
+    def breaker_status(self, key: str) -> dict[str, Any] | None:
+        keys = self._keys("br", key)
+        raw = self._call("breaker_status", lambda: self.client.hgetall(keys[0]))
+        if not raw:
+            return None
+        now = self._now()
+        in_flight = self._call("breaker_status", lambda: self.client.zcount(keys[1], f"({now}", "+inf"))
+        ints = ("gen", "trials_issued", "trial_successes", "seq")
+        floats = ("opened_until", "half_open_since", "changed_at")
+        return {
+            "state": raw.get("state", brk.CLOSED),
+            "outcomes": raw.get("outcomes", ""),
+            **{n: int(raw.get(n) or 0) for n in ints},
+            **{n: _float(raw.get(n)) for n in floats},
+            "in_flight": in_flight,
+            "now": now,
+        }
+
+    def breaker_reset(self, key: str) -> None:
+        args = self._policy_args("reset", BreakerPolicy())
+        self._call("breaker_reset", lambda: self._breaker(keys=self._keys("br", key), args=args))
+
+    def clear(self) -> None:
+        def delete_all() -> None:
+            for name in self.client.scan_iter(match=f"{self.prefix}*", count=500):
+                self.client.delete(name)
+
+        self._call("clear", delete_all)
+
+    def close(self) -> None:
+        self.client.close()
