@@ -42,7 +42,9 @@ def demo_server():
     from demo_services import DemoServer
 
     with DemoServer(port=0) as server:
-        os.environ["AIRFLOW_CONN_DEMO_API"] = json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": server.port})
+        os.environ["AIRFLOW_CONN_DEMO_API"] = json.dumps(
+            {"conn_type": "http", "host": "127.0.0.1", "port": server.port}
+        )
         yield server
         os.environ.pop("AIRFLOW_CONN_DEMO_API", None)
 
@@ -97,6 +99,9 @@ def backend(state_url):
 def airflow_db() -> str:
     """A migrated SQLite metadata DB (needed by dag.test())."""
     subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"], check=True, env=os.environ, stdout=subprocess.DEVNULL
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        env=os.environ,
+        stdout=subprocess.DEVNULL,
     )
     return _HOME

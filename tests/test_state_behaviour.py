@@ -106,17 +106,21 @@ def test_half_open_admits_exactly_the_trial_calls_then_closes(backend):
     assert backend.breaker_acquire("svc", POLICY, 10).kind == "closed"
 
 
-def test_a_failed_trial_reopens(backend):
+def test_trials_decide_together_by_failure_rate(backend):
     for _ in range(4):
         _call(backend, True)
     time.sleep(0.32)
-    trial = backend.breaker_acquire("svc", POLICY, 10)
-    assert backend.breaker_record("svc", POLICY, trial, True).after == "open"
+    first, second = (backend.breaker_acquire("svc", POLICY, 10) for _ in range(2))
+    assert not backend.breaker_record("svc", POLICY, first, True).changed  # waits for the other trial
+    assert backend.breaker_acquire("svc", POLICY, 10).kind == "busy"
+    assert backend.breaker_record("svc", POLICY, second, False).after == "open"  # 1 of 2 failed = 50 %
     assert backend.breaker_acquire("svc", POLICY, 10).kind == "open"
 
 
 def test_half_open_without_verdict_times_out_to_open(backend):
-    policy = BreakerPolicy(window_size=2, min_calls=2, open_seconds=0.1, half_open_calls=1, half_open_timeout=0.2)
+    policy = BreakerPolicy(
+        window_size=2, min_calls=2, open_seconds=0.1, half_open_calls=1, half_open_timeout=0.2
+    )
     for _ in range(2):
         _call(backend, True, policy)
     time.sleep(0.12)

@@ -2,8 +2,9 @@
 
 States: ``closed`` -> ``open`` when :meth:`BreakerPolicy.trips` holds; ``open`` -> ``half_open``
 when ``open_seconds`` have passed (on the next acquire); ``half_open`` lets exactly
-``half_open_calls`` trial permits out across all processes, then ``closed`` if they all succeed,
-``open`` on the first failure (or when no verdict came within ``half_open_timeout``).
+``half_open_calls`` trial permits out across all processes; once all have reported, ``open`` again
+if their failure rate reaches ``failure_rate``, else ``closed`` (``open`` too when the verdicts did
+not all come within ``half_open_timeout``).
 
 Every transition bumps ``gen``; a verdict carrying an older ``gen`` is ignored, so a slow call
 that started before the breaker opened cannot close it or pollute the new window.
@@ -53,6 +54,7 @@ class BreakerRecord:
     half_open_since: float = 0.0
     trials_issued: int = 0
     trial_successes: int = 0
+    trial_failures: int = 0
     outcomes: str = ""  # '1' failure, '0' success, newest last, at most window_size long
     seq: int = 0
     changed_at: float = 0.0
@@ -61,14 +63,14 @@ class BreakerRecord:
 def _open(rec: BreakerRecord, policy: BreakerPolicy, now: float) -> None:
     rec.state, rec.gen, rec.changed_at = OPEN, rec.gen + 1, now
     rec.opened_until = now + policy.open_seconds
-    rec.outcomes, rec.trials_issued, rec.trial_successes = "", 0, 0
+    rec.outcomes, rec.trials_issued, rec.trial_successes, rec.trial_failures = "", 0, 0, 0
 
 
 def _advance(rec: BreakerRecord, policy: BreakerPolicy, now: float) -> None:
     """Apply the transitions that time alone causes."""
     if rec.state == OPEN and now >= rec.opened_until:
         rec.state, rec.gen, rec.changed_at = HALF_OPEN, rec.gen + 1, now
-        rec.half_open_since, rec.trials_issued, rec.trial_successes = now, 0, 0
+        rec.half_open_since, rec.trials_issued, rec.trial_successes, rec.trial_failures = now, 0, 0, 0
     elif rec.state == HALF_OPEN and now - rec.half_open_since > policy.half_open_timeout:
         _open(rec, policy, now)
 
@@ -78,7 +80,9 @@ def acquire(rec: BreakerRecord, policy: BreakerPolicy, now: float, leases_in_fli
     ``closed`` decision (``lease`` is set) and drops leases when ``gen`` changed."""
     _advance(rec, policy, now)
     if rec.state == OPEN:
-        return BreakerDecision(False, "open", rec.gen, OPEN, reopen_at=rec.opened_until, wait=rec.opened_until - now)
+        return BreakerDecision(
+            False, "open", rec.gen, OPEN, reopen_at=rec.opened_until, wait=rec.opened_until - now
+        )
     if rec.state == HALF_OPEN:
         if rec.trials_issued >= policy.half_open_calls:
             return BreakerDecision(False, "busy", rec.gen, HALF_OPEN, reopen_at=None)
@@ -90,7 +94,9 @@ def acquire(rec: BreakerRecord, policy: BreakerPolicy, now: float, leases_in_fli
     return BreakerDecision(True, "closed", rec.gen, CLOSED, lease=f"{rec.gen}:{rec.seq}")
 
 
-def record(rec: BreakerRecord, policy: BreakerPolicy, decision: BreakerDecision, failed: bool, now: float) -> bool:
+def record(
+    rec: BreakerRecord, policy: BreakerPolicy, decision: BreakerDecision, failed: bool, now: float
+) -> bool:
     """Apply a call's verdict; mutates ``rec``. Returns whether the state changed."""
     _advance(rec, policy, now)
     if decision.gen != rec.gen:
@@ -98,12 +104,15 @@ def record(rec: BreakerRecord, policy: BreakerPolicy, decision: BreakerDecision,
     before = rec.state
     if rec.state == HALF_OPEN and decision.kind == "trial":
         if failed:
-            _open(rec, policy, now)
+            rec.trial_failures += 1
         else:
             rec.trial_successes += 1
-            if rec.trial_successes >= policy.half_open_calls:
+        if rec.trial_successes + rec.trial_failures >= policy.half_open_calls:
+            if rec.trial_failures >= policy.failure_rate * policy.half_open_calls:
+                _open(rec, policy, now)
+            else:
                 rec.state, rec.gen, rec.changed_at = CLOSED, rec.gen + 1, now
-                rec.outcomes, rec.trials_issued, rec.trial_successes = "", 0, 0
+                rec.outcomes, rec.trials_issued, rec.trial_successes, rec.trial_failures = "", 0, 0, 0
     elif rec.state == CLOSED and decision.kind == "closed":
         rec.outcomes = (rec.outcomes + ("1" if failed else "0"))[-policy.window_size :]
         if policy.trips(rec.outcomes):

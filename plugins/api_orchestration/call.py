@@ -24,13 +24,19 @@ from api_orchestration.errors import (
 )
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
 from api_orchestration.redact import redact_url
-from api_orchestration.retry import Outcome, classify_exception, classify_status, may_retry_method, parse_retry_after
+from api_orchestration.retry import (
+    Outcome,
+    classify_exception,
+    classify_status,
+    may_retry_method,
+    parse_retry_after,
+)
 from api_orchestration.state.base import StateBackend
 
 logger = logging.getLogger(__name__)
 
 
-class DeferralNeeded(Exception):  # noqa: N818 - control flow, not an error
+class DeferralNeeded(Exception):
     """The next step is more than ``max_sleep`` away: defer ``seconds``, then resume at ``attempt``."""
 
     def __init__(self, seconds: float, reason: str, attempt: int) -> None:
@@ -130,7 +136,9 @@ class ResilientCaller:
         settings = self._settings.get(url)
         if settings is None:
             s = self.session
-            settings = s.merge_environment_settings(url, proxies=s.proxies, stream=s.stream, verify=s.verify, cert=s.cert)
+            settings = s.merge_environment_settings(
+                url, proxies=s.proxies, stream=s.stream, verify=s.verify, cert=s.cert
+            )
             settings["allow_redirects"] = self.send_options.get("allow_redirects", True)
             self._settings[url] = settings
         return self.session.send(prepared, timeout=self.timeout, **settings)
@@ -183,7 +191,9 @@ class ResilientCaller:
             self._report(permit, outcome.breaker_failure or slow)
 
             result = str(response.status_code) if response is not None else type(error).__name__
-            line = f"{method} {safe_url} attempt {attempt}/{max_attempts} -> {result} in {elapsed * 1000:.1f} ms"
+            line = (
+                f"{method} {safe_url} attempt {attempt}/{max_attempts} -> {result} in {elapsed * 1000:.1f} ms"
+            )
             line += waits.text()
             if outcome.ok:
                 self.log.info("%s", line)
@@ -200,7 +210,11 @@ class ResilientCaller:
                 time.sleep(delay)
                 waits.add(delay, f"for {why}")
                 continue
-            reason = "" if retry_ok or not outcome.retryable else f" ({method} without an idempotency key is not retried)"
+            reason = (
+                ""
+                if retry_ok or not outcome.retryable
+                else f" ({method} without an idempotency key is not retried)"
+            )
             self.log.error("%s; giving up%s", line, reason)
             raise self._error(method, safe_url, attempt, response, error, outcome, retry_after)
 
@@ -230,9 +244,25 @@ class ResilientCaller:
     ) -> Exception:
         if response is not None:
             status = response.status_code
-            cls = HttpStatusError if (outcome.breaker_failure or outcome.retryable) else PermanentHttpStatusError
-            return cls(method=method, url=url, status=status, response=response, retry_after=retry_after, attempts=attempts)
+            cls = (
+                HttpStatusError
+                if (outcome.breaker_failure or outcome.retryable)
+                else PermanentHttpStatusError
+            )
+            return cls(
+                method=method,
+                url=url,
+                status=status,
+                response=response,
+                retry_after=retry_after,
+                attempts=attempts,
+            )
         cls_t = CallTimeoutError if outcome.kind == "timeout" else TransportError
-        err = cls_t(f"{method} {url} failed after {attempts} attempt(s): {error}", method=method, url=url, attempts=attempts)
+        err = cls_t(
+            f"{method} {url} failed after {attempts} attempt(s): {error}",
+            method=method,
+            url=url,
+            attempts=attempts,
+        )
         err.__cause__ = error
         return err

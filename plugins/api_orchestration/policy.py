@@ -37,10 +37,34 @@ class RateLimit:
 
     def __post_init__(self) -> None:
         o = "RateLimit"
-        _check(o, "permits", self.permits, isinstance(self.permits, int) and self.permits >= 1, "must be an integer >= 1")
-        _check(o, "per_seconds", self.per_seconds, _is_number(self.per_seconds) and self.per_seconds > 0, "must be a number > 0")
-        _check(o, "burst", self.burst, isinstance(self.burst, int) and 1 <= self.burst <= self.permits, f"must be an integer from 1 to permits ({self.permits})")
-        _check(o, "margin", self.margin, _is_number(self.margin) and 0 <= self.margin < 0.5, "must be a fraction from 0 to 0.5")
+        _check(
+            o,
+            "permits",
+            self.permits,
+            isinstance(self.permits, int) and self.permits >= 1,
+            "must be an integer >= 1",
+        )
+        _check(
+            o,
+            "per_seconds",
+            self.per_seconds,
+            _is_number(self.per_seconds) and self.per_seconds > 0,
+            "must be a number > 0",
+        )
+        _check(
+            o,
+            "burst",
+            self.burst,
+            isinstance(self.burst, int) and 1 <= self.burst <= self.permits,
+            f"must be an integer from 1 to permits ({self.permits})",
+        )
+        _check(
+            o,
+            "margin",
+            self.margin,
+            _is_number(self.margin) and 0 <= self.margin < 0.5,
+            "must be a fraction from 0 to 0.5",
+        )
 
     @property
     def window(self) -> float:
@@ -59,8 +83,9 @@ class BreakerPolicy:
 
     Opens when at least ``min_calls`` calls are in the window and the failure rate reaches
     ``failure_rate``; stays open ``open_seconds``; then lets exactly ``half_open_calls`` trial calls
-    through across all workers: all succeed -> closed, any fails -> open again. A half-open state
-    that sees no verdict within ``half_open_timeout`` seconds (a trial caller died) opens again.
+    through across all workers and, once they have all reported, opens again if their failure rate
+    reaches ``failure_rate``, else closes. A half-open state whose verdicts are not all in within
+    ``half_open_timeout`` seconds (a trial caller died) opens again.
     Calls slower than ``slow_call_seconds`` (if set) count as failures.
     """
 
@@ -74,13 +99,56 @@ class BreakerPolicy:
 
     def __post_init__(self) -> None:
         o = "BreakerPolicy"
-        _check(o, "failure_rate", self.failure_rate, _is_number(self.failure_rate) and 0 < self.failure_rate <= 1, "must be a fraction in (0, 1]")
-        _check(o, "window_size", self.window_size, isinstance(self.window_size, int) and 1 <= self.window_size <= 1000, "must be an integer from 1 to 1000")
-        _check(o, "min_calls", self.min_calls, isinstance(self.min_calls, int) and 1 <= self.min_calls <= self.window_size, f"must be an integer from 1 to window_size ({self.window_size})")
-        _check(o, "open_seconds", self.open_seconds, _is_number(self.open_seconds) and self.open_seconds > 0, "must be a number of seconds > 0")
-        _check(o, "half_open_calls", self.half_open_calls, isinstance(self.half_open_calls, int) and self.half_open_calls >= 1, "must be an integer >= 1")
-        _check(o, "slow_call_seconds", self.slow_call_seconds, self.slow_call_seconds is None or (_is_number(self.slow_call_seconds) and self.slow_call_seconds > 0), "must be None or a number of seconds > 0")
-        _check(o, "half_open_timeout", self.half_open_timeout, _is_number(self.half_open_timeout) and self.half_open_timeout > 0, "must be a number of seconds > 0")
+        _check(
+            o,
+            "failure_rate",
+            self.failure_rate,
+            _is_number(self.failure_rate) and 0 < self.failure_rate <= 1,
+            "must be a fraction in (0, 1]",
+        )
+        _check(
+            o,
+            "window_size",
+            self.window_size,
+            isinstance(self.window_size, int) and 1 <= self.window_size <= 1000,
+            "must be an integer from 1 to 1000",
+        )
+        _check(
+            o,
+            "min_calls",
+            self.min_calls,
+            isinstance(self.min_calls, int) and 1 <= self.min_calls <= self.window_size,
+            f"must be an integer from 1 to window_size ({self.window_size})",
+        )
+        _check(
+            o,
+            "open_seconds",
+            self.open_seconds,
+            _is_number(self.open_seconds) and self.open_seconds > 0,
+            "must be a number of seconds > 0",
+        )
+        _check(
+            o,
+            "half_open_calls",
+            self.half_open_calls,
+            isinstance(self.half_open_calls, int) and self.half_open_calls >= 1,
+            "must be an integer >= 1",
+        )
+        _check(
+            o,
+            "slow_call_seconds",
+            self.slow_call_seconds,
+            self.slow_call_seconds is None
+            or (_is_number(self.slow_call_seconds) and self.slow_call_seconds > 0),
+            "must be None or a number of seconds > 0",
+        )
+        _check(
+            o,
+            "half_open_timeout",
+            self.half_open_timeout,
+            _is_number(self.half_open_timeout) and self.half_open_timeout > 0,
+            "must be a number of seconds > 0",
+        )
 
     def trips(self, outcomes: str) -> bool:
         """Whether a window of outcomes ('1' failure, '0' success, newest last) opens the breaker."""
@@ -109,14 +177,50 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         o = "RetryPolicy"
-        _check(o, "max_attempts", self.max_attempts, isinstance(self.max_attempts, int) and self.max_attempts >= 1, "must be an integer >= 1")
-        _check(o, "base_delay", self.base_delay, _is_number(self.base_delay) and self.base_delay >= 0, "must be a number of seconds >= 0")
-        _check(o, "max_delay", self.max_delay, _is_number(self.max_delay) and self.max_delay >= self.base_delay, f"must be a number of seconds >= base_delay ({self.base_delay})")
-        _check(o, "multiplier", self.multiplier, _is_number(self.multiplier) and self.multiplier >= 1, "must be a number >= 1")
-        _check(o, "max_retry_after", self.max_retry_after, _is_number(self.max_retry_after) and self.max_retry_after >= 0, "must be a number of seconds >= 0")
+        _check(
+            o,
+            "max_attempts",
+            self.max_attempts,
+            isinstance(self.max_attempts, int) and self.max_attempts >= 1,
+            "must be an integer >= 1",
+        )
+        _check(
+            o,
+            "base_delay",
+            self.base_delay,
+            _is_number(self.base_delay) and self.base_delay >= 0,
+            "must be a number of seconds >= 0",
+        )
+        _check(
+            o,
+            "max_delay",
+            self.max_delay,
+            _is_number(self.max_delay) and self.max_delay >= self.base_delay,
+            f"must be a number of seconds >= base_delay ({self.base_delay})",
+        )
+        _check(
+            o,
+            "multiplier",
+            self.multiplier,
+            _is_number(self.multiplier) and self.multiplier >= 1,
+            "must be a number >= 1",
+        )
+        _check(
+            o,
+            "max_retry_after",
+            self.max_retry_after,
+            _is_number(self.max_retry_after) and self.max_retry_after >= 0,
+            "must be a number of seconds >= 0",
+        )
         statuses = frozenset(self.retry_statuses)
         bad = sorted(s for s in statuses if not (isinstance(s, int) and (s in (408, 429) or 500 <= s <= 599)))
-        _check(o, "retry_statuses", sorted(statuses), not bad, f"may hold only 408, 429 and 5xx codes (4xx are never retried); remove {bad}")
+        _check(
+            o,
+            "retry_statuses",
+            sorted(statuses),
+            not bad,
+            f"may hold only 408, 429 and 5xx codes (4xx are never retried); remove {bad}",
+        )
         object.__setattr__(self, "retry_statuses", statuses)
 
     def backoff(self, attempt: int, rng: random.Random | None = None) -> float:

@@ -62,7 +62,15 @@ class ResilientHttpOperator(BaseOperator):
     :param state_url: override ``[api_orchestration] state_url`` for this task.
     """
 
-    template_fields: Sequence[str] = ("endpoint", "json", "data", "params", "headers", "idempotency_key", "http_conn_id")
+    template_fields: Sequence[str] = (
+        "endpoint",
+        "json",
+        "data",
+        "params",
+        "headers",
+        "idempotency_key",
+        "http_conn_id",
+    )
     template_fields_renderers = {"json": "json", "headers": "json", "params": "json"}
     ui_color = "#e8f4ff"
 
@@ -100,16 +108,24 @@ class ResilientHttpOperator(BaseOperator):
         _check_type("rate_limit", rate_limit, RateLimit, "must be a RateLimit(permits, per_seconds, burst)")
         _check_type("breaker", breaker, BreakerPolicy, "must be a BreakerPolicy(...)")
         _check_type("retry", retry, RetryPolicy, "must be a RetryPolicy(...)")
-        _check_type("idempotency_key", idempotency_key, (str, bool), "must be None, False or a (templated) string")
+        _check_type(
+            "idempotency_key", idempotency_key, (str, bool), "must be None, False or a (templated) string"
+        )
         if idempotency_key is True:
-            raise ConfigurationError(self.task_id, "idempotency_key", True, "must be None (derived), False or a string")
+            raise ConfigurationError(
+                self.task_id, "idempotency_key", True, "must be None (derived), False or a string"
+            )
         if on_circuit_open not in ("fail", "defer"):
-            raise ConfigurationError(self.task_id, "on_circuit_open", on_circuit_open, "must be 'fail' or 'defer'")
+            raise ConfigurationError(
+                self.task_id, "on_circuit_open", on_circuit_open, "must be 'fail' or 'defer'"
+            )
         if not (isinstance(max_sleep, int | float) and max_sleep >= 0):
             raise ConfigurationError(self.task_id, "max_sleep", max_sleep, "must be a number of seconds >= 0")
         parts = timeout if isinstance(timeout, tuple) else (timeout,)
         if not all(isinstance(t, int | float) and t > 0 for t in parts) or len(parts) > 2:
-            raise ConfigurationError(self.task_id, "timeout", timeout, "must be seconds > 0 or a (connect, read) pair")
+            raise ConfigurationError(
+                self.task_id, "timeout", timeout, "must be seconds > 0 or a (connect, read) pair"
+            )
         if json is not None and data is not None:
             raise ConfigurationError(self.task_id, "json/data", "both", "must not both be set: send one body")
         self.endpoint, self.method, self.http_conn_id = endpoint, method, http_conn_id
@@ -132,7 +148,9 @@ class ResilientHttpOperator(BaseOperator):
         if self.method not in UNSAFE_METHODS:
             return None
         ti = context["ti"]
-        return idempotency_key(ti.dag_id, ti.run_id, ti.task_id, ti.map_index if ti.map_index is not None else -1)
+        return idempotency_key(
+            ti.dag_id, ti.run_id, ti.task_id, ti.map_index if ti.map_index is not None else -1
+        )
 
     def _caller(self, hook: HttpHook) -> ResilientCaller:
         session = hook.get_conn(extra_options=self.extra_options)
@@ -146,7 +164,9 @@ class ResilientHttpOperator(BaseOperator):
             max_sleep=self.max_sleep,
             on_circuit_open=self.on_circuit_open,
         )
-        return ResilientCaller(session, guard, timeout=self.timeout, send_options=hook.merged_extra, log=self.log)
+        return ResilientCaller(
+            session, guard, timeout=self.timeout, send_options=hook.merged_extra, log=self.log
+        )
 
     # -- execution ------------------------------------------------------------------------------
     def execute(self, context: Context) -> Any:

@@ -45,7 +45,9 @@ def backend_for_url(url: str) -> StateBackend:
 
         return RedisBackend(url)
     raise ConfigurationError(
-        "[api_orchestration] state_url", "scheme", url.split("@")[-1],
+        "[api_orchestration] state_url",
+        "scheme",
+        url.split("@")[-1],
         "must be sqlite:////abs/path.db (one host) or redis://host:port/db (many hosts)",
     )
 

@@ -49,7 +49,9 @@ class StateBackend(abc.ABC):
         """Ask whether a call may go out; a ``closed`` permit holds a lease for ``lease_seconds``."""
 
     @abc.abstractmethod
-    def breaker_record(self, key: str, policy: BreakerPolicy, decision: BreakerDecision, failed: bool) -> Transition:
+    def breaker_record(
+        self, key: str, policy: BreakerPolicy, decision: BreakerDecision, failed: bool
+    ) -> Transition:
         """Report the verdict of a call that ``decision`` allowed."""
 
     @abc.abstractmethod

@@ -43,7 +43,10 @@ class RedisBackend(StateBackend):
         self.url = url
         client_url, self.prefix = split_prefix(url)
         self.client = redis.Redis.from_url(
-            client_url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout, decode_responses=True
+            client_url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            decode_responses=True,
         )
         self._limiter_acquire = self.client.register_script(redis_scripts.LIMITER_ACQUIRE)
         self._limiter_pause = self.client.register_script(redis_scripts.LIMITER_PAUSE)
@@ -116,8 +119,16 @@ class RedisBackend(StateBackend):
     def breaker_record(
         self, key: str, policy: BreakerPolicy, decision: brk.BreakerDecision, failed: bool
     ) -> Transition:
-        args = [*self._policy_args("record", policy), decision.kind, decision.gen, decision.lease, int(failed)]
-        before, after = self._call("breaker_record", lambda: self._breaker(keys=self._keys("br", key), args=args))
+        args = [
+            *self._policy_args("record", policy),
+            decision.kind,
+            decision.gen,
+            decision.lease,
+            int(failed),
+        ]
+        before, after = self._call(
+            "breaker_record", lambda: self._breaker(keys=self._keys("br", key), args=args)
+        )
         return Transition(before, after)
 
     def breaker_status(self, key: str) -> dict[str, Any] | None:
@@ -127,7 +138,7 @@ class RedisBackend(StateBackend):
             return None
         now = self._now()
         in_flight = self._call("breaker_status", lambda: self.client.zcount(keys[1], f"({now}", "+inf"))
-        ints = ("gen", "trials_issued", "trial_successes", "seq")
+        ints = ("gen", "trials_issued", "trial_successes", "trial_failures", "seq")
         floats = ("opened_until", "half_open_since", "changed_at")
         return {
             "state": raw.get("state", brk.CLOSED),

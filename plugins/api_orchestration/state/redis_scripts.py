@@ -75,11 +75,11 @@ local rate, wsize, min_calls = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(AR
 local open_s, trials, ho_timeout = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local now = now_s()
 local h = redis.call('HMGET', KEYS[1], 'state', 'gen', 'opened_until', 'half_open_since',
-                     'trials_issued', 'trial_successes', 'outcomes', 'seq', 'changed_at')
+                     'trials_issued', 'trial_successes', 'outcomes', 'seq', 'changed_at', 'trial_failures')
 local r = {state = h[1] or 'closed', gen = tonumber(h[2]) or 0, opened_until = tonumber(h[3]) or 0,
            half_open_since = tonumber(h[4]) or 0, trials_issued = tonumber(h[5]) or 0,
            trial_successes = tonumber(h[6]) or 0, outcomes = h[7] or '', seq = tonumber(h[8]) or 0,
-           changed_at = tonumber(h[9]) or 0}
+           changed_at = tonumber(h[9]) or 0, trial_failures = tonumber(h[10]) or 0}
 local gen_before = r.gen
 
 local function trips(o)
@@ -91,12 +91,12 @@ end
 local function open()
   r.state, r.gen, r.changed_at = 'open', r.gen + 1, now
   r.opened_until = now + open_s
-  r.outcomes, r.trials_issued, r.trial_successes = '', 0, 0
+  r.outcomes, r.trials_issued, r.trial_successes, r.trial_failures = '', 0, 0, 0
 end
 local function advance()
   if r.state == 'open' and now >= r.opened_until then
     r.state, r.gen, r.changed_at = 'half_open', r.gen + 1, now
-    r.half_open_since, r.trials_issued, r.trial_successes = now, 0, 0
+    r.half_open_since, r.trials_issued, r.trial_successes, r.trial_failures = now, 0, 0, 0
   elseif r.state == 'half_open' and now - r.half_open_since > ho_timeout then
     open()
   end
@@ -104,7 +104,8 @@ end
 local function save()
   redis.call('HSET', KEYS[1], 'state', r.state, 'gen', r.gen, 'opened_until', f(r.opened_until),
              'half_open_since', f(r.half_open_since), 'trials_issued', r.trials_issued,
-             'trial_successes', r.trial_successes, 'outcomes', r.outcomes, 'seq', r.seq,
+             'trial_successes', r.trial_successes, 'trial_failures', r.trial_failures,
+             'outcomes', r.outcomes, 'seq', r.seq,
              'changed_at', f(r.changed_at))
   redis.call('PEXPIRE', KEYS[1], TTL_MS)
   if r.gen ~= gen_before then redis.call('DEL', KEYS[2]) end
@@ -148,12 +149,16 @@ elseif op == 'record' then
   if gen == r.gen then
     if r.state == 'half_open' and kind == 'trial' then
       if failed then
-        open()
+        r.trial_failures = r.trial_failures + 1
       else
         r.trial_successes = r.trial_successes + 1
-        if r.trial_successes >= trials then
+      end
+      if r.trial_successes + r.trial_failures >= trials then
+        if r.trial_failures >= rate * trials then
+          open()
+        else
           r.state, r.gen, r.changed_at = 'closed', r.gen + 1, now
-          r.outcomes, r.trials_issued, r.trial_successes = '', 0, 0
+          r.outcomes, r.trials_issued, r.trial_successes, r.trial_failures = '', 0, 0, 0
         end
       end
     elseif r.state == 'closed' and kind == 'closed' then
@@ -167,7 +172,7 @@ elseif op == 'record' then
   return {before, r.state}
 elseif op == 'reset' then
   r = {state = 'closed', gen = r.gen + 1, opened_until = 0, half_open_since = 0, trials_issued = 0,
-       trial_successes = 0, outcomes = '', seq = 0, changed_at = now}
+       trial_successes = 0, trial_failures = 0, outcomes = '', seq = 0, changed_at = now}
   save()
   return 'ok'
 end

@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS limiter_slot (key TEXT NOT NULL, slot REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS limiter_slot_key_slot ON limiter_slot (key, slot);
 CREATE TABLE IF NOT EXISTS breaker (
     key TEXT PRIMARY KEY, state TEXT, gen INTEGER, opened_until REAL, half_open_since REAL,
-    trials_issued INTEGER, trial_successes INTEGER, outcomes TEXT, seq INTEGER, changed_at REAL);
+    trials_issued INTEGER, trial_successes INTEGER, trial_failures INTEGER, outcomes TEXT, seq INTEGER, changed_at REAL);
 CREATE TABLE IF NOT EXISTS breaker_lease (key TEXT NOT NULL, lease TEXT NOT NULL, expires REAL NOT NULL,
     PRIMARY KEY (key, lease));
 """
@@ -47,7 +47,9 @@ def path_from_url(url: str) -> str:
     path = url.removeprefix("sqlite:///")
     if not url.startswith("sqlite:///") or not os.path.isabs(path):
         raise ConfigurationError(
-            "state_url", "sqlite path", url,
+            "state_url",
+            "sqlite path",
+            url,
             "must be absolute, like sqlite:////opt/airflow/api_orchestration_state.db "
             "(every process must open the same file)",
         )
@@ -103,7 +105,9 @@ class SQLiteBackend(StateBackend):
             rec = rl.LimiterRecord(*row) if row else rl.LimiterRecord()
             nth = None
             if limit is not None and limit.burst > 1:
-                conn.execute("DELETE FROM limiter_slot WHERE key = ? AND slot <= ?", (key, now - limit.window))
+                conn.execute(
+                    "DELETE FROM limiter_slot WHERE key = ? AND slot <= ?", (key, now - limit.window)
+                )
                 found = conn.execute(
                     "SELECT slot FROM limiter_slot WHERE key = ? ORDER BY slot DESC LIMIT 1 OFFSET ?",
                     (key, limit.permits - 1),
@@ -134,7 +138,9 @@ class SQLiteBackend(StateBackend):
         row = self._read(conn, "breaker", _BREAKER_FIELDS, key)
         return brk.BreakerRecord(*row) if row else brk.BreakerRecord()
 
-    def _save_breaker(self, conn: sqlite3.Connection, key: str, rec: brk.BreakerRecord, gen_before: int) -> None:
+    def _save_breaker(
+        self, conn: sqlite3.Connection, key: str, rec: brk.BreakerRecord, gen_before: int
+    ) -> None:
         conn.execute(self._breaker_upsert, (key, *asdict(rec).values()))
         if rec.gen != gen_before:
             conn.execute("DELETE FROM breaker_lease WHERE key = ?", (key,))

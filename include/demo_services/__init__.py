@@ -1,0 +1,9 @@
+"""Demo API for tests, benchmarks and ``make run``: a small stdlib HTTP/1.1 server.
+
+``DemoServer(port=0).start()`` serves echo, status, delay, flaky and rate-limited endpoints
+plus a call log under ``/admin``; ``python -m demo_services`` runs it in the foreground.
+"""
+
+from demo_services.app import DemoServer
+
+__all__ = ["DemoServer"]

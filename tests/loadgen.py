@@ -1,0 +1,110 @@
+"""A load-generating worker process: ``python -m loadgen '<json args>'`` prints a JSON result.
+
+Used by the multi-process tests and by ``make bench``. Each worker is a separate OS process that
+opens the shared state store itself, as Airflow task processes do.
+
+modes:
+- ``limiter``: until ``duration`` passes, take a permit for ``key`` (sleeping as told) and GET
+  ``target`` (the demo API records the arrival time).
+- ``breaker``: make ``calls`` calls to ``target`` through the full call path (ResilientCaller),
+  counting outcomes by error type.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+REAL_TIME = time.time
+
+
+def _skew_clock(seconds: float) -> None:
+    """Make this process's wall clock wrong by ``seconds`` (the store must not care)."""
+    if seconds:
+        time.time = lambda: REAL_TIME() + seconds  # type: ignore[assignment]
+
+
+def _ready_then_wait_for_start() -> float:
+    """Tell the parent we are imported and connected; it answers with the common start instant."""
+    print("ready", flush=True)
+    start_at = float(sys.stdin.readline())
+    time.sleep(max(0.0, start_at - REAL_TIME()))
+    return start_at
+
+
+def run_limiter(args: dict) -> dict:
+    import requests
+
+    from api_orchestration import RateLimit, backend_for_url
+
+    backend = backend_for_url(args["state_url"])
+    limit = RateLimit(args["permits"], args["per_seconds"], burst=args.get("burst", 1))
+    session = requests.Session()
+    decisions: list[float] = []
+    sent = 0
+    backend.limiter_status(args["key"])  # connect before the start
+    session.get(args["target"].rsplit("/", 2)[0] + "/health", timeout=10)
+    end = _ready_then_wait_for_start() + args["duration"]
+    while REAL_TIME() < end:
+        t0 = time.perf_counter()
+        decision = backend.limiter_acquire(args["key"], limit, max_wait=60)
+        decisions.append(time.perf_counter() - t0)
+        if decision.wait > 0:
+            time.sleep(decision.wait)
+        if REAL_TIME() >= end:
+            break
+        session.get(args["target"], timeout=10)
+        sent += 1
+    decisions.sort()
+    return {"sent": sent, "decision_p50_ms": decisions[len(decisions) // 2] * 1000 if decisions else None}
+
+
+def run_breaker(args: dict) -> dict:
+    import requests
+
+    from api_orchestration import (
+        BreakerPolicy,
+        CircuitOpenError,
+        Guard,
+        HttpCallError,
+        ResilientCaller,
+        RetryPolicy,
+    )
+    from api_orchestration.state import backend_for_url
+
+    guard = Guard(
+        backend=backend_for_url(args["state_url"]),
+        limit_key=args["key"],
+        breaker_key=args["key"],
+        breaker=BreakerPolicy(**args["policy"]),
+        retry=RetryPolicy(max_attempts=1),
+    )
+    caller = ResilientCaller(requests.Session(), guard, timeout=5)
+    counts: dict[str, int] = {}
+    end = _ready_then_wait_for_start() + args.get("duration", 3600)
+    for _ in range(args["calls"]):
+        if REAL_TIME() > end:
+            break
+        try:
+            caller.call("GET", args["target"])
+            kind = "ok"
+        except CircuitOpenError:
+            kind = "circuit_open"
+        except HttpCallError as exc:
+            kind = type(exc).__name__
+        counts[kind] = counts.get(kind, 0) + 1
+        time.sleep(args.get("pause", 0))
+    return counts
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1])
+    sys.stdout.reconfigure(line_buffering=True)
+    _skew_clock(args.get("clock_skew", 0.0))
+    result = {"limiter": run_limiter, "breaker": run_breaker}[args["mode"]](args)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Limiter and breaker shared by separate OS processes, measured at the server they call."""
+
+from __future__ import annotations
+
+import pytest
+from fleet import run_workers, window_stats
+
+pytestmark = pytest.mark.slow
+
+PROCESSES, PERMITS, DURATION = 8, 20, 10.0
+
+
+def _hammer(state_url: str, demo, path: str, skews: list[float]) -> tuple:
+    args = [
+        {
+            "mode": "limiter", "state_url": state_url, "key": "hammer", "permits": PERMITS, "per_seconds": 1.0,
+            "duration": DURATION, "target": f"{demo.url}{path}", "clock_skew": skew,
+        }
+        for skew in skews
+    ]  # fmt: skip
+    start, results = run_workers(args)
+    arrivals = demo.calls(path=path, arrivals=True)["arrivals"].get(path, [])
+    return results, window_stats(arrivals, PERMITS, 1.0, start, DURATION)
+
+
+def test_eight_processes_share_one_limit(state_url, demo):
+    results, stats = _hammer(state_url, demo, "/echo/hammer", [0.0] * PROCESSES)
+    per_process = [r["sent"] for r in results]
+    assert stats.max_in_window <= PERMITS, stats
+    assert stats.utilisation >= 0.95, stats
+    fair = stats.admitted / PROCESSES
+    assert min(per_process) >= 0.5 * fair, f"a process starved: {per_process}"
+
+
+def test_redis_limit_holds_with_skewed_client_clocks(redis_available, demo):
+    from conftest import unique_redis_url
+
+    from api_orchestration import backend_for_url
+
+    url = unique_redis_url(redis_available)
+    skews = [0.25 if i % 2 else -0.25 for i in range(PROCESSES)]
+    try:
+        _, stats = _hammer(url, demo, "/echo/skewed", skews)
+    finally:
+        backend_for_url(url).clear()
+    assert stats.max_in_window <= PERMITS, stats
+    assert stats.utilisation >= 0.95, stats
+
+
+def test_breaker_shared_by_processes_admits_exact_trials(state_url, demo):
+    """A downed endpoint gets min_calls calls, then exactly half_open_calls per half-open window."""
+    policy = {
+        "failure_rate": 0.5,
+        "window_size": 10,
+        "min_calls": 6,
+        "open_seconds": 1.0,
+        "half_open_calls": 2,
+    }
+    path = "/status/503"
+    args = [
+        {"mode": "breaker", "state_url": state_url, "key": "downed", "policy": policy, "calls": 1000,
+         "target": f"{demo.url}{path}", "duration": 1.5, "pause": 0.002}
+        for _ in range(4)
+    ]  # fmt: skip
+    _, results = run_workers(args)
+    reached = demo.calls(path=path)["paths"].get(path, 0)
+    # 0 s: 6 calls trip it; 1.0 s: half-open, 2 trials fail, open again until 2.0 s; stop at 1.5 s.
+    assert reached == policy["min_calls"] + policy["half_open_calls"], (reached, results)
+    assert sum(r.get("circuit_open", 0) for r in results) > 100
