@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -14,7 +15,7 @@ from api_orchestration.breaker import HOLD_SECONDS
 def test_even_spacing_without_burst(backend):
     limit = RateLimit(permits=10, per_seconds=1.0, margin=0.0)
     waits = [backend.limiter_acquire("k", limit, max_wait=5).wait for _ in range(10)]
-    gaps = [b - a for a, b in zip(waits, waits[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(waits)]
     assert waits[0] == pytest.approx(0, abs=0.01)
     assert all(g == pytest.approx(0.1, abs=0.01) for g in gaps), gaps
 
@@ -195,7 +196,7 @@ def test_unwritable_sqlite_fails_closed(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     b = backend_for_url(f"sqlite:///{blocker}/state.db")
-    with pytest.raises(StateBackendError, match="state.db failed during limiter_acquire"):
+    with pytest.raises(StateBackendError, match=r"state\.db failed during limiter_acquire"):
         b.limiter_acquire("k", RateLimit(1), 1)
 
 
