@@ -71,7 +71,9 @@ def test_post_without_idempotency_key_is_not_retried(backend, demo):
 
 
 def test_post_with_key_is_retried_with_the_same_key(backend, demo):
-    response = caller(backend).call("POST", f"{demo.url}/flaky/k?fail=2", json={"a": 1}, idempotency_key="order-7")
+    response = caller(backend).call(
+        "POST", f"{demo.url}/flaky/k?fail=2", json={"a": 1}, idempotency_key="order-7"
+    )
     assert response.status_code == 200
     assert demo.calls()["by_path_and_key"]["/flaky/k"] == {"order-7": 3}
 
@@ -135,7 +137,9 @@ def test_open_breaker_fails_fast_without_calling(backend, demo):
     assert info.value.key == "down" and info.value.reopen_at > time.time() + 25
     assert demo.calls()["paths"]["/status/500"] == 2
     with pytest.raises(DeferralNeeded, match="circuit 'down' open"):
-        caller(backend, breaker=policy, breaker_key="down", on_circuit_open="defer").call("GET", f"{demo.url}/x")
+        caller(backend, breaker=policy, breaker_key="down", on_circuit_open="defer").call(
+            "GET", f"{demo.url}/x"
+        )
 
 
 def test_client_errors_do_not_trip_the_breaker(backend, demo):

@@ -32,9 +32,9 @@ def default_response_filter(response: requests.Response) -> Any:
     return response.text
 
 
-def _check_type(param: str, value: Any, types: type | tuple[type, ...], expected: str) -> None:
+def _check_type(owner: str, param: str, value: Any, types: type | tuple[type, ...], expected: str) -> None:
     if value is not None and not isinstance(value, types):
-        raise ConfigurationError("ResilientHttpOperator", param, value, expected)
+        raise ConfigurationError(owner, param, value, expected)
 
 
 class ResilientHttpOperator(BaseOperator):
@@ -46,7 +46,7 @@ class ResilientHttpOperator(BaseOperator):
     :param method: HTTP method.
     :param http_conn_id: Airflow Connection (type ``http``) with host, credentials and headers.
     :param json: JSON body (templated). ``data``: form body or raw text (templated).
-    :param params: query parameters (templated). ``headers``: extra headers (templated).
+    :param query: query-string parameters (templated; ``params`` is Airflow's DAG params). ``headers``: extra headers (templated).
     :param timeout: seconds, or ``(connect, read)``; default ``(10, 60)``.
     :param rate_limit: :class:`RateLimit` shared by every task using ``rate_limit_key``.
     :param rate_limit_key: default: the connection id.
@@ -66,12 +66,12 @@ class ResilientHttpOperator(BaseOperator):
         "endpoint",
         "json",
         "data",
-        "params",
+        "query",
         "headers",
         "idempotency_key",
         "http_conn_id",
     )
-    template_fields_renderers = {"json": "json", "headers": "json", "params": "json"}
+    template_fields_renderers = {"json": "json", "headers": "json", "query": "json"}
     ui_color = "#e8f4ff"
 
     def __init__(
@@ -82,7 +82,7 @@ class ResilientHttpOperator(BaseOperator):
         http_conn_id: str = "http_default",
         json: Any = None,
         data: Any = None,
-        params: dict[str, Any] | None = None,
+        query: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         timeout: float | tuple[float, float] = (10.0, 60.0),
         rate_limit: RateLimit | None = None,
@@ -103,11 +103,14 @@ class ResilientHttpOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         method = str(method).upper()
+        owner = f"task {self.task_id!r}"
         if method not in METHODS:
-            raise ConfigurationError(self.task_id, "method", method, f"must be one of {', '.join(METHODS)}")
-        _check_type("rate_limit", rate_limit, RateLimit, "must be a RateLimit(permits, per_seconds, burst)")
-        _check_type("breaker", breaker, BreakerPolicy, "must be a BreakerPolicy(...)")
-        _check_type("retry", retry, RetryPolicy, "must be a RetryPolicy(...)")
+            raise ConfigurationError(owner, "method", method, f"must be one of {', '.join(METHODS)}")
+        _check_type(
+            owner, "rate_limit", rate_limit, RateLimit, "must be a RateLimit(permits, per_seconds, burst)"
+        )
+        _check_type(owner, "breaker", breaker, BreakerPolicy, "must be a BreakerPolicy(...)")
+        _check_type(owner, "retry", retry, RetryPolicy, "must be a RetryPolicy(...)")
         _check_type(
             "idempotency_key", idempotency_key, (str, bool), "must be None, False or a (templated) string"
         )
@@ -120,16 +123,16 @@ class ResilientHttpOperator(BaseOperator):
                 self.task_id, "on_circuit_open", on_circuit_open, "must be 'fail' or 'defer'"
             )
         if not (isinstance(max_sleep, int | float) and max_sleep >= 0):
-            raise ConfigurationError(self.task_id, "max_sleep", max_sleep, "must be a number of seconds >= 0")
+            raise ConfigurationError(owner, "max_sleep", max_sleep, "must be a number of seconds >= 0")
         parts = timeout if isinstance(timeout, tuple) else (timeout,)
         if not all(isinstance(t, int | float) and t > 0 for t in parts) or len(parts) > 2:
             raise ConfigurationError(
                 self.task_id, "timeout", timeout, "must be seconds > 0 or a (connect, read) pair"
             )
         if json is not None and data is not None:
-            raise ConfigurationError(self.task_id, "json/data", "both", "must not both be set: send one body")
+            raise ConfigurationError(owner, "json/data", "both", "must not both be set: send one body")
         self.endpoint, self.method, self.http_conn_id = endpoint, method, http_conn_id
-        self.json, self.data, self.params, self.headers = json, data, params, headers
+        self.json, self.data, self.query, self.headers = json, data, query, headers
         self.timeout = timeout
         self.rate_limit, self.rate_limit_key = rate_limit, rate_limit_key
         self.breaker, self.breaker_key = breaker, breaker_key
@@ -184,7 +187,7 @@ class ResilientHttpOperator(BaseOperator):
             response = caller.call(
                 self.method,
                 hook.url_from_endpoint(self.endpoint),
-                params=self.params,
+                params=self.query,
                 json=self.json,
                 data=self.data,
                 headers=self.headers,
