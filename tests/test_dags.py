@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import pendulum
 import pytest
@@ -72,7 +73,7 @@ def test_throttled_fetch_example_spaces_the_calls(dagbag, demo):
         for t in ts
     )
     assert len(arrivals) == 3
-    assert all(b - a >= 8.0 for a, b in zip(arrivals, arrivals[1:], strict=False)), arrivals
+    assert all(b - a >= 8.0 for a, b in itertools.pairwise(arrivals)), arrivals
 
 
 def test_idempotency_key_is_stable_across_airflow_retries(demo):

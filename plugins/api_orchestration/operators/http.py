@@ -112,7 +112,11 @@ class ResilientHttpOperator(BaseOperator):
         _check_type(owner, "breaker", breaker, BreakerPolicy, "must be a BreakerPolicy(...)")
         _check_type(owner, "retry", retry, RetryPolicy, "must be a RetryPolicy(...)")
         _check_type(
-            "idempotency_key", idempotency_key, (str, bool), "must be None, False or a (templated) string"
+            owner,
+            "idempotency_key",
+            idempotency_key,
+            (str, bool),
+            "must be None, False or a (templated) string",
         )
         if idempotency_key is True:
             raise ConfigurationError(
