@@ -120,18 +120,16 @@ class ResilientHttpOperator(BaseOperator):
         )
         if idempotency_key is True:
             raise ConfigurationError(
-                self.task_id, "idempotency_key", True, "must be None (derived), False or a string"
+                owner, "idempotency_key", True, "must be None (derived), False or a string"
             )
         if on_circuit_open not in ("fail", "defer"):
-            raise ConfigurationError(
-                self.task_id, "on_circuit_open", on_circuit_open, "must be 'fail' or 'defer'"
-            )
+            raise ConfigurationError(owner, "on_circuit_open", on_circuit_open, "must be 'fail' or 'defer'")
         if not (isinstance(max_sleep, int | float) and max_sleep >= 0):
             raise ConfigurationError(owner, "max_sleep", max_sleep, "must be a number of seconds >= 0")
         parts = timeout if isinstance(timeout, tuple) else (timeout,)
         if not all(isinstance(t, int | float) and t > 0 for t in parts) or len(parts) > 2:
             raise ConfigurationError(
-                self.task_id, "timeout", timeout, "must be seconds > 0 or a (connect, read) pair"
+                owner, "timeout", timeout, "must be seconds > 0 or a (connect, read) pair"
             )
         if json is not None and data is not None:
             raise ConfigurationError(owner, "json/data", "both", "must not both be set: send one body")
