@@ -1,0 +1,37 @@
+# Two commands do everything: `make run` (demo API + Airflow on SQLite) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt | sha1sum | cut -c1-12)
+export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include:$(CURDIR)/tests
+
+.PHONY: install run test lint format bench clean
+
+$(STAMP): requirements.txt constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt -c constraints.txt
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)  ## create .venv and install the pinned requirements
+
+run: install  ## start the demo API and Airflow (UI on :8080, admin/admin); Ctrl-C stops everything
+	$(BIN)/python include/devtools/run_local.py
+
+lint: install  ## ruff, as CI runs it
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install lint  ## the whole suite (CI=true: missing services fail instead of skipping)
+	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: install  ## print the benchmark tables
+	$(BIN)/python tests/bench/run_bench.py $(BENCH_ARGS)
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .airflow .pytest_cache .ruff_cache
