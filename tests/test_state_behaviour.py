@@ -179,7 +179,7 @@ def test_status_of_unknown_keys_is_none(backend):
 # -- failure of the store: fail closed ------------------------------------------------------------
 def test_unreachable_redis_fails_closed():
     b = backend_for_url("redis://127.0.0.1:1/0")
-    with pytest.raises(StateBackendError, match=r"redis://127.0.0.1:1/0 failed during limiter_acquire"):
+    with pytest.raises(StateBackendError, match=r"redis://127.0.0.1:1/0 failed during admit"):
         b.limiter_acquire("k", RateLimit(1), 1)
     with pytest.raises(StateBackendError, match="fail closed"):
         b.breaker_acquire("k", BreakerPolicy(), 1)
@@ -196,7 +196,7 @@ def test_unwritable_sqlite_fails_closed(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     b = backend_for_url(f"sqlite:///{blocker}/state.db")
-    with pytest.raises(StateBackendError, match=r"state\.db failed during limiter_acquire"):
+    with pytest.raises(StateBackendError, match=r"state\.db failed during admit"):
         b.limiter_acquire("k", RateLimit(1), 1)
 
 

@@ -95,33 +95,33 @@ class ResilientCaller:
         self._settings: dict[str, dict[str, Any]] = {}
 
     # -- the guarded steps ----------------------------------------------------------------------
-    def _wait_for_permit(self, attempt: int, waits: _Waits) -> None:
+    def _admit(self, attempt: int, waits: _Waits) -> brk.BreakerDecision | None:
+        """Take the limiter slot and the breaker permit (one atomic store operation), sleeping for
+        short waits; returns the permit to report the verdict with."""
         g = self.guard
-        decision = g.backend.limiter_acquire(g.limit_key, g.rate_limit, g.max_sleep)
-        why = "Retry-After pause" if decision.paused else "rate limit"
-        if not decision.granted:
-            raise DeferralNeeded(decision.wait, f"{why} on {g.limit_key!r}", attempt)
-        if decision.wait > 0:
-            time.sleep(decision.wait)
-            waits.add(decision.wait, f"for {why} on {g.limit_key!r}")
-
-    def _enter_breaker(self, attempt: int, waits: _Waits) -> brk.BreakerDecision | None:
-        g = self.guard
-        if g.breaker is None:
-            return None
+        breaker_key = g.breaker_key if g.breaker is not None else None
         held = 0.0
         while True:
-            decision = g.backend.breaker_acquire(g.breaker_key, g.breaker, self.lease_seconds)
-            if decision.allowed:
+            admission = g.backend.admit(
+                g.limit_key, g.rate_limit, breaker_key, g.breaker, g.max_sleep, self.lease_seconds
+            )
+            why = "Retry-After pause" if admission.paused else "rate limit"
+            if admission.granted:
                 waits.add(held, f"for calls in flight on circuit {g.breaker_key!r}")
-                return decision
-            if decision.kind == "hold" and held < g.max_sleep:
-                time.sleep(decision.wait)
-                held += decision.wait
+                if admission.wait > 0:
+                    time.sleep(admission.wait)
+                    waits.add(admission.wait, f"for {why} on {g.limit_key!r}")
+                return admission.breaker
+            if admission.reason == "defer":
+                raise DeferralNeeded(admission.wait, f"{why} on {g.limit_key!r}", attempt)
+            if admission.reason == "hold" and held < g.max_sleep:
+                time.sleep(admission.wait)
+                held += admission.wait
                 continue
-            if g.on_circuit_open == "defer" and decision.kind == "open":
-                raise DeferralNeeded(max(decision.wait, 0.0), f"circuit {g.breaker_key!r} open", attempt)
-            raise CircuitOpenError(g.breaker_key, decision.reopen_at, decision.state)
+            if admission.reason == "open" and g.on_circuit_open == "defer":
+                raise DeferralNeeded(max(admission.wait, 0.0), f"circuit {g.breaker_key!r} open", attempt)
+            reopen_at = admission.breaker.reopen_at if admission.breaker else None
+            raise CircuitOpenError(g.breaker_key, reopen_at, admission.reason)
 
     def _report(self, decision: brk.BreakerDecision | None, failed: bool) -> None:
         g = self.guard
@@ -174,8 +174,7 @@ class ResilientCaller:
         attempt = first_attempt
         waits = _Waits()
         while True:
-            self._wait_for_permit(attempt, waits)
-            permit = self._enter_breaker(attempt, waits)
+            permit = self._admit(attempt, waits)
             started = time.perf_counter()
             response: requests.Response | None = None
             error: Exception | None = None

@@ -49,12 +49,18 @@ class StateBackendError(ApiOrchestrationError):
 
 
 class CircuitOpenError(ApiOrchestrationError):
-    """The circuit breaker for ``key`` is open (or its half-open trial calls are all taken)."""
+    """The circuit breaker for ``key`` refused the call. ``reason``: ``open`` (until ``reopen_at``),
+    ``busy`` (half-open, its trial calls are taken) or ``hold`` (calls in flight could open it)."""
 
-    def __init__(self, key: str, reopen_at: float | None, state: str = "open") -> None:
-        self.key, self.reopen_at, self.state = key, reopen_at, state
-        when = f"half-open at unix time {reopen_at:.3f}" if reopen_at else "trial calls in progress"
-        super().__init__(f"circuit {key!r} is {state} ({when}); the call was not made")
+    _WHY = {
+        "busy": "is half-open and its trial calls are taken",
+        "hold": "is holding calls: the calls in flight could open it",
+    }
+
+    def __init__(self, key: str, reopen_at: float | None, reason: str = "open") -> None:
+        self.key, self.reopen_at, self.reason = key, reopen_at, reason
+        why = self._WHY.get(reason, f"is open until unix time {reopen_at or 0:.3f}, then half-open")
+        super().__init__(f"circuit {key!r} {why}; the call was not made")
 
 
 class HttpCallError(ApiOrchestrationError):

@@ -1,8 +1,9 @@
 """Rate-limit decisions: a reserving GCRA plus, for bursts, a sliding log of the last ``permits`` slots.
 
-Every decision is one atomic operation on the shared store. The SQLite backend runs
-:func:`decide` inside a ``BEGIN IMMEDIATE`` transaction; the Redis backend runs the same
-algorithm as a Lua script (``state/redis_scripts.py``) against the Redis server's clock.
+Every decision is one atomic operation on the shared store (together with the breaker's, see
+``StateBackend.admit``). The SQLite backend runs :func:`next_slot` and :func:`reserve` inside a
+``BEGIN IMMEDIATE`` transaction; the Redis backend runs the same algorithm as a Lua script
+(``state/redis_scripts.py``) against the Redis server's clock.
 
 A granted permit is a *reserved slot*: the caller sleeps until the slot, then calls. Slots are
 handed out in FIFO order, so no process starves. A permit whose wait would exceed ``max_wait`` is
@@ -15,16 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from api_orchestration.policy import RateLimit
-
-
-@dataclass(frozen=True)
-class LimiterDecision:
-    """``granted``: a slot ``wait`` seconds from now is reserved for the caller.
-    Not granted: the next slot is ``wait`` seconds away, more than the caller would wait."""
-
-    granted: bool
-    wait: float
-    paused: bool = False
 
 
 @dataclass
@@ -51,21 +42,11 @@ def next_slot(rec: LimiterRecord, limit: RateLimit | None, now: float, nth_lates
     return slot
 
 
-def decide(
-    rec: LimiterRecord, limit: RateLimit | None, now: float, max_wait: float, nth_latest: float | None
-) -> tuple[LimiterDecision, float | None]:
-    """Decide one request; mutates ``rec`` when a slot is reserved and returns that slot."""
-    slot = next_slot(rec, limit, now, nth_latest)
-    wait = slot - now
-    paused = rec.paused_until > now
-    if wait > max_wait:
-        return LimiterDecision(False, wait, paused), None
-    if limit is None:
-        return LimiterDecision(True, wait, paused), None
+def reserve(rec: LimiterRecord, limit: RateLimit, slot: float) -> None:
+    """Book ``slot`` (from :func:`next_slot`) for the caller; mutates ``rec``."""
     rec.tat = max(rec.tat, slot) + limit.interval
     rec.last_slot = slot
     rec.granted += 1
-    return LimiterDecision(True, wait, paused), slot
 
 
 def pause(rec: LimiterRecord, now: float, seconds: float) -> float:

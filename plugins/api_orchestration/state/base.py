@@ -8,7 +8,26 @@ from typing import Any
 
 from api_orchestration.breaker import BreakerDecision
 from api_orchestration.policy import BreakerPolicy, RateLimit
-from api_orchestration.ratelimit import LimiterDecision
+
+NO_WAIT_LIMIT = float("inf")
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The answer to "may this call go out now?".
+
+    Granted: a limiter slot ``wait`` seconds from now is reserved and, with a breaker, ``breaker``
+    is the permit to report the verdict with. Refused, by ``reason``: ``defer`` (the next slot is
+    ``wait`` s away, more than the caller would sleep; nothing was reserved), or the breaker's
+    ``open`` (``wait`` = time until half-open), ``busy`` (half-open, trials taken) or ``hold``
+    (calls in flight could trip it: ask again in ``wait`` s).
+    """
+
+    granted: bool
+    reason: str
+    wait: float
+    paused: bool = False
+    breaker: BreakerDecision | None = None
 
 
 @dataclass(frozen=True)
@@ -33,8 +52,28 @@ class StateBackend(abc.ABC):
     url: str
 
     @abc.abstractmethod
-    def limiter_acquire(self, key: str, limit: RateLimit | None, max_wait: float) -> LimiterDecision:
+    def admit(
+        self,
+        limit_key: str | None,
+        limit: RateLimit | None,
+        breaker_key: str | None,
+        breaker: BreakerPolicy | None,
+        max_wait: float,
+        lease_seconds: float,
+    ) -> Admission:
+        """One atomic decision for one call: the breaker's permit (if ``breaker``) and the next
+        limiter slot of ``limit_key`` (its ``Retry-After`` pause applies even without ``limit``),
+        granted only together and only if the slot is at most ``max_wait`` seconds away."""
+
+    def limiter_acquire(self, key: str, limit: RateLimit | None, max_wait: float) -> Admission:
         """Reserve the next slot for ``key`` if it is at most ``max_wait`` seconds away."""
+        return self.admit(key, limit, None, None, max_wait, 0.0)
+
+    def breaker_acquire(self, key: str, policy: BreakerPolicy, lease_seconds: float) -> BreakerDecision:
+        """Ask the breaker alone whether a call may go out."""
+        decision = self.admit(None, None, key, policy, NO_WAIT_LIMIT, lease_seconds).breaker
+        assert decision is not None
+        return decision
 
     @abc.abstractmethod
     def limiter_pause(self, key: str, seconds: float) -> float:
@@ -43,10 +82,6 @@ class StateBackend(abc.ABC):
     @abc.abstractmethod
     def limiter_status(self, key: str) -> dict[str, Any] | None:
         """The key's limiter state, or None if it was never used."""
-
-    @abc.abstractmethod
-    def breaker_acquire(self, key: str, policy: BreakerPolicy, lease_seconds: float) -> BreakerDecision:
-        """Ask whether a call may go out; a ``closed`` permit holds a lease for ``lease_seconds``."""
 
     @abc.abstractmethod
     def breaker_record(

@@ -15,9 +15,8 @@ import redis
 from api_orchestration import breaker as brk
 from api_orchestration.errors import StateBackendError
 from api_orchestration.policy import BreakerPolicy, RateLimit
-from api_orchestration.ratelimit import LimiterDecision
 from api_orchestration.state import redis_scripts
-from api_orchestration.state.base import StateBackend, Transition
+from api_orchestration.state.base import Admission, StateBackend, Transition
 
 T = TypeVar("T")
 DEFAULT_PREFIX = "apiorch:"
@@ -48,9 +47,7 @@ class RedisBackend(StateBackend):
             socket_connect_timeout=socket_timeout,
             decode_responses=True,
         )
-        self._limiter_acquire = self.client.register_script(redis_scripts.LIMITER_ACQUIRE)
-        self._limiter_pause = self.client.register_script(redis_scripts.LIMITER_PAUSE)
-        self._breaker = self.client.register_script(redis_scripts.BREAKER)
+        self._script = self.client.register_script(redis_scripts.STATE)
 
     def _keys(self, kind: str, key: str) -> list[str]:
         base = f"{self.prefix}{kind}:{{{key}}}"  # hash tag: both keys on one cluster slot
@@ -70,21 +67,48 @@ class RedisBackend(StateBackend):
             netloc += f":{parts.port}"
         return urlunsplit(parts._replace(netloc=netloc))
 
-    # -- limiter --------------------------------------------------------------------------------
-    def limiter_acquire(self, key: str, limit: RateLimit | None, max_wait: float) -> LimiterDecision:
-        args = (
-            [1, limit.permits, repr(limit.window), repr(limit.interval), limit.burst, repr(max_wait)]
+    # -- one decision per call -----------------------------------------------------------------
+    def admit(
+        self,
+        limit_key: str | None,
+        limit: RateLimit | None,
+        breaker_key: str | None,
+        breaker: BreakerPolicy | None,
+        max_wait: float,
+        lease_seconds: float,
+    ) -> Admission:
+        has_breaker = breaker is not None and breaker_key is not None
+        keys = self._keys("rl", limit_key or "-") + self._keys("br", breaker_key or "-")
+        lim = (
+            [1, limit.permits, repr(limit.window), repr(limit.interval), limit.burst]
             if limit
-            else [0, 1, 1, 1, 1, repr(max_wait)]
+            else [0, 1, 1, 1, 1]
         )
-        granted, wait, paused = self._call(
-            "limiter_acquire", lambda: self._limiter_acquire(keys=self._keys("rl", key), args=args)
-        )
-        return LimiterDecision(bool(granted), float(wait), bool(paused))
+        args = [
+            "admit", int(limit_key is not None), *lim, repr(min(max_wait, 1e12)), int(has_breaker),
+            *(self._policy_args(breaker) if has_breaker else [0] * 6), repr(lease_seconds), repr(brk.HOLD_SECONDS),
+        ]  # fmt: skip
+        reply = self._call("admit", lambda: self._script(keys=keys, args=args))
+        granted, reason, wait, paused = reply[:4]
+        decision = None
+        if has_breaker and len(reply) > 4:
+            allowed, kind, gen, state, lease, reopen_at, b_wait = reply[4:]
+            decision = brk.BreakerDecision(
+                bool(allowed),
+                kind,
+                int(gen),
+                state,
+                lease,
+                float(reopen_at) if reopen_at else None,
+                float(b_wait),
+            )
+        return Admission(bool(granted), reason, float(wait), bool(paused), decision)
 
+    # -- limiter --------------------------------------------------------------------------------
     def limiter_pause(self, key: str, seconds: float) -> float:
         until = self._call(
-            "limiter_pause", lambda: self._limiter_pause(keys=self._keys("rl", key)[:1], args=[repr(seconds)])
+            "limiter_pause",
+            lambda: self._script(keys=self._keys("rl", key)[:1], args=["pause", repr(seconds)]),
         )
         return float(until)
 
@@ -101,33 +125,26 @@ class RedisBackend(StateBackend):
         return sec + usec / 1e6
 
     # -- breaker --------------------------------------------------------------------------------
-    def _policy_args(self, op: str, policy: BreakerPolicy) -> list[Any]:
+    @staticmethod
+    def _policy_args(policy: BreakerPolicy) -> list[Any]:
         return [
-            op, repr(policy.failure_rate), policy.window_size, policy.min_calls, repr(policy.open_seconds),
+            repr(policy.failure_rate), policy.window_size, policy.min_calls, repr(policy.open_seconds),
             policy.half_open_calls, repr(policy.half_open_timeout),
         ]  # fmt: skip
-
-    def breaker_acquire(self, key: str, policy: BreakerPolicy, lease_seconds: float) -> brk.BreakerDecision:
-        args = [*self._policy_args("acquire", policy), repr(lease_seconds), repr(brk.HOLD_SECONDS)]
-        allowed, kind, gen, state, lease, reopen_at, wait = self._call(
-            "breaker_acquire", lambda: self._breaker(keys=self._keys("br", key), args=args)
-        )
-        return brk.BreakerDecision(
-            bool(allowed), kind, int(gen), state, lease, float(reopen_at) if reopen_at else None, float(wait)
-        )
 
     def breaker_record(
         self, key: str, policy: BreakerPolicy, decision: brk.BreakerDecision, failed: bool
     ) -> Transition:
         args = [
-            *self._policy_args("record", policy),
+            "record",
+            *self._policy_args(policy),
             decision.kind,
             decision.gen,
             decision.lease,
             int(failed),
         ]
         before, after = self._call(
-            "breaker_record", lambda: self._breaker(keys=self._keys("br", key), args=args)
+            "breaker_record", lambda: self._script(keys=self._keys("br", key), args=args)
         )
         return Transition(before, after)
 
@@ -150,8 +167,7 @@ class RedisBackend(StateBackend):
         }
 
     def breaker_reset(self, key: str) -> None:
-        args = self._policy_args("reset", BreakerPolicy())
-        self._call("breaker_reset", lambda: self._breaker(keys=self._keys("br", key), args=args))
+        self._call("breaker_reset", lambda: self._script(keys=self._keys("br", key), args=["reset"]))
 
     def clear(self) -> None:
         def delete_all() -> None:

@@ -12,15 +12,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, fields
+from dataclasses import fields
 from typing import Any
 
 from api_orchestration import breaker as brk
 from api_orchestration import ratelimit as rl
 from api_orchestration.errors import ConfigurationError, StateBackendError
 from api_orchestration.policy import BreakerPolicy, RateLimit
-from api_orchestration.state.base import StateBackend, Transition
+from api_orchestration.state.base import Admission, StateBackend, Transition
 
+SCHEMA_VERSION = 2  # bump on any change: older state is dropped (it is only rate and breaker state)
+_DROP = "DROP TABLE IF EXISTS limiter; DROP TABLE IF EXISTS limiter_slot; DROP TABLE IF EXISTS breaker;"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS limiter (
     key TEXT PRIMARY KEY, tat REAL, last_slot REAL, paused_until REAL, last_retry_after REAL, granted INTEGER);
@@ -28,12 +30,26 @@ CREATE TABLE IF NOT EXISTS limiter_slot (key TEXT NOT NULL, slot REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS limiter_slot_key_slot ON limiter_slot (key, slot);
 CREATE TABLE IF NOT EXISTS breaker (
     key TEXT PRIMARY KEY, state TEXT, gen INTEGER, opened_until REAL, half_open_since REAL,
-    trials_issued INTEGER, trial_successes INTEGER, trial_failures INTEGER, outcomes TEXT, seq INTEGER, changed_at REAL);
-CREATE TABLE IF NOT EXISTS breaker_lease (key TEXT NOT NULL, lease TEXT NOT NULL, expires REAL NOT NULL,
-    PRIMARY KEY (key, lease));
+    trials_issued INTEGER, trial_successes INTEGER, trial_failures INTEGER, outcomes TEXT, seq INTEGER, changed_at REAL,
+    leases TEXT);
 """
 _LIMITER_FIELDS = [f.name for f in fields(rl.LimiterRecord)]
 _BREAKER_FIELDS = [f.name for f in fields(brk.BreakerRecord)]
+Leases = dict[str, float]  # lease id -> expiry, for calls in flight (kept in the breaker row)
+
+
+def _parse_leases(text: str | None) -> Leases:
+    if not text:
+        return {}
+    return {lease: float(expires) for lease, expires in (item.split("=") for item in text.split(";"))}
+
+
+def _format_leases(leases: Leases) -> str:
+    return ";".join(f"{lease}={expires!r}" for lease, expires in leases.items())
+
+
+def _values(record: object) -> tuple:
+    return tuple(vars(record).values())  # field order; dataclasses.asdict deep-copies (slow)
 
 
 def _upsert_sql(table: str, names: list[str]) -> str:
@@ -63,7 +79,7 @@ class SQLiteBackend(StateBackend):
         self.url, self.path, self.timeout, self.clock = url, path_from_url(url), timeout, clock
         self._local = threading.local()
         self._limiter_upsert = _upsert_sql("limiter", _LIMITER_FIELDS)
-        self._breaker_upsert = _upsert_sql("breaker", _BREAKER_FIELDS)
+        self._breaker_upsert = _upsert_sql("breaker", [*_BREAKER_FIELDS, "leases"])
 
     # -- connection and transactions ------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -73,9 +89,23 @@ class SQLiteBackend(StateBackend):
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
+            self._migrate(conn)
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                for statement in (_DROP + _SCHEMA).split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     @contextmanager
     def _transaction(self, operation: str) -> Iterator[sqlite3.Connection]:
@@ -97,101 +127,119 @@ class SQLiteBackend(StateBackend):
     def _read(self, conn: sqlite3.Connection, table: str, names: list[str], key: str) -> tuple | None:
         return conn.execute(f"SELECT {', '.join(names)} FROM {table} WHERE key = ?", (key,)).fetchone()
 
-    # -- limiter --------------------------------------------------------------------------------
-    def limiter_acquire(self, key: str, limit: RateLimit | None, max_wait: float) -> rl.LimiterDecision:
-        with self._transaction("limiter_acquire") as conn:
+    # -- one decision per call -----------------------------------------------------------------
+    def admit(
+        self,
+        limit_key: str | None,
+        limit: RateLimit | None,
+        breaker_key: str | None,
+        breaker: BreakerPolicy | None,
+        max_wait: float,
+        lease_seconds: float,
+    ) -> Admission:
+        with self._transaction("admit") as conn:
             now = self.clock()
-            row = self._read(conn, "limiter", _LIMITER_FIELDS, key)
-            rec = rl.LimiterRecord(*row) if row else rl.LimiterRecord()
-            nth = None
-            if limit is not None and limit.burst > 1:
-                conn.execute(
-                    "DELETE FROM limiter_slot WHERE key = ? AND slot <= ?", (key, now - limit.window)
-                )
-                found = conn.execute(
-                    "SELECT slot FROM limiter_slot WHERE key = ? ORDER BY slot DESC LIMIT 1 OFFSET ?",
-                    (key, limit.permits - 1),
-                ).fetchone()
-                nth = found[0] if found else None
-            decision, slot = rl.decide(rec, limit, now, max_wait, nth)
-            if slot is not None:
-                conn.execute(self._limiter_upsert, (key, *asdict(rec).values()))
-                if limit is not None and limit.burst > 1:
-                    conn.execute("INSERT INTO limiter_slot (key, slot) VALUES (?, ?)", (key, slot))
-            return decision
+            wait, paused, slot, lrec = 0.0, False, now, None
+            if limit_key is not None:
+                row = self._read(conn, "limiter", _LIMITER_FIELDS, limit_key)
+                lrec = rl.LimiterRecord(*row) if row else rl.LimiterRecord()
+                slot = rl.next_slot(lrec, limit, now, self._nth_latest(conn, limit_key, limit, now))
+                wait, paused = slot - now, lrec.paused_until > now
+                if wait > max_wait:
+                    return Admission(False, "defer", wait, paused)
+            decision = None
+            if breaker is not None and breaker_key is not None:
+                decision = self._breaker_acquire(conn, breaker_key, breaker, now, lease_seconds)
+                if not decision.allowed:
+                    return Admission(False, decision.kind, decision.wait, paused, decision)
+            if lrec is not None and limit is not None:
+                rl.reserve(lrec, limit, slot)
+                conn.execute(self._limiter_upsert, (limit_key, *_values(lrec)))
+                if limit.burst > 1:
+                    conn.execute("INSERT INTO limiter_slot (key, slot) VALUES (?, ?)", (limit_key, slot))
+            return Admission(True, "ok", wait, paused, decision)
 
+    def _nth_latest(
+        self, conn: sqlite3.Connection, key: str, limit: RateLimit | None, now: float
+    ) -> float | None:
+        """The ``permits``-th most recent slot, for bursts (older slots are dropped)."""
+        if limit is None or limit.burst == 1:
+            return None
+        conn.execute("DELETE FROM limiter_slot WHERE key = ? AND slot <= ?", (key, now - limit.window))
+        found = conn.execute(
+            "SELECT slot FROM limiter_slot WHERE key = ? ORDER BY slot DESC LIMIT 1 OFFSET ?",
+            (key, limit.permits - 1),
+        ).fetchone()
+        return found[0] if found else None
+
+    def _breaker_acquire(
+        self, conn: sqlite3.Connection, key: str, policy: BreakerPolicy, now: float, lease_seconds: float
+    ) -> brk.BreakerDecision:
+        rec, leases = self._breaker(conn, key)
+        gen_before = rec.gen
+        leases = {lease: expires for lease, expires in leases.items() if expires > now}
+        decision = brk.acquire(rec, policy, now, len(leases))
+        if decision.lease:
+            leases[decision.lease] = now + lease_seconds
+        self._save_breaker(conn, key, rec, gen_before, leases)
+        return decision
+
+    # -- limiter --------------------------------------------------------------------------------
     def limiter_pause(self, key: str, seconds: float) -> float:
         with self._transaction("limiter_pause") as conn:
             row = self._read(conn, "limiter", _LIMITER_FIELDS, key)
             rec = rl.LimiterRecord(*row) if row else rl.LimiterRecord()
             until = rl.pause(rec, self.clock(), seconds)
-            conn.execute(self._limiter_upsert, (key, *asdict(rec).values()))
+            conn.execute(self._limiter_upsert, (key, *_values(rec)))
             return until
 
     def limiter_status(self, key: str) -> dict[str, Any] | None:
         with self._transaction("limiter_status") as conn:
             row = self._read(conn, "limiter", _LIMITER_FIELDS, key)
-            return {**asdict(rl.LimiterRecord(*row)), "now": self.clock()} if row else None
+            return {**vars(rl.LimiterRecord(*row)), "now": self.clock()} if row else None
 
     # -- breaker --------------------------------------------------------------------------------
-    def _breaker(self, conn: sqlite3.Connection, key: str) -> brk.BreakerRecord:
-        row = self._read(conn, "breaker", _BREAKER_FIELDS, key)
-        return brk.BreakerRecord(*row) if row else brk.BreakerRecord()
+    def _breaker(self, conn: sqlite3.Connection, key: str) -> tuple[brk.BreakerRecord, Leases]:
+        row = self._read(conn, "breaker", [*_BREAKER_FIELDS, "leases"], key)
+        if not row:
+            return brk.BreakerRecord(), {}
+        return brk.BreakerRecord(*row[:-1]), _parse_leases(row[-1])
 
     def _save_breaker(
-        self, conn: sqlite3.Connection, key: str, rec: brk.BreakerRecord, gen_before: int
+        self, conn: sqlite3.Connection, key: str, rec: brk.BreakerRecord, gen_before: int, leases: Leases
     ) -> None:
-        conn.execute(self._breaker_upsert, (key, *asdict(rec).values()))
-        if rec.gen != gen_before:
-            conn.execute("DELETE FROM breaker_lease WHERE key = ?", (key,))
-
-    def breaker_acquire(self, key: str, policy: BreakerPolicy, lease_seconds: float) -> brk.BreakerDecision:
-        with self._transaction("breaker_acquire") as conn:
-            now = self.clock()
-            rec = self._breaker(conn, key)
-            gen_before = rec.gen
-            conn.execute("DELETE FROM breaker_lease WHERE key = ? AND expires <= ?", (key, now))
-            (in_flight,) = conn.execute("SELECT COUNT(*) FROM breaker_lease WHERE key = ?", (key,)).fetchone()
-            decision = brk.acquire(rec, policy, now, in_flight)
-            self._save_breaker(conn, key, rec, gen_before)
-            if decision.lease:
-                conn.execute(
-                    "INSERT INTO breaker_lease (key, lease, expires) VALUES (?, ?, ?)",
-                    (key, decision.lease, now + lease_seconds),
-                )
-            return decision
+        """Store the record; a state change (new ``gen``) drops the leases of the old state."""
+        kept = _format_leases(leases) if rec.gen == gen_before else ""
+        conn.execute(self._breaker_upsert, (key, *_values(rec), kept))
 
     def breaker_record(
         self, key: str, policy: BreakerPolicy, decision: brk.BreakerDecision, failed: bool
     ) -> Transition:
         with self._transaction("breaker_record") as conn:
-            rec = self._breaker(conn, key)
+            rec, leases = self._breaker(conn, key)
             before, gen_before = rec.state, rec.gen
-            if decision.lease:
-                conn.execute("DELETE FROM breaker_lease WHERE key = ? AND lease = ?", (key, decision.lease))
+            leases.pop(decision.lease, None)
             brk.record(rec, policy, decision, failed, self.clock())
-            self._save_breaker(conn, key, rec, gen_before)
+            self._save_breaker(conn, key, rec, gen_before, leases)
             return Transition(before, rec.state)
 
     def breaker_status(self, key: str) -> dict[str, Any] | None:
         with self._transaction("breaker_status") as conn:
-            row = self._read(conn, "breaker", _BREAKER_FIELDS, key)
-            if not row:
+            if not self._read(conn, "breaker", ["key"], key):
                 return None
-            (in_flight,) = conn.execute(
-                "SELECT COUNT(*) FROM breaker_lease WHERE key = ? AND expires > ?", (key, self.clock())
-            ).fetchone()
-            return {**asdict(brk.BreakerRecord(*row)), "in_flight": in_flight, "now": self.clock()}
+            rec, leases = self._breaker(conn, key)
+            now = self.clock()
+            return {**vars(rec), "in_flight": sum(1 for e in leases.values() if e > now), "now": now}
 
     def breaker_reset(self, key: str) -> None:
         with self._transaction("breaker_reset") as conn:
-            rec = self._breaker(conn, key)
+            rec, _ = self._breaker(conn, key)
             fresh = brk.BreakerRecord(gen=rec.gen + 1, changed_at=self.clock())
-            self._save_breaker(conn, key, fresh, rec.gen)
+            self._save_breaker(conn, key, fresh, rec.gen, {})
 
     def clear(self) -> None:
         with self._transaction("clear") as conn:
-            for table in ("limiter", "limiter_slot", "breaker", "breaker_lease"):
+            for table in ("limiter", "limiter_slot", "breaker"):
                 conn.execute(f"DELETE FROM {table}")
 
     def close(self) -> None:
