@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import sys
@@ -26,10 +27,10 @@ for sub in ("plugins", "include", "tests"):
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="apiorch_bench_"))
 
 import requests  # noqa: E402
-from demo_services import DemoServer  # noqa: E402
 from fleet import run_workers, window_stats  # noqa: E402
 
 from api_orchestration import BreakerPolicy, Guard, RateLimit, ResilientCaller, RetryPolicy, backend_for_url  # noqa: E402
+from demo_services import DemoServer  # noqa: E402
 
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -172,12 +173,21 @@ def call_overhead(demo: DemoServer, urls: dict[str, str], n: int, repeats: int) 
     )
 
 
+def quiet_call_logs(directory: str) -> None:
+    """One log line per attempt is part of the measured path; send it to a file, not the screen."""
+    log = logging.getLogger("api_orchestration")
+    log.handlers[:] = [logging.FileHandler(f"{directory}/calls.log")]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs (3 s fidelity, 300 calls)")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="apiorch_bench_")
     urls = backends(tmp)
+    quiet_call_logs(tmp)
     print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; redis {REDIS}")
     with DemoServer(port=0) as demo:
         limiter_fidelity(demo, urls, processes=8, permits=20, duration=3.0 if args.quick else 10.0)
