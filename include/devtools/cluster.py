@@ -265,16 +265,20 @@ class LocalAirflow:
             time.sleep(1.0)
 
     def stop(self) -> None:
-        """Terminate all process groups: SIGTERM, then SIGKILL after ``stop_timeout``. Idempotent.
+        """SIGTERM each component, SIGKILL its whole process group after ``stop_timeout``. Idempotent.
 
-        The api-server goes last so that components shutting down can still report task states.
+        SIGTERM goes to the group *leader* only: each component shuts its own children down. A
+        group-wide SIGTERM kills idle LocalExecutor workers (they only ignore SIGINT) while one holds
+        the task-queue lock, and the scheduler then hangs forever joining the others. The api-server
+        goes last so that components shutting down can still report task states to it.
         """
         procs, self.processes = self.processes, {}
         first = [p for name, p in procs.items() if name != "api-server"]
         last = [p for name, p in procs.items() if name == "api-server"]
         for batch in (first, last):
             for proc in batch:
-                signal_group(proc, signal.SIGTERM)
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + self.stop_timeout
             for proc in batch:
                 with contextlib.suppress(subprocess.TimeoutExpired):

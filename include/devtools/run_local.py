@@ -79,6 +79,8 @@ def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 10.0) -> N
 
 def main() -> int:
     """Run until Ctrl-C / SIGTERM; return the process exit code."""
+    # Explicit SIGINT too: a shell that starts us in the background sets SIGINT to "ignore".
+    signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     root = repo_root()
     home = root / ".airflow"

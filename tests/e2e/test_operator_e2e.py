@@ -1,0 +1,124 @@
+"""The operator under a real scheduler, dag-processor, triggerer and api-server (LocalExecutor, SQLite).
+
+Deferral only really happens here: the task leaves its worker, the triggerer waits, a worker resumes
+it. Runs are triggered over REST API v2; task instances, tries and logs are read back over REST.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import shutil
+import textwrap
+from collections.abc import Iterator
+
+import pytest
+from conftest import REPO
+from devtools.cluster import LocalAirflow, free_port
+
+pytestmark = pytest.mark.e2e
+
+SECRETS = {"password": "s3cret-pw-e2e", "header": "k-header-e2e", "query": "k-query-e2e"}
+SECRET_DAG = textwrap.dedent(
+    f"""
+    from airflow.sdk import DAG
+    from api_orchestration import ResilientHttpOperator, RetryPolicy
+
+    with DAG("e2e_secrets", schedule=None, tags=["api-orchestration", "e2e"]):
+        ResilientHttpOperator(
+            task_id="call_with_credentials",
+            http_conn_id="demo_api_secure",
+            endpoint="/flaky/{{{{ run_id | urlencode }}}}?fail=1&api_key={SECRETS["query"]}",
+            retry=RetryPolicy(max_attempts=3, base_delay=0.1, max_delay=0.2),
+        )
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory, demo_server) -> Iterator[LocalAirflow]:
+    """Airflow over a DAGs folder holding the repo's example DAGs plus one test DAG."""
+    base = tmp_path_factory.mktemp("operator_e2e")
+    dags = base / "dags"
+    shutil.copytree(REPO / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
+    (dags / "e2e_secrets.py").write_text(SECRET_DAG)
+    secure = {
+        "conn_type": "http", "host": "127.0.0.1", "port": demo_server.port, "login": "alice",
+        "password": SECRETS["password"], "extra": {"X-Api-Key": SECRETS["header"]},
+    }  # fmt: skip
+    extra = {
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW_CONN_DEMO_API": os.environ["AIRFLOW_CONN_DEMO_API"],
+        "AIRFLOW_CONN_DEMO_API_SECURE": json.dumps(secure),
+        "AIRFLOW__API_ORCHESTRATION__STATE_URL": f"sqlite:///{base}/state.db",
+    }
+    cluster = LocalAirflow(base / "home", free_port(), extra_env=extra)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _run(airflow: LocalAirflow, dag_id: str, timeout: float = 240) -> tuple[str, str]:
+    client = airflow.client()
+    client.wait_for_dag(dag_id, timeout=120)
+    client.unpause(dag_id)
+    run_id = client.trigger(dag_id)
+    return run_id, client.wait_for_run(dag_id, run_id, timeout=timeout)
+
+
+def test_mapped_tasks_defer_on_the_limiter_and_complete(airflow, demo_server):
+    demo_server.reset()
+    client = airflow.client()
+    run_id, state = _run(airflow, "throttled_fetch_example")
+    assert state == "success"
+    tis = [ti for ti in client.task_instances("throttled_fetch_example", run_id) if ti["task_id"] == "fetch"]
+    assert sorted((ti["map_index"], ti["state"]) for ti in tis) == [
+        (0, "success"),
+        (1, "success"),
+        (2, "success"),
+    ]
+
+    logs = {
+        ti["map_index"]: client.log(
+            "throttled_fetch_example", run_id, "fetch", ti["try_number"], ti["map_index"]
+        )
+        for ti in tis
+    }
+    deferred = [i for i, text in logs.items() if "deferring" in text and "resumed after deferral" in text]
+    assert len(deferred) >= 2, logs  # two of the three had to wait ~8 s and ~16 s: more than max_sleep
+
+    arrivals = sorted(
+        t
+        for p, ts in demo_server.calls(arrivals=True)["arrivals"].items()
+        if p.startswith("/echo/page-")
+        for t in ts
+    )
+    assert len(arrivals) == 3
+    assert all(b - a >= 8.0 for a, b in itertools.pairwise(arrivals)), arrivals  # 1 permit per 8 s held
+
+
+def test_example_dag_succeeds_and_logs_each_attempt(airflow):
+    client = airflow.client()
+    run_id, state = _run(airflow, "resilient_call_example")
+    assert state == "success"
+    tries = client.tries("resilient_call_example", run_id, "post_flaky")
+    assert [t["try_number"] for t in tries] == [1]  # retried inside the task: one Airflow try
+    text = client.log("resilient_call_example", run_id, "post_flaky", 1)
+    assert "attempt 1/4 -> 503" in text and "attempt 2/4 -> 503" in text and "attempt 3/4 -> 200" in text
+    summary = client.xcom("resilient_call_example", run_id, "summary")
+    assert summary["flaky_calls"] == 3 and summary["after_429_calls"] == 2
+
+
+def test_credentials_never_reach_the_task_log(airflow):
+    client = airflow.client()
+    run_id, state = _run(airflow, "e2e_secrets")
+    assert state == "success"
+    text = client.log("e2e_secrets", run_id, "call_with_credentials", 1)
+    assert "attempt 1/3 -> 503" in text and "attempt 2/3 -> 200" in text and "api_key=***" in text
+    basic = base64.b64encode(f"alice:{SECRETS['password']}".encode()).decode()
+    for secret in [*SECRETS.values(), basic]:
+        assert secret not in text, f"{secret!r} leaked into the task log"
