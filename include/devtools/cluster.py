@@ -34,9 +34,9 @@ _HEALTH_SECTIONS: dict[str, tuple[str, str | None]] = {
     "dag_processor": ("dag-processor", "latest_dag_processor_heartbeat"),
 }
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
-# Keys printed specially or repeated on every line of a task log (the TI identity): left out of the text.
+# Keys printed specially, or repeated on every task-log line (TI identity, source location): not in the text.
 _LOG_SKIP_KEYS = frozenset(
-    {
+    [
         "timestamp",
         "level",
         "logger",
@@ -47,8 +47,9 @@ _LOG_SKIP_KEYS = frozenset(
         "task_id",
         "map_index",
         "try_number",
-    }
-    | {"filename", "lineno"}
+        "filename",
+        "lineno",
+    ]
 )
 
 
@@ -71,15 +72,18 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def tail(path: Path, lines: int = 40) -> str:
-    """Return the last ``lines`` lines of a text file ('' if it does not exist)."""
+    """Return the last ``lines`` lines of a text file ('' if missing), plus its first traceback if earlier."""
     try:
         with path.open("rb") as fh:
             fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 64 * 1024))
-            text = fh.read().decode("utf-8", errors="replace")
+            fh.seek(max(0, fh.tell() - 256 * 1024))
+            all_lines = fh.read().decode("utf-8", errors="replace").splitlines()
     except FileNotFoundError:
         return ""
-    return "\n".join(text.splitlines()[-lines:])
+    first_tb = next((i for i, line in enumerate(all_lines) if line.startswith("Traceback")), None)
+    if first_tb is not None and first_tb < len(all_lines) - lines:
+        return "\n".join([*all_lines[first_tb : first_tb + lines], "[...]", *all_lines[-lines:]])
+    return "\n".join(all_lines[-lines:])
 
 
 def airflow_command(*args: str) -> list[str]:

@@ -39,7 +39,16 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAirflow]:
     dags = base / "dags"
     dags.mkdir()
     (dags / "smoke_dag.py").write_text(SMOKE_DAG)
-    cluster = LocalAirflow(base / "home", free_port(), extra_env={"AIRFLOW__CORE__DAGS_FOLDER": str(dags)})
+    cluster = LocalAirflow(
+        base / "home",
+        free_port(),
+        # None unsets: the test must not depend on the caller's environment for the pause default.
+        extra_env={
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": None,
+        },
+        stop_timeout=5,  # throwaway home: no need to wait ~10 s for the triggerer's graceful exit
+    )
     try:
         cluster.start()
         print(f"\nLocalAirflow healthy after {cluster.startup_seconds:.1f}s at {cluster.base_url}")
