@@ -95,6 +95,7 @@ def run_breaker(args: dict) -> dict:
             kind = type(exc).__name__
         counts[kind] = counts.get(kind, 0) + 1
         time.sleep(args.get("pause", 0))
+    caller.flush()
     return counts
 
 

@@ -148,7 +148,9 @@ def test_client_errors_do_not_trip_the_breaker(backend, demo):
     for _ in range(4):
         with pytest.raises(PermanentHttpStatusError):
             c.call("GET", f"{demo.url}/status/404")
+    c.flush()
     assert backend.breaker_status("fine")["state"] == "closed"
+    assert backend.breaker_status("fine")["outcomes"] == "00"
 
 
 def test_slow_calls_count_as_failures(backend, demo):
@@ -156,6 +158,7 @@ def test_slow_calls_count_as_failures(backend, demo):
     c = caller(backend, breaker=policy, breaker_key="slow")
     for _ in range(2):
         c.call("GET", f"{demo.url}/delay/0.08")
+    c.flush()
     assert backend.breaker_status("slow")["state"] == "open"
 
 
@@ -174,6 +177,86 @@ def test_one_log_line_per_attempt_without_secrets(backend, demo, caplog):
     text = "\n".join(lines)
     for secret in ("s3cret-pw", "tok-123", "pw2", "k-999", "bob"):
         assert secret not in text
+
+
+def test_a_call_verdict_travels_with_the_next_admission(backend, demo):
+    policy = BreakerPolicy(window_size=2, min_calls=2, open_seconds=30)
+    c = caller(backend, breaker=policy, breaker_key="pending")
+    c.call("GET", f"{demo.url}/echo/1")
+    assert backend.breaker_status("pending")["in_flight"] == 1  # verdict not sent yet: lease held
+    c.call("GET", f"{demo.url}/echo/2")  # its admission recorded the first verdict
+    assert backend.breaker_status("pending")["outcomes"] == "0"
+    c.flush()
+    assert backend.breaker_status("pending")["outcomes"] == "00"
+    assert backend.breaker_status("pending")["in_flight"] == 0
+    c.flush()  # nothing pending: a no-op
+    assert backend.breaker_status("pending")["outcomes"] == "00"
+
+
+def test_retry_after_is_finite_and_its_pause_is_capped(backend, demo):
+    assert parse_retry_after("inf") is None and parse_retry_after("1e400") is None
+    c = caller(backend, retry=RetryPolicy(max_attempts=2, base_delay=0, max_delay=0, max_retry_after=0.2))
+    started = time.monotonic()
+    c.call("GET", f"{demo.url}/ratelimited/huge?times=1&retry_after=31536000")
+    assert time.monotonic() - started < 2
+    status = backend.limiter_status("demo")
+    assert status["last_retry_after"] == pytest.approx(0.2)
+    assert status["paused_until"] - status["now"] < 0.2
+
+
+def test_ignored_retry_after_pauses_nobody(backend, demo):
+    c = caller(
+        backend, retry=RetryPolicy(max_attempts=2, base_delay=0, max_delay=0, respect_retry_after=False)
+    )
+    c.call("GET", f"{demo.url}/ratelimited/ignored?times=1&retry_after=30")
+    assert backend.limiter_status("demo") is None
+
+
+def test_transport_errors_do_not_carry_secret_query_values(backend):
+    with pytest.raises(TransportError) as info:
+        caller(backend).call("GET", "http://127.0.0.1:9/x?api_key=SECRET123&page=2")
+    text = str(info.value)
+    assert "SECRET123" not in text and "api_key=***" in text and "page=2" in text
+    assert info.value.__cause__ is None
+
+
+def test_a_long_hold_defers_instead_of_failing(backend, demo):
+    policy = BreakerPolicy(window_size=2, min_calls=2, open_seconds=30)
+    for _ in range(2):  # two calls in flight elsewhere: a third could trip the breaker
+        assert backend.breaker_acquire("held", policy, lease_seconds=30).allowed
+    c = caller(backend, breaker=policy, breaker_key="held", max_sleep=0.1)
+    with pytest.raises(DeferralNeeded, match="calls in flight on circuit 'held'"):
+        c.call("GET", f"{demo.url}/echo/held")
+    assert "/echo/held" not in demo.calls()["paths"]
+
+
+def test_busy_half_open_defers_when_configured(backend, demo):
+    policy = BreakerPolicy(window_size=1, min_calls=1, open_seconds=0.1, half_open_calls=1)
+    trip = backend.breaker_acquire("busy", policy, 30)
+    backend.breaker_record("busy", policy, trip, True)
+    time.sleep(0.12)
+    assert backend.breaker_acquire("busy", policy, 30).kind == "trial"  # taken by another worker
+    with pytest.raises(DeferralNeeded, match="circuit 'busy' busy"):
+        caller(backend, breaker=policy, breaker_key="busy", on_circuit_open="defer").call(
+            "GET", f"{demo.url}/x"
+        )
+    with pytest.raises(CircuitOpenError) as info:
+        caller(backend, breaker=policy, breaker_key="busy").call("GET", f"{demo.url}/x")
+    assert info.value.reason == "busy" and "trial calls are taken" in str(info.value)
+
+
+def test_an_interrupted_call_is_recorded_as_a_failure(backend, demo):
+    policy = BreakerPolicy(window_size=5, min_calls=5, open_seconds=30)
+    c = caller(backend, breaker=policy, breaker_key="killed")
+
+    def interrupt(response, *args, **kwargs):
+        raise KeyboardInterrupt  # as a task kill or execution_timeout would, mid-call
+
+    c.session.hooks["response"].append(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        c.call("GET", f"{demo.url}/echo/killed")
+    status = backend.breaker_status("killed")
+    assert status["outcomes"] == "1" and status["in_flight"] == 0
 
 
 def test_redact_url():

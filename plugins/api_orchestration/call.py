@@ -31,9 +31,10 @@ from api_orchestration.retry import (
     may_retry_method,
     parse_retry_after,
 )
-from api_orchestration.state.base import StateBackend
+from api_orchestration.state.base import StateBackend, Transition, Verdict
 
 logger = logging.getLogger(__name__)
+HOLD_DEFER_SECONDS = 5.0  # how long to defer when calls in flight (or half-open trials) block a call
 
 
 class DeferralNeeded(Exception):
@@ -93,43 +94,84 @@ class ResilientCaller:
         self.log = log or logger
         self.lease_seconds = _timeout_seconds(timeout) + 30.0
         self._settings: dict[str, dict[str, Any]] = {}
+        self._pending: Verdict | None = None  # the last call's verdict, sent with the next admission
 
     # -- the guarded steps ----------------------------------------------------------------------
-    def _admit(self, attempt: int, waits: _Waits) -> brk.BreakerDecision | None:
-        """Take the limiter slot and the breaker permit (one atomic store operation), sleeping for
-        short waits; returns the permit to report the verdict with."""
+    def _admit(self, attempt: int, waits: _Waits) -> tuple[brk.BreakerDecision | None, float]:
+        """Take the limiter slot and the breaker permit in one atomic store operation. Returns the
+        permit to report the verdict with and how long to sleep until the slot."""
         g = self.guard
         breaker_key = g.breaker_key if g.breaker is not None else None
         held = 0.0
         while True:
-            admission = g.backend.admit(
-                g.limit_key, g.rate_limit, breaker_key, g.breaker, g.max_sleep, self.lease_seconds
-            )
+            verdict, self._pending = self._pending, None
+            try:
+                admission = g.backend.admit(
+                    g.limit_key,
+                    g.rate_limit,
+                    breaker_key,
+                    g.breaker,
+                    g.max_sleep,
+                    self.lease_seconds,
+                    verdict=verdict,
+                )
+            except BaseException:
+                self._pending = verdict  # not recorded: keep it for flush()
+                raise
+            self._log_transition(admission.recorded)
             why = "Retry-After pause" if admission.paused else "rate limit"
             if admission.granted:
                 waits.add(held, f"for calls in flight on circuit {g.breaker_key!r}")
-                if admission.wait > 0:
-                    time.sleep(admission.wait)
-                    waits.add(admission.wait, f"for {why} on {g.limit_key!r}")
-                return admission.breaker
+                waits.add(admission.wait, f"for {why} on {g.limit_key!r}")
+                if admission.breaker is not None and admission.breaker.kind == "trial":
+                    self.log.warning("circuit %r is half-open: this is a trial call", g.breaker_key)
+                return admission.breaker, admission.wait
             if admission.reason == "defer":
                 raise DeferralNeeded(admission.wait, f"{why} on {g.limit_key!r}", attempt)
-            if admission.reason == "hold" and held < g.max_sleep:
-                time.sleep(admission.wait)
-                held += admission.wait
-                continue
-            if admission.reason == "open" and g.on_circuit_open == "defer":
-                raise DeferralNeeded(max(admission.wait, 0.0), f"circuit {g.breaker_key!r} open", attempt)
+            if admission.reason == "hold":
+                if held + admission.wait <= g.max_sleep:
+                    time.sleep(admission.wait)
+                    held += admission.wait
+                    continue
+                raise DeferralNeeded(
+                    HOLD_DEFER_SECONDS, f"calls in flight on circuit {g.breaker_key!r}", attempt
+                )
+            if g.on_circuit_open == "defer" and admission.reason in ("open", "busy"):
+                seconds = admission.wait if admission.reason == "open" else HOLD_DEFER_SECONDS
+                raise DeferralNeeded(
+                    max(seconds, 0.0), f"circuit {g.breaker_key!r} {admission.reason}", attempt
+                )
             reopen_at = admission.breaker.reopen_at if admission.breaker else None
             raise CircuitOpenError(g.breaker_key, reopen_at, admission.reason)
 
-    def _report(self, decision: brk.BreakerDecision | None, failed: bool) -> None:
+    def _report(self, decision: brk.BreakerDecision | None, failed: bool, *, now: bool) -> None:
+        """Record a verdict now, or keep it to send with this caller's next admission (one round
+        trip instead of two); :meth:`flush` sends a kept one."""
         g = self.guard
         if decision is None or g.breaker is None:
             return
-        transition = g.backend.breaker_record(g.breaker_key, g.breaker, decision, failed)
-        if transition.changed:
-            self.log.warning("circuit %r: %s -> %s", g.breaker_key, transition.before, transition.after)
+        self.flush()
+        verdict = Verdict(g.breaker_key, g.breaker, decision, failed)
+        if now:
+            self._log_transition(g.backend.breaker_record(verdict.key, verdict.policy, decision, failed))
+        else:
+            self._pending = verdict
+
+    def flush(self) -> None:
+        """Record the last call's verdict if it is still pending. Call it when done calling."""
+        verdict, self._pending = self._pending, None
+        if verdict is not None:
+            self._log_transition(
+                self.guard.backend.breaker_record(
+                    verdict.key, verdict.policy, verdict.decision, verdict.failed
+                )
+            )
+
+    def _log_transition(self, transition: Transition | None) -> None:
+        if transition is not None and transition.changed:
+            self.log.warning(
+                "circuit %r: %s -> %s", self.guard.breaker_key, transition.before, transition.after
+            )
 
     def _send(self, prepared: requests.PreparedRequest) -> requests.Response:
         url = prepared.url or ""
@@ -174,20 +216,27 @@ class ResilientCaller:
         attempt = first_attempt
         waits = _Waits()
         while True:
-            permit = self._admit(attempt, waits)
-            started = time.perf_counter()
+            permit, wait = self._admit(attempt, waits)
             response: requests.Response | None = None
             error: Exception | None = None
             try:
-                response = self._send(prepared)
-                outcome = classify_status(response.status_code, policy)
-            except requests.Timeout as exc:
-                error, outcome = exc, classify_exception(True, policy)
-            except requests.RequestException as exc:
-                error, outcome = exc, classify_exception(False, policy)
+                if wait > 0:
+                    time.sleep(wait)
+                started = time.perf_counter()
+                try:
+                    response = self._send(prepared)
+                    outcome = classify_status(response.status_code, policy)
+                except requests.Timeout as exc:
+                    error, outcome = exc, classify_exception(True, policy)
+                except requests.RequestException as exc:
+                    error, outcome = exc, classify_exception(False, policy)
+            except BaseException:  # killed or timed out mid-call: the effect is unknown, count a failure
+                self._report(permit, True, now=True)
+                raise
             elapsed = time.perf_counter() - started
             slow = bool(g.breaker and g.breaker.slow_call_seconds and elapsed >= g.breaker.slow_call_seconds)
-            self._report(permit, outcome.breaker_failure or slow)
+            will_retry = not outcome.ok and outcome.retryable and attempt < max_attempts
+            self._report(permit, outcome.breaker_failure or slow, now=will_retry)
 
             result = str(response.status_code) if response is not None else type(error).__name__
             line = (
@@ -199,7 +248,7 @@ class ResilientCaller:
                 return response  # type: ignore[return-value]
 
             retry_after = self._retry_after(response)
-            if outcome.retryable and attempt < max_attempts:
+            if will_retry:
                 delay, why = self._delay(attempt, retry_after)
                 self.log.warning("%s; retrying in %.3f s (%s)", line, delay, why)
                 attempt += 1
@@ -215,20 +264,37 @@ class ResilientCaller:
                 else f" ({method} without an idempotency key is not retried)"
             )
             self.log.error("%s; giving up%s", line, reason)
-            raise self._error(method, safe_url, attempt, response, error, outcome, retry_after)
+            raise self._error(
+                method, safe_url, attempt, response, self._redacted(error, prepared), outcome, retry_after
+            )
+
+    @staticmethod
+    def _redacted(error: Exception | None, prepared: requests.PreparedRequest) -> str:
+        """The error's text with the request's URL (which may carry secrets) replaced by its redacted form."""
+        if error is None:
+            return ""
+        text = f"{type(error).__name__}: {error}"
+        for raw in (prepared.url or "", prepared.path_url or ""):
+            if raw:
+                text = text.replace(raw, redact_url(raw))
+        return text
 
     def _retry_after(self, response: requests.Response | None) -> float | None:
         if response is None or response.status_code not in (429, 503):
             return None
+        policy = self.guard.retry
         seconds = parse_retry_after(response.headers.get("Retry-After"))
-        if seconds is not None and response.status_code == 429:
+        if seconds is None or not policy.respect_retry_after:
+            return seconds
+        seconds = min(seconds, policy.max_retry_after)
+        if response.status_code == 429:
             self.guard.backend.limiter_pause(self.guard.limit_key, seconds)
         return seconds
 
     def _delay(self, attempt: int, retry_after: float | None) -> tuple[float, str]:
         policy = self.guard.retry
         if retry_after is not None and policy.respect_retry_after:
-            return min(retry_after, policy.max_retry_after), "Retry-After"
+            return retry_after, "Retry-After"
         return policy.backoff(attempt), "backoff"
 
     @staticmethod
@@ -237,7 +303,7 @@ class ResilientCaller:
         url: str,
         attempts: int,
         response: requests.Response | None,
-        error: Exception | None,
+        error: str,
         outcome: Outcome,
         retry_after: float | None,
     ) -> Exception:
@@ -257,11 +323,10 @@ class ResilientCaller:
                 attempts=attempts,
             )
         cls_t = CallTimeoutError if outcome.kind == "timeout" else TransportError
-        err = cls_t(
+        # no __cause__: the requests exception's text holds the raw URL; ``error`` is its redacted text
+        return cls_t(
             f"{method} {url} failed after {attempts} attempt(s): {error}",
             method=method,
             url=url,
             attempts=attempts,
         )
-        err.__cause__ = error
-        return err

@@ -144,6 +144,7 @@ def call_overhead(demo: DemoServer, urls: dict[str, str], n: int, repeats: int) 
             caller = ResilientCaller(hook.get_conn(), guard, timeout=(10, 60))
             for _ in range(n):
                 caller.call("GET", target)
+            caller.flush()
 
         return run
 

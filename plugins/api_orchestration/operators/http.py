@@ -16,6 +16,7 @@ from api_orchestration.call import DeferralNeeded, Guard, ResilientCaller
 from api_orchestration.errors import ConfigurationError, ResponseCheckError
 from api_orchestration.idempotency import DEFAULT_HEADER, idempotency_key
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.redact import redact_url
 from api_orchestration.state import get_backend
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
@@ -198,6 +199,7 @@ class ResilientHttpOperator(BaseOperator):
                 first_attempt=first_attempt,
             )
         except DeferralNeeded as wait:
+            caller.flush()
             self.log.info("deferring %.2f s to the triggerer: %s", wait.seconds, wait.reason)
             self.defer(
                 trigger=DateTimeTrigger(moment=pendulum.now("UTC").add(seconds=wait.seconds)),
@@ -205,10 +207,12 @@ class ResilientHttpOperator(BaseOperator):
                 kwargs={"attempt": wait.attempt},
                 timeout=timedelta(seconds=wait.seconds + 3600),
             )
+        finally:
+            caller.flush()
         if self.response_check is not None and not self.response_check(response):
             raise ResponseCheckError(
-                f"response_check returned False for {self.method} {self.endpoint} (status {response.status_code})",
+                f"response_check returned False for {self.method} {redact_url(self.endpoint)} (status {response.status_code})",
                 method=self.method,
-                url=self.endpoint,
+                url=redact_url(self.endpoint),
             )
         return (self.response_filter or default_response_filter)(response)

@@ -10,9 +10,17 @@ import os
 import threading
 
 from api_orchestration.errors import ConfigurationError
-from api_orchestration.state.base import StateBackend, Transition
+from api_orchestration.state.base import Admission, StateBackend, Transition, Verdict
 
-__all__ = ["StateBackend", "Transition", "backend_for_url", "configured_state_url", "get_backend"]
+__all__ = [
+    "Admission",
+    "StateBackend",
+    "Transition",
+    "Verdict",
+    "backend_for_url",
+    "configured_state_url",
+    "get_backend",
+]
 
 _SCHEMES = {"sqlite": "sqlite", "redis": "redis", "rediss": "redis", "unix": "redis"}
 _cache: dict[str, StateBackend] = {}

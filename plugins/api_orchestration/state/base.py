@@ -28,6 +28,7 @@ class Admission:
     wait: float
     paused: bool = False
     breaker: BreakerDecision | None = None
+    recorded: Transition | None = None  # what the verdict passed along with this admission did
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,16 @@ class Transition:
     @property
     def changed(self) -> bool:
         return self.before != self.after
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A finished call's outcome, to record in breaker ``key`` (see ``StateBackend.admit``)."""
+
+    key: str
+    policy: BreakerPolicy
+    decision: BreakerDecision
+    failed: bool
 
 
 class StateBackend(abc.ABC):
@@ -60,10 +71,14 @@ class StateBackend(abc.ABC):
         breaker: BreakerPolicy | None,
         max_wait: float,
         lease_seconds: float,
+        verdict: Verdict | None = None,
     ) -> Admission:
         """One atomic decision for one call: the breaker's permit (if ``breaker``) and the next
         limiter slot of ``limit_key`` (its ``Retry-After`` pause applies even without ``limit``),
-        granted only together and only if the slot is at most ``max_wait`` seconds away."""
+        granted only together and only if the slot is at most ``max_wait`` seconds away.
+
+        ``verdict``, the outcome of the caller's previous call, is recorded first, in the same
+        round trip (``Admission.recorded`` says what it did)."""
 
     def limiter_acquire(self, key: str, limit: RateLimit | None, max_wait: float) -> Admission:
         """Reserve the next slot for ``key`` if it is at most ``max_wait`` seconds away."""

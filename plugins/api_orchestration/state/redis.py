@@ -16,7 +16,7 @@ from api_orchestration import breaker as brk
 from api_orchestration.errors import StateBackendError
 from api_orchestration.policy import BreakerPolicy, RateLimit
 from api_orchestration.state import redis_scripts
-from api_orchestration.state.base import Admission, StateBackend, Transition
+from api_orchestration.state.base import Admission, StateBackend, Transition, Verdict
 
 T = TypeVar("T")
 DEFAULT_PREFIX = "apiorch:"
@@ -76,6 +76,7 @@ class RedisBackend(StateBackend):
         breaker: BreakerPolicy | None,
         max_wait: float,
         lease_seconds: float,
+        verdict: Verdict | None = None,
     ) -> Admission:
         has_breaker = breaker is not None and breaker_key is not None
         keys = self._keys("rl", limit_key or "-") + self._keys("br", breaker_key or "-")
@@ -88,11 +89,17 @@ class RedisBackend(StateBackend):
             "admit", int(limit_key is not None), *lim, repr(min(max_wait, 1e12)), int(has_breaker),
             *(self._policy_args(breaker) if has_breaker else [0] * 6), repr(lease_seconds), repr(brk.HOLD_SECONDS),
         ]  # fmt: skip
+        if verdict is None:
+            args.append(0)
+        else:  # recorded first, in the same script call
+            keys += self._keys("br", verdict.key)
+            args += [1, *self._record_args(verdict)[1:]]
         reply = self._call("admit", lambda: self._script(keys=keys, args=args))
         granted, reason, wait, paused = reply[:4]
+        recorded = Transition(reply[11], reply[12]) if verdict is not None else None
         decision = None
-        if has_breaker and len(reply) > 4:
-            allowed, kind, gen, state, lease, reopen_at, b_wait = reply[4:]
+        if has_breaker and reply[5]:
+            allowed, kind, gen, state, lease, reopen_at, b_wait = reply[4:11]
             decision = brk.BreakerDecision(
                 bool(allowed),
                 kind,
@@ -102,7 +109,7 @@ class RedisBackend(StateBackend):
                 float(reopen_at) if reopen_at else None,
                 float(b_wait),
             )
-        return Admission(bool(granted), reason, float(wait), bool(paused), decision)
+        return Admission(bool(granted), reason, float(wait), bool(paused), decision, recorded)
 
     # -- limiter --------------------------------------------------------------------------------
     def limiter_pause(self, key: str, seconds: float) -> float:
@@ -135,18 +142,15 @@ class RedisBackend(StateBackend):
     def breaker_record(
         self, key: str, policy: BreakerPolicy, decision: brk.BreakerDecision, failed: bool
     ) -> Transition:
-        args = [
-            "record",
-            *self._policy_args(policy),
-            decision.kind,
-            decision.gen,
-            decision.lease,
-            int(failed),
-        ]
+        args = self._record_args(Verdict(key, policy, decision, failed))
         before, after = self._call(
             "breaker_record", lambda: self._script(keys=self._keys("br", key), args=args)
         )
         return Transition(before, after)
+
+    def _record_args(self, v: Verdict) -> list[Any]:
+        d = v.decision
+        return ["record", *self._policy_args(v.policy), d.kind, d.gen, d.lease, int(v.failed)]
 
     def breaker_status(self, key: str) -> dict[str, Any] | None:
         keys = self._keys("br", key)

@@ -5,18 +5,21 @@ Floats cross the Lua boundary as strings (Redis truncates Lua numbers to integer
 tests/test_state_behaviour.py runs one behaviour suite against this and the Python version.
 
 Ops (ARGV[1]):
-- ``admit``   KEYS rl_hash rl_zset br_hash br_zset; ARGV has_limiter_key has_limit permits window
-              interval burst max_wait has_breaker <6 breaker policy args> lease_s hold_s
+- ``admit``   KEYS rl_hash rl_zset br_hash br_zset [verdict br_hash br_zset]; ARGV has_limiter_key
+              has_limit permits window interval burst max_wait has_breaker <6 breaker policy args>
+              lease_s hold_s has_verdict [<6 verdict policy args> kind gen lease failed]; the verdict
+              (the caller's previous call) is recorded first. Reply: granted reason wait paused,
+              7 breaker fields (or ''), the verdict's before/after states (or '')
 - ``pause``   KEYS rl_hash; ARGV seconds
 - ``record``  KEYS br_hash br_zset; ARGV <6 breaker policy args> kind gen lease failed
 - ``reset``   KEYS br_hash br_zset
 """
 
 STATE = """
-local TTL_MS = 86400000
+local TTL_MS = 604800000  -- a key idle for 7 days is forgotten
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local function f(x) return string.format('%.6f', x) end
+local function f(x) return string.format('%.17g', x) end
 local op = ARGV[1]
 
 -- breaker ------------------------------------------------------------------------------------
@@ -76,65 +79,12 @@ local function acquire(r, leases, hold_s)
   return 1, 'closed', 'closed', r.gen .. ':' .. r.seq, '', 0
 end
 
--- ops ----------------------------------------------------------------------------------------
-if op == 'admit' then
-  local has_key, has_limit = ARGV[2] == '1', ARGV[3] == '1'
-  local permits, window, interval, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-  local max_wait, has_breaker = tonumber(ARGV[8]), ARGV[9] == '1'
-  local lease_s, hold_s = tonumber(ARGV[16]), tonumber(ARGV[17])
-  local slot, paused, tat, last, granted = now, 0, 0, 0, 0
-  if has_key then
-    local h = redis.call('HMGET', KEYS[1], 'tat', 'last_slot', 'paused_until', 'granted')
-    tat, last, granted = tonumber(h[1]) or 0, tonumber(h[2]) or 0, tonumber(h[4]) or 0
-    local paused_until = tonumber(h[3]) or 0
-    if paused_until > now then paused = 1 end
-    slot = math.max(now, paused_until)
-    if has_limit then
-      slot = math.max(slot, tat - (burst - 1) * interval, last)
-      if burst > 1 then
-        redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', f(now - window))
-        local nth = redis.call('ZREVRANGE', KEYS[2], permits - 1, permits - 1, 'WITHSCORES')
-        if nth[2] then slot = math.max(slot, tonumber(nth[2]) + window) end
-      end
-    end
-    if slot - now > max_wait then return {0, 'defer', f(slot - now), paused} end
-  end
-  local b = {'', '', '', '', '', '', ''}
-  if has_breaker then
-    policy_from(10)
-    local r = load(KEYS[3])
-    local gen_before = r.gen
-    local allowed, kind, state, lease, reopen_at, wait = acquire(r, KEYS[4], hold_s)
-    save(r, gen_before, KEYS[3], KEYS[4])
-    b = {allowed, kind, r.gen, state, lease, reopen_at, f(wait)}
-    if allowed == 0 then return {0, kind, f(wait), paused, unpack(b)} end
-    if lease ~= '' then
-      redis.call('ZADD', KEYS[4], f(now + lease_s), lease)
-      redis.call('PEXPIRE', KEYS[4], TTL_MS)
-    end
-  end
-  if has_key and has_limit then
-    redis.call('HSET', KEYS[1], 'tat', f(math.max(tat, slot) + interval), 'last_slot', f(slot), 'granted', granted + 1)
-    redis.call('PEXPIRE', KEYS[1], TTL_MS)
-    if burst > 1 then
-      local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-      redis.call('ZADD', KEYS[2], f(slot), tostring(seq))
-      redis.call('PEXPIRE', KEYS[2], TTL_MS)
-    end
-  end
-  return {1, 'ok', f(slot - now), paused, unpack(b)}
-elseif op == 'pause' then
-  local seconds = tonumber(ARGV[2])
-  local paused = tonumber(redis.call('HGET', KEYS[1], 'paused_until')) or 0
-  local until_ = math.max(paused, now + seconds)
-  redis.call('HSET', KEYS[1], 'paused_until', f(until_), 'last_retry_after', f(seconds))
-  redis.call('PEXPIRE', KEYS[1], TTL_MS)
-  return f(until_)
-elseif op == 'record' then
-  policy_from(2)
-  local kind, gen, lease, failed = ARGV[8], tonumber(ARGV[9]), ARGV[10], ARGV[11] == '1'
-  if lease ~= '' then redis.call('ZREM', KEYS[2], lease) end
-  local r = load(KEYS[1])
+-- record a verdict: KEYS hash/leases, ARGV[i..i+5] policy, then kind gen lease failed
+local function record(hash, leases, i)
+  policy_from(i)
+  local kind, gen, lease, failed = ARGV[i + 6], tonumber(ARGV[i + 7]), ARGV[i + 8], ARGV[i + 9] == '1'
+  if lease ~= '' then redis.call('ZREM', leases, lease) end
+  local r = load(hash)
   local before, gen_before = r.state, r.gen
   advance(r)
   if gen == r.gen then
@@ -155,8 +105,68 @@ elseif op == 'record' then
       if trips(o) then open(r) end
     end
   end
-  save(r, gen_before, KEYS[1], KEYS[2])
+  save(r, gen_before, hash, leases)
   return {before, r.state}
+end
+
+-- ops ----------------------------------------------------------------------------------------
+if op == 'admit' then
+  local has_key, has_limit = ARGV[2] == '1', ARGV[3] == '1'
+  local permits, window, interval, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+  local max_wait, has_breaker = tonumber(ARGV[8]), ARGV[9] == '1'
+  local lease_s, hold_s = tonumber(ARGV[16]), tonumber(ARGV[17])
+  local rec = {'', ''}
+  if ARGV[18] == '1' then rec = record(KEYS[5], KEYS[6], 19) end
+  local slot, paused, tat, last, granted = now, 0, 0, 0, 0
+  if has_key then
+    local h = redis.call('HMGET', KEYS[1], 'tat', 'last_slot', 'paused_until', 'granted')
+    tat, last, granted = tonumber(h[1]) or 0, tonumber(h[2]) or 0, tonumber(h[4]) or 0
+    local paused_until = tonumber(h[3]) or 0
+    if paused_until > now then paused = 1 end
+    slot = math.max(now, paused_until)
+    if has_limit then
+      slot = math.max(slot, tat - (burst - 1) * interval, last)
+      if burst > 1 then
+        redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', f(now - window))
+        local nth = redis.call('ZREVRANGE', KEYS[2], permits - 1, permits - 1, 'WITHSCORES')
+        if nth[2] then slot = math.max(slot, tonumber(nth[2]) + window) end
+      end
+    end
+    if slot - now > max_wait then return {0, 'defer', f(slot - now), paused, '', '', '', '', '', '', '', rec[1], rec[2]} end
+  end
+  local b = {'', '', '', '', '', '', ''}
+  if has_breaker then
+    policy_from(10)
+    local r = load(KEYS[3])
+    local gen_before = r.gen
+    local allowed, kind, state, lease, reopen_at, wait = acquire(r, KEYS[4], hold_s)
+    save(r, gen_before, KEYS[3], KEYS[4])
+    b = {allowed, kind, r.gen, state, lease, reopen_at, f(wait)}
+    if allowed == 0 then return {0, kind, f(wait), paused, b[1], b[2], b[3], b[4], b[5], b[6], b[7], rec[1], rec[2]} end
+    if lease ~= '' then
+      redis.call('ZADD', KEYS[4], f(now + lease_s), lease)
+      redis.call('PEXPIRE', KEYS[4], TTL_MS)
+    end
+  end
+  if has_key and has_limit then
+    redis.call('HSET', KEYS[1], 'tat', f(math.max(tat, slot) + interval), 'last_slot', f(slot), 'granted', granted + 1)
+    redis.call('PEXPIRE', KEYS[1], TTL_MS)
+    if burst > 1 then
+      local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+      redis.call('ZADD', KEYS[2], f(slot), tostring(seq))
+      redis.call('PEXPIRE', KEYS[2], TTL_MS)
+    end
+  end
+  return {1, 'ok', f(slot - now), paused, b[1], b[2], b[3], b[4], b[5], b[6], b[7], rec[1], rec[2]}
+elseif op == 'pause' then
+  local seconds = tonumber(ARGV[2])
+  local paused = tonumber(redis.call('HGET', KEYS[1], 'paused_until')) or 0
+  local until_ = math.max(paused, now + seconds)
+  redis.call('HSET', KEYS[1], 'paused_until', f(until_), 'last_retry_after', f(seconds))
+  redis.call('PEXPIRE', KEYS[1], TTL_MS)
+  return f(until_)
+elseif op == 'record' then
+  return record(KEYS[1], KEYS[2], 2)
 elseif op == 'reset' then
   local r = load(KEYS[1])
   local gen_before = r.gen

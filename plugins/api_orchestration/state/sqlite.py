@@ -11,7 +11,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import fields
 from typing import Any
 
@@ -19,7 +19,7 @@ from api_orchestration import breaker as brk
 from api_orchestration import ratelimit as rl
 from api_orchestration.errors import ConfigurationError, StateBackendError
 from api_orchestration.policy import BreakerPolicy, RateLimit
-from api_orchestration.state.base import Admission, StateBackend, Transition
+from api_orchestration.state.base import Admission, StateBackend, Transition, Verdict
 
 SCHEMA_VERSION = 2  # bump on any change: older state is dropped (it is only rate and breaker state)
 _DROP = "DROP TABLE IF EXISTS limiter; DROP TABLE IF EXISTS limiter_slot; DROP TABLE IF EXISTS breaker;"
@@ -109,20 +109,24 @@ class SQLiteBackend(StateBackend):
 
     @contextmanager
     def _transaction(self, operation: str) -> Iterator[sqlite3.Connection]:
+        conn: sqlite3.Connection | None = None
         try:
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
-        except (sqlite3.Error, OSError) as exc:
-            raise StateBackendError(self.url, operation, exc) from exc
-        try:
             yield conn
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
+        except (sqlite3.Error, OSError) as exc:
+            self._rollback(conn)
             raise StateBackendError(self.url, operation, exc) from exc
         except BaseException:
-            conn.execute("ROLLBACK")
+            self._rollback(conn)
             raise
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection | None) -> None:
+        if conn is not None and conn.in_transaction:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
 
     def _read(self, conn: sqlite3.Connection, table: str, names: list[str], key: str) -> tuple | None:
         return conn.execute(f"SELECT {', '.join(names)} FROM {table} WHERE key = ?", (key,)).fetchone()
@@ -136,8 +140,10 @@ class SQLiteBackend(StateBackend):
         breaker: BreakerPolicy | None,
         max_wait: float,
         lease_seconds: float,
+        verdict: Verdict | None = None,
     ) -> Admission:
         with self._transaction("admit") as conn:
+            recorded = self._record(conn, verdict) if verdict else None
             now = self.clock()
             wait, paused, slot, lrec = 0.0, False, now, None
             if limit_key is not None:
@@ -146,18 +152,18 @@ class SQLiteBackend(StateBackend):
                 slot = rl.next_slot(lrec, limit, now, self._nth_latest(conn, limit_key, limit, now))
                 wait, paused = slot - now, lrec.paused_until > now
                 if wait > max_wait:
-                    return Admission(False, "defer", wait, paused)
+                    return Admission(False, "defer", wait, paused, recorded=recorded)
             decision = None
             if breaker is not None and breaker_key is not None:
                 decision = self._breaker_acquire(conn, breaker_key, breaker, now, lease_seconds)
                 if not decision.allowed:
-                    return Admission(False, decision.kind, decision.wait, paused, decision)
+                    return Admission(False, decision.kind, decision.wait, paused, decision, recorded)
             if lrec is not None and limit is not None:
                 rl.reserve(lrec, limit, slot)
                 conn.execute(self._limiter_upsert, (limit_key, *_values(lrec)))
                 if limit.burst > 1:
                     conn.execute("INSERT INTO limiter_slot (key, slot) VALUES (?, ?)", (limit_key, slot))
-            return Admission(True, "ok", wait, paused, decision)
+            return Admission(True, "ok", wait, paused, decision, recorded)
 
     def _nth_latest(
         self, conn: sqlite3.Connection, key: str, limit: RateLimit | None, now: float
@@ -216,12 +222,15 @@ class SQLiteBackend(StateBackend):
         self, key: str, policy: BreakerPolicy, decision: brk.BreakerDecision, failed: bool
     ) -> Transition:
         with self._transaction("breaker_record") as conn:
-            rec, leases = self._breaker(conn, key)
-            before, gen_before = rec.state, rec.gen
-            leases.pop(decision.lease, None)
-            brk.record(rec, policy, decision, failed, self.clock())
-            self._save_breaker(conn, key, rec, gen_before, leases)
-            return Transition(before, rec.state)
+            return self._record(conn, Verdict(key, policy, decision, failed))
+
+    def _record(self, conn: sqlite3.Connection, verdict: Verdict) -> Transition:
+        rec, leases = self._breaker(conn, verdict.key)
+        before, gen_before = rec.state, rec.gen
+        leases.pop(verdict.decision.lease, None)
+        brk.record(rec, verdict.policy, verdict.decision, verdict.failed, self.clock())
+        self._save_breaker(conn, verdict.key, rec, gen_before, leases)
+        return Transition(before, rec.state)
 
     def breaker_status(self, key: str) -> dict[str, Any] | None:
         with self._transaction("breaker_status") as conn:
