@@ -67,3 +67,15 @@ def test_breaker_shared_by_processes_admits_exact_trials(state_url, demo):
     # 0 s: 6 calls trip it; 1.0 s: half-open, 2 trials fail, open again until 2.0 s; stop at 1.5 s.
     assert reached == policy["min_calls"] + policy["half_open_calls"], (reached, results)
     assert sum(r.get("circuit_open", 0) for r in results) > 100
+
+
+def test_many_processes_open_a_new_sqlite_store_at_once(tmp_path, demo):
+    """Opening a fresh SQLite file races on switching it to WAL: every process must get through."""
+    url = f"sqlite:///{tmp_path}/fresh.db"
+    args = [
+        {"mode": "breaker", "state_url": url, "key": "fresh", "calls": 3, "target": f"{demo.url}/echo/fresh",
+         "policy": {"window_size": 10, "min_calls": 10}}
+        for _ in range(8)
+    ]  # fmt: skip
+    _, results = run_workers(args, lead=0.0)
+    assert [r.get("ok") for r in results] == [3] * 8

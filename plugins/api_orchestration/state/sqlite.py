@@ -7,6 +7,7 @@ all processes are serialised; the clock is the host's ``time.time()``, the same 
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -87,11 +88,25 @@ class SQLiteBackend(StateBackend):
         if conn is None or self._local.pid != os.getpid():
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._migrate(conn)
+            self._set_up(conn)
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
+
+    def _set_up(self, conn: sqlite3.Connection) -> None:
+        """WAL mode and the schema. Several processes may open a new file at once, and switching
+        to WAL does not wait on SQLite's busy handler: retry until ``timeout``."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                self._migrate(conn)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.005, 0.05))
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
