@@ -1,5 +1,6 @@
 """api_orchestration: resilient HTTP operators, shared rate limiters and circuit breakers for Airflow 3."""
 
+from api_orchestration.builder import build
 from api_orchestration.call import DeferralNeeded, Guard, ResilientCaller
 from api_orchestration.errors import (
     ApiOrchestrationError,
@@ -15,17 +16,24 @@ from api_orchestration.errors import (
 )
 from api_orchestration.idempotency import idempotency_key
 from api_orchestration.operators.http import ResilientHttpOperator, default_response_filter
+from api_orchestration.operators.step import StepOperator
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
 from api_orchestration.retry import parse_retry_after
+from api_orchestration.saga import CompensationOperator, SagaOutcomeOperator
 from api_orchestration.state import StateBackend, backend_for_url, configured_state_url, get_backend
+from api_orchestration.workflow import Bulk, Call, FanOut, Step, Workflow, result
 
 __all__ = [
     "ApiOrchestrationError",
     "BreakerPolicy",
+    "Bulk",
+    "Call",
     "CallTimeoutError",
     "CircuitOpenError",
+    "CompensationOperator",
     "ConfigurationError",
     "DeferralNeeded",
+    "FanOut",
     "Guard",
     "HttpCallError",
     "HttpStatusError",
@@ -35,13 +43,19 @@ __all__ = [
     "ResilientHttpOperator",
     "ResponseCheckError",
     "RetryPolicy",
+    "SagaOutcomeOperator",
     "StateBackend",
     "StateBackendError",
+    "Step",
+    "StepOperator",
     "TransportError",
+    "Workflow",
     "backend_for_url",
+    "build",
     "configured_state_url",
     "default_response_filter",
     "get_backend",
     "idempotency_key",
     "parse_retry_after",
+    "result",
 ]

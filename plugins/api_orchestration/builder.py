@@ -1,0 +1,167 @@
+"""Render a validated :class:`~api_orchestration.workflow.Workflow` as an Airflow DAG.
+
+Each step becomes a task named after it, so the graph shows the workflow's shape:
+
+- a call step -> ``StepOperator`` (condition ``when``, ``output`` filter, ``fallback``);
+- a merge step -> a task returning ``{step: result}`` for the merged steps;
+- a fan-out step -> ``<step>_items`` (the list) -> ``<step>_each`` (mapped, ``max_active`` at once)
+  -> ``<step>`` (collects results, fails past ``tolerate_failures``);
+- compensations -> ``undo_<step>`` tasks in reverse order and a ``saga_outcome`` leaf (see ``saga``).
+
+Dependencies follow ``depends_on`` (and ``merge``). DAGs render templates as native objects, so
+``result("user", "id")`` in a JSON body stays an int.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jmespath
+from airflow.providers.standard.operators.python import PythonOperator
+from airflow.sdk import DAG, TriggerRule
+from airflow.sdk.exceptions import AirflowFailException
+
+from api_orchestration.operators.step import StepOperator, step_inputs
+from api_orchestration.saga import CompensationOperator, SagaOutcomeOperator, record_failure
+from api_orchestration.workflow import Call, FanOut, Step, Workflow
+
+
+def _call_kwargs(wf: Workflow, call: Call) -> dict[str, Any]:
+    return {
+        "method": call.method,
+        "endpoint": call.path,
+        "json": call.json,
+        "query": call.query,
+        "headers": call.headers,
+        "http_conn_id": call.conn_id or wf.conn_id,
+    }
+
+
+def _policies(wf: Workflow, step: Step) -> dict[str, Any]:
+    timeout = step.timeout or wf.timeout
+    return {
+        "retry": step.retry or wf.retry,
+        "rate_limit": step.rate_limit or wf.rate_limit,
+        "breaker": step.breaker or wf.breaker,
+        "timeout": (min(10.0, timeout), timeout),
+    }
+
+
+def _merge(steps: tuple[str, ...], **context: Any) -> dict[str, Any]:
+    ti = context["ti"]
+    return {s: ti.xcom_pull(task_ids=s) for s in steps}
+
+
+def _fan_out_items(expression: str, upstream: tuple[str, ...], **context: Any) -> list[Any]:
+    items = jmespath.search(expression, step_inputs(context, upstream))
+    if not isinstance(items, list):
+        raise AirflowFailException(
+            f"fan-out expression {expression!r} gave {type(items).__name__}, not a list"
+        )
+    return items
+
+
+def _collect(step: str, fan_out: FanOut, **context: Any) -> dict[str, Any]:
+    ti = context["ti"]
+    each = f"{step}_each"
+    found = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id], task_ids=[each]).get(ti.run_id, {})
+    indexes = sorted(int(k.rsplit("_", 1)[1]) for k in found if k.startswith(f"{each}_"))
+    ok = [i for i in indexes if found[f"{each}_{i}"] == "success"]
+    failed = [i for i in indexes if found[f"{each}_{i}"] != "success"]
+    allowed = (
+        fan_out.tolerate_failures
+        if fan_out.tolerate_failures >= 1
+        else fan_out.tolerate_failures * len(indexes)
+    )
+    summary = {
+        "total": len(indexes),
+        "succeeded": len(ok),
+        "failed": failed,
+        "results": [ti.xcom_pull(task_ids=each, map_indexes=i) for i in ok],
+    }
+    if len(failed) > allowed:
+        raise AirflowFailException(
+            f"fan-out {step!r}: {len(failed)} of {len(indexes)} failed (map indexes {failed}); at most {allowed:g} tolerated"
+        )
+    return summary
+
+
+def _step_task(wf: Workflow, step: Step, dag: DAG, saga: bool) -> tuple[Any, Any]:
+    """Create the task(s) of one step; returns (first, last) for wiring."""
+    if step.merge:
+        task = PythonOperator(
+            task_id=step.name, python_callable=_merge, op_kwargs={"steps": step.merge}, dag=dag
+        )
+        return task, task
+    assert step.call is not None
+    kwargs = {**_call_kwargs(wf, step.call), **_policies(wf, step)}
+    kwargs.update(when=step.when, inputs=wf.upstream(step.name), select=step.output)
+    if step.fan_out is None:
+        extra = {"on_failure_callback": record_failure} if saga else {}
+        task = StepOperator(task_id=step.name, dag=dag, **kwargs, **extra)
+        return task, task
+    fan_out = step.fan_out
+    if isinstance(fan_out.over, str):
+        items = PythonOperator(
+            task_id=f"{step.name}_items", python_callable=_fan_out_items, dag=dag,
+            op_kwargs={"expression": fan_out.over, "upstream": wf.upstream(step.name)},
+        )  # fmt: skip
+        source: Any = items.output
+    else:
+        items, source = None, list(fan_out.over)
+    each = StepOperator.partial(
+        task_id=f"{step.name}_each", dag=dag, max_active_tis_per_dagrun=fan_out.max_active, **kwargs
+    ).expand(item=source)
+    collect = PythonOperator(
+        task_id=step.name, python_callable=_collect, dag=dag, trigger_rule=TriggerRule.ALL_DONE,
+        op_kwargs={"step": step.name, "fan_out": fan_out},
+    )  # fmt: skip
+    each >> collect
+    if items is not None:
+        items >> each
+        return items, collect
+    return each, collect
+
+
+def build(workflow: Workflow, **dag_kwargs: Any) -> DAG:
+    """The DAG for ``workflow`` (``dag_kwargs`` go to ``DAG``: schedule, start_date, tags ...)."""
+    wf = workflow.validate()
+    dag_kwargs.setdefault("render_template_as_native_obj", True)
+    dag = DAG(dag_id=wf.name, **dag_kwargs)
+    saga = any(s.compensate for s in wf.steps)
+    ends: dict[str, tuple[Any, Any]] = {}
+    for name in wf.order():
+        first, last = _step_task(wf, wf.step(name), dag, saga)
+        for up in wf.upstream(name):
+            ends[up][1] >> first
+        ends[name] = (first, last)
+    if saga:
+        _wire_saga(wf, dag, ends)
+    return dag
+
+
+def _wire_saga(wf: Workflow, dag: DAG, ends: dict[str, tuple[Any, Any]]) -> None:
+    steps = wf.order()
+    compensations: dict[str, str] = {}
+    previous: Any = [ends[s][1] for s in steps]
+    for name in reversed(steps):
+        step = wf.step(name)
+        if step.compensate is None:
+            continue
+        undo = CompensationOperator(
+            task_id=f"undo_{name}", dag=dag, undoes=name, saga_steps=steps, trigger_rule=TriggerRule.ALL_DONE,
+            **_call_kwargs(wf, step.compensate), **_policies(wf, step),
+        )  # fmt: skip
+        previous >> undo
+        previous = undo
+        compensations[undo.task_id] = name
+    outcome = SagaOutcomeOperator(
+        task_id="saga_outcome",
+        dag=dag,
+        saga_steps=steps,
+        compensations=compensations,
+        trigger_rule=TriggerRule.ALL_DONE,
+    )
+    previous >> outcome
+    for s in steps:
+        ends[s][1] >> outcome

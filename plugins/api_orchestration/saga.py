@@ -1,0 +1,128 @@
+"""Sagas: compensations that undo, in reverse order, exactly the steps that completed.
+
+Wiring (done by :func:`api_orchestration.builder.build`)::
+
+    step_a >> step_b >> step_c            (the forward steps; any shape)
+    [all steps] >> undo_c >> undo_b >> undo_a >> saga_outcome      (all trigger_rule ALL_DONE)
+
+- A failing step's ``on_failure_callback`` records what failed (step, error, try) as the XCom
+  ``saga_failure`` of that step.
+- Each ``undo_<step>`` waits for every step to finish (ALL_DONE, not ONE_FAILED: parallel siblings
+  may still be running), then skips if the saga did not fail, compensates if its step completed or
+  may have had an effect (a timeout, a 5xx, a task killed or marked failed), and skips if the step
+  provably had none (a 4xx answer, an open circuit, never started). It reuses the step's idempotency
+  key, so undoing twice is harmless, and retries like any task.
+- ``saga_outcome`` is the leaf: it fails the run when the saga rolled back (so nobody mistakes a
+  rolled-back order for a success) and names anything that could not be undone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from api_orchestration.errors import CircuitOpenError, ConfigurationError, PermanentHttpStatusError
+from api_orchestration.idempotency import idempotency_key
+from api_orchestration.operators.http import ResilientHttpOperator
+
+FAILED = ("failed", "upstream_failed")
+NO_EFFECT_ERRORS = (PermanentHttpStatusError, CircuitOpenError, ConfigurationError)
+RECORD_KEY = "saga_failure"
+
+
+def record_failure(context: Context) -> None:
+    """``on_failure_callback`` of saga steps: record what failed, for compensations and the outcome."""
+    ti, error = context["ti"], context.get("exception")
+    ti.xcom_push(
+        key=RECORD_KEY,
+        value={
+            "step": ti.task_id,
+            "error": str(error)[:500] if error else "marked failed",
+            "error_type": type(error).__name__ if error else None,
+            "try": ti.try_number,
+            "no_effect": isinstance(error, NO_EFFECT_ERRORS),
+        },
+    )
+
+
+def _states(context: Context, task_ids: Sequence[str]) -> dict[str, str | None]:
+    ti = context["ti"]
+    found = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id], task_ids=list(task_ids))
+    states = found.get(ti.run_id, {})
+    return {t: states.get(t) for t in task_ids}
+
+
+class CompensationOperator(ResilientHttpOperator):
+    """Undo step ``undoes`` if the saga failed and the step may have had an effect."""
+
+    ui_color = "#fff0e6"
+
+    def __init__(self, *, undoes: str, saga_steps: Sequence[str], **kwargs: Any) -> None:
+        kwargs.setdefault("retries", 3)
+        kwargs.setdefault("retry_delay", timedelta(seconds=5))
+        super().__init__(**kwargs)
+        self.undoes, self.saga_steps = undoes, tuple(saga_steps)
+
+    def _key(self, context: Context) -> str | None:
+        if isinstance(self.idempotency_key, str) and self.idempotency_key:
+            return self.idempotency_key
+        ti = context["ti"]
+        return idempotency_key(ti.dag_id, ti.run_id, self.undoes, -1)  # the step's own key
+
+    def execute(self, context: Context) -> Any:
+        states = _states(context, self.saga_steps)
+        failed = [s for s, st in states.items() if st in FAILED]
+        if not failed:
+            raise AirflowSkipException("the saga did not fail: nothing to undo")
+        mine = states.get(self.undoes)
+        if mine != "success":
+            record = (
+                context["ti"].xcom_pull(task_ids=self.undoes, key=RECORD_KEY) if mine == "failed" else None
+            )
+            if mine != "failed" or (record and record.get("no_effect")):
+                why = f"{record['error_type']}: no effect" if record else f"state {mine}"
+                raise AirflowSkipException(f"step {self.undoes!r} did not complete ({why}): nothing to undo")
+            self.log.warning("step %r failed with an unknown effect (%s): compensating", self.undoes, record)
+        self.log.info("saga failed at %s: undoing %r", failed, self.undoes)
+        try:
+            return super().execute(context)
+        except Exception:
+            self.log.error(
+                "COMPENSATION FAILED: could not undo step %r (try %s)", self.undoes, context["ti"].try_number
+            )
+            raise
+
+
+class SagaOutcomeOperator(BaseOperator):
+    """The saga's leaf: success on the happy path, failed when it rolled back or could not."""
+
+    ui_color = "#eeeeee"
+
+    def __init__(self, *, saga_steps: Sequence[str], compensations: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.saga_steps, self.compensations = tuple(saga_steps), dict(compensations)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        states = _states(context, [*self.saga_steps, *self.compensations])
+        failed_steps = [s for s in self.saga_steps if states[s] in FAILED]
+        if not failed_steps:
+            return {"outcome": "completed", "steps": {s: states[s] for s in self.saga_steps}}
+        ti = context["ti"]
+        records = [r for s in failed_steps if (r := ti.xcom_pull(task_ids=s, key=RECORD_KEY))]
+        undone = [step for undo, step in self.compensations.items() if states[undo] == "success"]
+        not_undone = [step for undo, step in self.compensations.items() if states[undo] in FAILED]
+        cause = "; ".join(f"{r['step']} failed on try {r['try']}: {r['error']}" for r in records) or str(
+            failed_steps
+        )
+        if not_undone:
+            raise AirflowFailException(
+                f"SAGA NOT FULLY UNDONE: compensation failed for {not_undone} (undone: {undone}). "
+                f"Cause: {cause}. Fix by hand, then clear the failed undo_ tasks to retry them."
+            )
+        raise AirflowFailException(
+            f"saga rolled back: {cause}; undone in reverse order: {undone or 'nothing'}"
+        )

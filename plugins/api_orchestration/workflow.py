@@ -1,0 +1,182 @@
+"""The typed workflow model: steps, calls, modes and compensations, validated before any DAG exists.
+
+Python DAG authors build it directly (see :mod:`api_orchestration.builder`); YAML specs are parsed
+into the same model. Validation errors name the workflow, the step and the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from api_orchestration.errors import ConfigurationError
+from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+
+
+def result(step: str, path: str = "") -> str:
+    """A template for an upstream step's result (its XCom), optionally a key path: ``result("user", "id")``
+    renders ``ti.xcom_pull(task_ids="user")["id"]`` (as a native value: workflow DAGs render natively)."""
+    expr = f"ti.xcom_pull(task_ids={step!r})"
+    for part in filter(None, path.split(".")):
+        expr += f"[{int(part)}]" if part.isdigit() else f"[{part!r}]"
+    return "{{ " + expr + " }}"
+
+
+@dataclass(frozen=True)
+class Call:
+    """An HTTP request; every string in it is a Jinja template (conf, params, upstream results)."""
+
+    method: str
+    path: str
+    json: Any = None
+    query: dict[str, Any] | None = None
+    headers: dict[str, str] | None = None
+    conn_id: str | None = None
+
+    def __post_init__(self) -> None:
+        method = str(self.method).upper()
+        if method not in METHODS:
+            raise ConfigurationError("Call", "method", self.method, f"must be one of {', '.join(METHODS)}")
+        object.__setattr__(self, "method", method)
+        if not isinstance(self.path, str) or not self.path:
+            raise ConfigurationError("Call", "path", self.path, "must be a non-empty string like /orders")
+
+
+@dataclass(frozen=True)
+class FanOut:
+    """Run the step once per item: ``over`` is a list (one input to many endpoints: each item may set
+    ``path``/``json``/``query``), or ``result("step", "items")`` (one endpoint over an upstream list;
+    each item is available as ``{{ item }}`` in ``Call`` templates). At most ``max_active`` run at
+    once; up to ``tolerate_failures`` items (a count, or a fraction when < 1) may fail."""
+
+    over: list[Any] | str
+    max_active: int = 8
+    tolerate_failures: float = 0
+
+
+@dataclass(frozen=True)
+class Bulk:
+    """Make every call in one task: ``over`` as in :class:`FanOut`, ``concurrency`` threads, results
+    written to a JSON-lines file whose path (and counts) the task returns."""
+
+    over: list[Any] | str
+    concurrency: int = 16
+    tolerate_failures: float = 0
+
+
+@dataclass(frozen=True)
+class Step:
+    """One node of the workflow: a call (or, with ``merge``, a merge of other steps' results)."""
+
+    name: str
+    call: Call | None = None
+    depends_on: tuple[str, ...] = ()
+    when: str | None = None  # JMESPath over {"conf": ..., "params": ..., "results": {step: result}}
+    compensate: Call | None = None
+    merge: tuple[str, ...] = ()
+    fan_out: FanOut | None = None
+    bulk: Bulk | None = None
+    output: str | None = None  # JMESPath applied to the response JSON before it becomes the result
+    retry: RetryPolicy | None = None
+    rate_limit: RateLimit | None = None
+    breaker: BreakerPolicy | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """A named set of steps and defaults; :meth:`validate` checks it, ``builder.build`` renders it."""
+
+    name: str
+    steps: tuple[Step, ...]
+    conn_id: str = "http_default"
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    rate_limit: RateLimit | None = None
+    breaker: BreakerPolicy | None = None
+    timeout: float = 30.0
+    output: str | None = None  # the step whose result is the workflow's final output
+
+    def step(self, name: str) -> Step:
+        return next(s for s in self.steps if s.name == name)
+
+    def validate(self) -> Workflow:
+        """Raise :class:`ConfigurationError` naming the step and field of the first problem."""
+        names = [s.name for s in self.steps]
+        owner = f"workflow {self.name!r}"
+        if not self.steps:
+            raise ConfigurationError(owner, "steps", [], "must hold at least one step")
+        seen: set[str] = set()
+        for s in self.steps:
+            if not isinstance(s.name, str) or not s.name.replace("_", "a").isalnum():
+                raise ConfigurationError(owner, "step name", s.name, "must be letters, digits and _ only")
+            if s.name in seen:
+                raise ConfigurationError(
+                    owner, f"step {s.name!r}", s.name, "is defined twice; step names must be unique"
+                )
+            seen.add(s.name)
+            where = f"{owner} step {s.name!r}"
+            if (s.call is None) == (not s.merge):
+                raise ConfigurationError(where, "call/merge", None, "needs exactly one of a call or a merge")
+            if s.fan_out and s.bulk:
+                raise ConfigurationError(where, "fan_out/bulk", "both", "must not both be set")
+            if s.compensate and (s.fan_out or s.bulk or s.merge):
+                raise ConfigurationError(
+                    where, "compensate", s.compensate, "is supported on single-call steps only"
+                )
+            for ref in (*s.depends_on, *s.merge):
+                if ref not in names:
+                    close = [n for n in names if n.startswith(ref[:3])]
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise ConfigurationError(
+                        where, "depends_on", ref, f"names an unknown step{hint}; steps are {names}"
+                    )
+                if ref == s.name:
+                    raise ConfigurationError(where, "depends_on", ref, "must not name the step itself")
+        if self.output is not None and self.output not in names:
+            raise ConfigurationError(owner, "output", self.output, f"must name a step; steps are {names}")
+        cycle = _find_cycle({s.name: (*s.depends_on, *s.merge) for s in self.steps})
+        if cycle:
+            raise ConfigurationError(
+                owner, "depends_on", " -> ".join(cycle), "forms a cycle; remove one of these dependencies"
+            )
+        return self
+
+    def upstream(self, name: str) -> tuple[str, ...]:
+        s = self.step(name)
+        return tuple(dict.fromkeys((*s.depends_on, *s.merge)))
+
+    def order(self) -> list[str]:
+        """Step names in a topological order (declaration order among independent steps)."""
+        done: list[str] = []
+        pending = [s.name for s in self.steps]
+        while pending:
+            for name in pending:
+                if all(u in done for u in self.upstream(name)):
+                    done.append(name)
+                    pending.remove(name)
+                    break
+        return done
+
+
+def _find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in graph.get(node, ()):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in graph:
+        if node not in state and (found := visit(node)):
+            return found
+    return None

@@ -1,0 +1,206 @@
+"""The builder's modes and the saga, through dag.test() against the demo API."""
+
+from __future__ import annotations
+
+import pendulum
+import pytest
+from test_dags import _register, _states
+
+from api_orchestration import ConfigurationError, RetryPolicy
+from api_orchestration.builder import build
+from api_orchestration.workflow import Call, FanOut, Step, Workflow, result
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+START = pendulum.datetime(2026, 1, 1, tz="UTC")
+FAST = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.02)
+
+
+def _run(wf: Workflow, conf: dict | None = None):
+    dag = build(wf, schedule=None, start_date=START)
+    _register(dag)
+    return dag.test(run_conf=conf)
+
+
+def _xcom(run, task_id: str):
+    ti = next(t for t in run.get_task_instances() if t.task_id == task_id)
+    return ti.xcom_pull(task_ids=task_id)
+
+
+def saga(name: str, reserve_path: str) -> Workflow:
+    return Workflow(
+        name,
+        conn_id="demo_api",
+        retry=FAST,
+        steps=(
+            Step("charge", Call("POST", "/echo/charge", json={"order": "{{ dag_run.conf['order_id'] }}"}),
+                 compensate=Call("POST", "/echo/refund")),
+            Step("reserve", Call("POST", reserve_path), depends_on=("charge",), compensate=Call("POST", "/echo/release")),
+            Step("ship", Call("POST", "/echo/ship"), depends_on=("reserve",), compensate=Call("POST", "/echo/cancel")),
+        ),
+    )  # fmt: skip
+
+
+def test_saga_happy_path_succeeds_and_undoes_nothing(demo):
+    run = _run(saga("wf_saga_ok", "/echo/reserve"), {"order_id": "o-1"})
+    states = _states(run)
+    assert run.state == "success", states
+    assert [states[t] for t in ("charge", "reserve", "ship")] == ["success"] * 3
+    assert [states[f"undo_{t}"] for t in ("ship", "reserve", "charge")] == ["skipped"] * 3
+    assert states["saga_outcome"] == "success"
+
+
+def test_saga_business_failure_undoes_exactly_the_completed_steps(demo):
+    run = _run(saga("wf_saga_409", "/status/409"), {"order_id": "o-2"})
+    states = _states(run)
+    assert run.state == "failed", states
+    assert (states["charge"], states["reserve"], states["ship"]) == ("success", "failed", "upstream_failed")
+    assert (states["undo_ship"], states["undo_reserve"], states["undo_charge"]) == (
+        "skipped",
+        "skipped",
+        "success",
+    )
+    assert states["saga_outcome"] == "failed"
+    calls = demo.calls()
+    assert calls["paths"].get("/status/409") == 1  # a 4xx is never retried
+    assert "/echo/ship" not in calls["paths"] and "/echo/release" not in calls["paths"]
+    charge_key = next(iter(calls["by_path_and_key"]["/echo/charge"]))
+    assert calls["by_path_and_key"]["/echo/refund"] == {charge_key: 1}  # the step's own key
+
+
+def test_saga_compensates_a_step_whose_effect_is_unknown(demo):
+    run = _run(saga("wf_saga_503", "/status/503"), {"order_id": "o-3"})
+    states = _states(run)
+    assert run.state == "failed"
+    assert (states["undo_reserve"], states["undo_charge"]) == ("success", "success")  # a 5xx may have acted
+    paths = demo.calls()["paths"]
+    assert paths["/status/503"] == 2 and paths["/echo/release"] == 1 and paths["/echo/refund"] == 1
+
+
+def test_a_failed_compensation_fails_the_run_loudly(demo):
+    wf = Workflow(
+        "wf_saga_undo_fails",
+        conn_id="demo_api",
+        retry=FAST,
+        steps=(
+            Step("charge", Call("POST", "/echo/charge"), compensate=Call("POST", "/status/500")),
+            Step("reserve", Call("POST", "/status/409"), depends_on=("charge",)),
+        ),
+    )
+    dag = build(wf, schedule=None, start_date=START, default_args={"retry_delay": 0})
+    for task in dag.tasks:
+        if task.task_id.startswith("undo_"):
+            task.retries = 1
+            task.retry_delay = pendulum.duration(seconds=0)
+    _register(dag)
+    run = dag.test()
+    states = _states(run)
+    assert run.state == "failed"
+    assert states["undo_charge"] == "failed" and states["saga_outcome"] == "failed"
+
+
+def test_parallel_steps_merge_by_name(demo):
+    wf = Workflow(
+        "wf_parallel",
+        conn_id="demo_api",
+        steps=(
+            Step("user", Call("GET", "/echo/user"), output="path"),
+            Step("posts", Call("GET", "/echo/posts"), output="path"),
+            Step("profile", merge=("user", "posts")),
+        ),
+    )
+    run = _run(wf)
+    assert run.state == "success"
+    assert _xcom(run, "profile") == {"user": "/echo/user", "posts": "/echo/posts"}
+
+
+def test_pipeline_templates_upstream_results_as_native_values(demo):
+    wf = Workflow(
+        "wf_pipeline",
+        conn_id="demo_api",
+        steps=(
+            Step("first", Call("POST", "/echo/first", json={"n": 41})),
+            Step("second", Call("POST", "/echo/second", json={"n": result("first", "json.n"), "from": result("first", "path")}),
+                 depends_on=("first",), output="json"),
+        ),
+    )  # fmt: skip
+    run = _run(wf)
+    assert _xcom(run, "second") == {"n": 41, "from": "/echo/first"}
+
+
+def test_conditional_step_runs_only_when_its_condition_holds(demo):
+    wf = Workflow(
+        "wf_conditional",
+        conn_id="demo_api",
+        steps=(
+            Step(
+                "quote",
+                Call("GET", "/echo/quote", query={"express": "{{ dag_run.conf.get('express', False) }}"}),
+            ),
+            Step("express", Call("POST", "/echo/express"), depends_on=("quote",), when="conf.express"),
+            Step("standard", Call("POST", "/echo/standard"), depends_on=("quote",), when="!(conf.express)"),
+        ),
+    )
+    states = _states(_run(wf, {"express": True}))
+    assert (states["express"], states["standard"]) == ("success", "skipped")
+    states = _states(_run(wf, {"express": False}))
+    assert (states["express"], states["standard"]) == ("skipped", "success")
+
+
+def test_fan_out_over_an_upstream_list_tolerates_failures(demo):
+    wf = Workflow(
+        "wf_fan_out",
+        conn_id="demo_api",
+        retry=FAST,
+        steps=(
+            Step("channels", Call("POST", "/echo/channels", json={"items": ["email", "sms", "push", "broken"]}), output="json"),
+            Step("notify", Call("POST", "/echo/notify/{{ item }}"), depends_on=("channels",),
+                 fan_out=FanOut(over="results.channels.items", max_active=2, tolerate_failures=1)),
+            Step("done", Call("GET", "/echo/done"), depends_on=("notify",)),
+        ),
+    )  # fmt: skip
+    run = _run(wf)
+    states = _states(run)
+    assert run.state == "success", states
+    summary = _xcom(run, "notify")
+    assert summary["total"] == 4 and summary["succeeded"] == 4  # echo never fails
+    assert sorted(r["path"] for r in summary["results"]) == [
+        f"/echo/notify/{c}" for c in ("broken", "email", "push", "sms")
+    ]
+
+
+def test_fan_out_beyond_tolerance_fails_the_step(demo):
+    wf = Workflow(
+        "wf_fan_out_fail",
+        conn_id="demo_api",
+        retry=FAST,
+        steps=(Step("hit", Call("GET", "{{ item }}"), fan_out=FanOut(over=["/echo/a", "/status/503", "/status/500"], tolerate_failures=1)),),
+    )  # fmt: skip
+    run = _run(wf)
+    states = _states(run)
+    assert run.state == "failed" and states["hit"] == "failed"
+    assert sorted(s for k, s in states.items() if k.startswith("hit_each")) == ["failed", "failed", "success"]
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        (
+            (
+                Step("a", Call("GET", "/x"), depends_on=("b",)),
+                Step("b", Call("GET", "/y"), depends_on=("a",)),
+            ),
+            "forms a cycle; remove one of these dependencies, got 'a -> b -> a'",
+        ),
+        (
+            (Step("a", Call("GET", "/x"), depends_on=("nope",)),),
+            "step 'a': depends_on names an unknown step; steps are ['a'], got 'nope'",
+        ),
+        ((Step("a", Call("GET", "/x")), Step("a", Call("GET", "/y"))), "is defined twice"),
+        ((Step("a"),), "needs exactly one of a call or a merge"),
+    ],
+)
+def test_invalid_workflows_name_the_step(steps, message):
+    with pytest.raises(ConfigurationError) as info:
+        Workflow("bad", steps=steps).validate()
+    assert message in str(info.value)
