@@ -182,6 +182,33 @@ def test_fan_out_beyond_tolerance_fails_the_step(demo):
     assert sorted(s for k, s in states.items() if k.startswith("hit_each")) == ["failed", "failed", "success"]
 
 
+def test_bulk_makes_every_call_in_one_task_under_the_shared_limit(demo):
+    import json
+    from pathlib import Path
+
+    from api_orchestration import Bulk, RateLimit
+
+    users = [{"id": i} for i in range(60)]
+    wf = Workflow(
+        "wf_bulk",
+        conn_id="demo_api",
+        rate_limit=RateLimit(permits=100, per_seconds=1.0, burst=10),
+        steps=(
+            Step("upsert", Call("POST", "/echo/users/{{ item.id }}", json={"id": "{{ item.id }}", "n": "{{ index }}"}),
+                 bulk=Bulk(over=users, concurrency=8), output="json"),
+        ),
+    )  # fmt: skip
+    run = _run(wf)
+    assert run.state == "success"
+    summary = _xcom(run, "upsert")
+    assert (summary["total"], summary["succeeded"], summary["failed"]) == (60, 60, 0)
+    rows = [json.loads(line) for line in Path(summary["path"]).read_text().splitlines()]
+    assert [r["result"]["id"] for r in rows] == list(range(60))  # native ints, in item order
+    assert summary["seconds"] >= (60 - 10) / (100 / 1.02) - 0.05  # limit held: a burst of 10, then 100/s
+    keys = demo.calls()["idempotency_keys"]
+    assert len(keys) == 60 and all(k.endswith(tuple(f"-{i}" for i in range(60))) for k in keys)
+
+
 @pytest.mark.parametrize(
     ("steps", "message"),
     [

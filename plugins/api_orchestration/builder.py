@@ -21,6 +21,7 @@ from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import DAG, TriggerRule
 from airflow.sdk.exceptions import AirflowFailException
 
+from api_orchestration.operators.bulk import BulkHttpOperator
 from api_orchestration.operators.step import StepOperator, step_inputs
 from api_orchestration.saga import CompensationOperator, SagaOutcomeOperator, record_failure
 from api_orchestration.workflow import Call, FanOut, Step, Workflow
@@ -94,6 +95,13 @@ def _step_task(wf: Workflow, step: Step, dag: DAG, saga: bool) -> tuple[Any, Any
         )
         return task, task
     assert step.call is not None
+    if step.bulk is not None:
+        task = BulkHttpOperator(
+            task_id=step.name, dag=dag, items=step.bulk.over, inputs=wf.upstream(step.name),
+            concurrency=step.bulk.concurrency, tolerate_failures=step.bulk.tolerate_failures, select=step.output,
+            **_call_kwargs(wf, step.call), **_policies(wf, step),
+        )  # fmt: skip
+        return task, task
     kwargs = {**_call_kwargs(wf, step.call), **_policies(wf, step)}
     kwargs.update(when=step.when, inputs=wf.upstream(step.name), select=step.output)
     if step.fan_out is None:
