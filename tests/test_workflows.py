@@ -182,6 +182,28 @@ def test_fan_out_beyond_tolerance_fails_the_step(demo):
     assert sorted(s for k, s in states.items() if k.startswith("hit_each")) == ["failed", "failed", "success"]
 
 
+def test_fallback_replaces_a_call_that_failed_for_good(demo):
+    wf = Workflow(
+        "wf_fallback",
+        conn_id="demo_api",
+        retry=FAST,
+        steps=(
+            Step(
+                "primary",
+                Call("GET", "/status/503"),
+                fallback=Call("GET", "/echo/status-page"),
+                output="path",
+            ),
+            Step("healthy", Call("GET", "/echo/ok"), fallback=Call("GET", "/echo/never"), output="path"),
+        ),
+    )
+    run = _run(wf)
+    assert run.state == "success"
+    assert _xcom(run, "primary") == {"fallback": True, "result": "/echo/status-page"}
+    assert _xcom(run, "healthy") == "/echo/ok"
+    assert demo.calls()["paths"]["/status/503"] == 2 and "/echo/never" not in demo.calls()["paths"]
+
+
 def test_bulk_makes_every_call_in_one_task_under_the_shared_limit(demo):
     import json
     from pathlib import Path

@@ -2,7 +2,8 @@
 
 Each step becomes a task named after it, so the graph shows the workflow's shape:
 
-- a call step -> ``StepOperator`` (condition ``when``, ``output`` filter, ``fallback``);
+- a call step -> ``StepOperator`` (condition ``when``, ``output`` filter, ``fallback`` call);
+- a bulk step -> ``BulkHttpOperator`` (every call in one task);
 - a merge step -> a task returning ``{step: result}`` for the merged steps;
 - a fan-out step -> ``<step>_items`` (the list) -> ``<step>_each`` (mapped, ``max_active`` at once)
   -> ``<step>`` (collects results, fails past ``tolerate_failures``);
@@ -104,6 +105,8 @@ def _step_task(wf: Workflow, step: Step, dag: DAG, saga: bool) -> tuple[Any, Any
         return task, task
     kwargs = {**_call_kwargs(wf, step.call), **_policies(wf, step)}
     kwargs.update(when=step.when, inputs=wf.upstream(step.name), select=step.output)
+    if step.fallback is not None:
+        kwargs["fallback"] = _call_kwargs(wf, step.fallback)
     if step.fan_out is None:
         extra = {"on_failure_callback": record_failure} if saga else {}
         task = StepOperator(task_id=step.name, dag=dag, **kwargs, **extra)

@@ -75,6 +75,7 @@ class Step:
     depends_on: tuple[str, ...] = ()
     when: str | None = None  # JMESPath over {"conf": ..., "params": ..., "results": {step: result}}
     compensate: Call | None = None
+    fallback: Call | None = None  # called instead when the call fails for good; the result says so
     merge: tuple[str, ...] = ()
     fan_out: FanOut | None = None
     bulk: Bulk | None = None
