@@ -2,7 +2,8 @@
 
 :class:`DemoServer` runs a :class:`~http.server.ThreadingHTTPServer` in a daemon thread and
 dispatches every request through a :class:`~demo_services.routing.Router`. Non-admin requests
-are recorded in a :class:`~demo_services.state.DemoState` before their handler runs.
+are recorded in a :class:`~demo_services.state.DemoState` before their handler runs; then the
+fault rules (:mod:`demo_services.faults`) may answer instead of the handler, or delay its answer.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import socket
 import sys
 import threading
+import time
 import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +22,7 @@ from typing import Any, Self
 from urllib.parse import parse_qsl
 
 from demo_services.endpoints import default_router
+from demo_services.faults import Faults
 from demo_services.routing import ApiError, Request, Response, Router
 from demo_services.state import DemoState
 
@@ -94,6 +97,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         state = self.server.state
         if route.record:
             state.record(path, request.idempotency_key)
+        fault = state.extension(Faults).check(path)
+        if fault is not None and fault.response is not None:
+            self._send(fault.response)  # injected before the handler: no effect
+            return
         try:
             response = route.handler(request, state)
         except ApiError as exc:
@@ -101,6 +108,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         except Exception as exc:
             traceback.print_exc()
             response = Response(500, {"error": "internal error", "detail": repr(exc)})
+        if fault is not None and fault.latency:
+            time.sleep(fault.latency)  # after the handler: the effect happened, the answer is late
         self._send(response)
 
     def __getattr__(self, name: str) -> Any:

@@ -1,6 +1,7 @@
 """Core endpoints: echo, status, delay, flaky, rate-limited, health and the admin call log.
 
-``ROUTES`` is the route table; business services add their own tables next to it.
+``ROUTES`` is the core route table; ``default_router()`` adds the business participant services
+(:mod:`demo_services.participants`) after it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import math
 import time
 
+from demo_services import participants
 from demo_services.routing import ApiError, Request, Response, Route, Router
 from demo_services.state import DemoState
 
@@ -134,5 +136,5 @@ ROUTES: tuple[Route, ...] = (
 
 
 def default_router() -> Router:
-    """A router serving the core ``ROUTES``."""
-    return Router(ROUTES)
+    """A router serving the core ``ROUTES`` and the business participant services."""
+    return Router((*ROUTES, *participants.ROUTES))

@@ -3,7 +3,8 @@
 Every recorded request bumps the totals, the per-path counts and (when it carries an
 ``Idempotency-Key`` header) the per-key counts, and appends its arrival time to a bounded
 per-path log. Behaviour endpoints (``/flaky``, ``/ratelimited``) keep their own per-key call
-counts here too, so ``reset()`` returns the whole server to a clean slate.
+counts here too, and business services keep their state in *extensions* (one instance per
+class, created on first use), so ``reset()`` returns the whole server to a clean slate.
 """
 
 from __future__ import annotations
@@ -11,9 +12,19 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, defaultdict, deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 MAX_ARRIVALS = 100_000
+
+
+class Extension(Protocol):
+    """Per-server state kept by a service module; ``DemoState.reset()`` calls ``reset()``."""
+
+    def reset(self) -> None: ...
+
+
+E = TypeVar("E", bound=Extension)
 
 
 class DemoState:
@@ -28,6 +39,18 @@ class DemoState:
         self._by_path_and_key: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._arrivals: dict[str, deque[float]] = {}
         self._counts: Counter[tuple[str, str]] = Counter()
+        self._extensions: dict[type, Extension] = {}
+        self.started_at = time.time()
+
+    def extension(self, kind: type[E], factory: Callable[[], E] | None = None) -> E:
+        """This state's instance of ``kind``, created by ``factory`` (default ``kind()``) on first use."""
+        found = self._extensions.get(kind)  # lock-free fast path: entries are never replaced
+        if found is None:
+            with self._lock:
+                found = self._extensions.get(kind)
+                if found is None:
+                    found = self._extensions[kind] = (factory or kind)()
+        return found  # type: ignore[return-value]
 
     def record(self, path: str, idempotency_key: str | None) -> None:
         """Log one request to ``path`` (without query) arriving now."""
@@ -75,7 +98,7 @@ class DemoState:
         return result
 
     def reset(self) -> None:
-        """Forget every call, arrival and per-key count."""
+        """Forget every call, arrival and per-key count, and reset every extension."""
         with self._lock:
             self._total = 0
             self._paths.clear()
@@ -83,3 +106,6 @@ class DemoState:
             self._by_path_and_key.clear()
             self._arrivals.clear()
             self._counts.clear()
+            extensions = list(self._extensions.values())
+        for extension in extensions:
+            extension.reset()

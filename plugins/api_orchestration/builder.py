@@ -42,6 +42,8 @@ def _call_kwargs(wf: Workflow, call: Call) -> dict[str, Any]:
 def _policies(wf: Workflow, step: Step) -> dict[str, Any]:
     timeout = step.timeout or wf.timeout
     return {
+        "rate_limit_key": step.key,
+        "breaker_key": step.key,
         "retry": step.retry or wf.retry,
         "rate_limit": step.rate_limit or wf.rate_limit,
         "breaker": step.breaker or wf.breaker,
@@ -105,8 +107,9 @@ def _step_task(wf: Workflow, step: Step, dag: DAG, saga: bool) -> tuple[Any, Any
         return task, task
     kwargs = {**_call_kwargs(wf, step.call), **_policies(wf, step)}
     kwargs.update(when=step.when, inputs=wf.upstream(step.name), select=step.output)
-    if step.fallback is not None:
-        kwargs["fallback"] = _call_kwargs(wf, step.fallback)
+    if step.fallback is not None:  # its own breaker: the step's may be open, which is why it runs
+        key = f"{step.key or step.fallback.conn_id or wf.conn_id}:fallback"
+        kwargs["fallback"] = {**_call_kwargs(wf, step.fallback), "breaker_key": key}
     if step.fan_out is None:
         extra = {"on_failure_callback": record_failure} if saga else {}
         task = StepOperator(task_id=step.name, dag=dag, **kwargs, **extra)

@@ -76,6 +76,7 @@ class Step:
     when: str | None = None  # JMESPath over {"conf": ..., "params": ..., "results": {step: result}}
     compensate: Call | None = None
     fallback: Call | None = None  # called instead when the call fails for good; the result says so
+    key: str | None = None  # the limiter and breaker key (default: the connection id)
     merge: tuple[str, ...] = ()
     fan_out: FanOut | None = None
     bulk: Bulk | None = None

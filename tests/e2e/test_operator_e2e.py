@@ -62,11 +62,13 @@ def airflow(tmp_path_factory, demo_server) -> Iterator[LocalAirflow]:
         cluster.stop()
 
 
-def _run(airflow: LocalAirflow, dag_id: str, timeout: float = 240) -> tuple[str, str]:
+def _run(
+    airflow: LocalAirflow, dag_id: str, timeout: float = 240, conf: dict | None = None
+) -> tuple[str, str]:
     client = airflow.client()
     client.wait_for_dag(dag_id, timeout=120)
     client.unpause(dag_id)
-    run_id = client.trigger(dag_id)
+    run_id = client.trigger(dag_id, conf=conf)
     return run_id, client.wait_for_run(dag_id, run_id, timeout=timeout)
 
 
@@ -122,3 +124,28 @@ def test_credentials_never_reach_the_task_log(airflow):
     basic = base64.b64encode(f"alice:{SECRETS['password']}".encode()).decode()
     for secret in [*SECRETS.values(), basic]:
         assert secret not in text, f"{secret!r} leaked into the task log"
+
+
+def test_order_saga_rolls_back_under_the_real_scheduler(airflow, demo_server):
+    """Callbacks, task-state reads and XCom go through the Execution API here, not in-process."""
+    import requests
+
+    client = airflow.client()
+    conf = {"order_id": "e2e-oos", "amount_cents": 990, "skus": ["OUT-OF-STOCK"], "address": "x"}
+    run_id, state = _run(airflow, "order_saga", conf=conf)
+    assert state == "failed"
+    states = {ti["task_id"]: ti["state"] for ti in client.task_instances("order_saga", run_id)}
+    assert states == {
+        "charge_payment": "success", "reserve_inventory": "failed", "create_shipment": "upstream_failed",
+        "undo_create_shipment": "skipped", "undo_reserve_inventory": "skipped", "undo_charge_payment": "success",
+        "saga_outcome": "failed",
+    }  # fmt: skip
+    assert [t["try_number"] for t in client.tries("order_saga", run_id, "reserve_inventory")] == [1]
+    record = client.xcom("order_saga", run_id, "reserve_inventory", key="saga_failure")
+    assert record["step"] == "reserve_inventory" and record["no_effect"] is True and "409" in record["error"]
+    assert "saga rolled back" in client.log("order_saga", run_id, "saga_outcome", 1)
+    ledger = requests.get(f"{demo_server.url}/admin/ledger", params={"order_id": "e2e-oos"}, timeout=5).json()
+    assert ledger["orders"]["e2e-oos"]["net_cents"] == 0 and [e["type"] for e in ledger["entries"]] == [
+        "charge",
+        "refund",
+    ]

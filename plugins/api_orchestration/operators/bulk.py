@@ -82,7 +82,9 @@ class BulkHttpOperator(BaseOperator):
         concurrency: int = 16,
         tolerate_failures: float = 0,
         rate_limit: RateLimit | None = None,
+        rate_limit_key: str | None = None,
         breaker: BreakerPolicy | None = None,
+        breaker_key: str | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | tuple[float, float] = (10.0, 60.0),
         select: str | None = None,
@@ -103,6 +105,7 @@ class BulkHttpOperator(BaseOperator):
         self.json, self.query, self.headers, self.inputs = json, query, headers, tuple(inputs)
         self.concurrency, self.tolerate_failures = concurrency, tolerate_failures
         self.rate_limit, self.breaker, self.retry = rate_limit, breaker, retry or RetryPolicy()
+        self.rate_limit_key, self.breaker_key = rate_limit_key, breaker_key
         self.timeout, self.select, self.state_url = timeout, select, state_url
 
     def _items(self, context: Context) -> list[Any]:
@@ -121,8 +124,9 @@ class BulkHttpOperator(BaseOperator):
         hook = HttpHook(method=self.method, http_conn_id=self.http_conn_id)
         hook.get_conn()  # resolve the connection once (base URL)
         guard = Guard(
-            backend=get_backend(self.state_url), limit_key=self.http_conn_id, rate_limit=self.rate_limit,
-            breaker_key=self.http_conn_id, breaker=self.breaker, retry=self.retry, max_sleep=3600.0,
+            backend=get_backend(self.state_url), limit_key=self.rate_limit_key or self.http_conn_id,
+            rate_limit=self.rate_limit, breaker_key=self.breaker_key or self.http_conn_id, breaker=self.breaker,
+            retry=self.retry, max_sleep=3600.0,
         )  # fmt: skip
         local, callers, lock = threading.local(), [], threading.Lock()
         base_key = idempotency_key(

@@ -1,0 +1,33 @@
+"""The business participant services and their admin endpoints, as one route table.
+
+Payments, inventory and shipping (effects in the :mod:`~demo_services.ledger`), users, posts and
+analytics, notifications, a ``GET /<service>/health`` per service, and ``/admin/ledger``,
+``/admin/faults``, ``/admin/notifications`` and ``/admin/users/<id>/touch``. Every service write
+honours ``Idempotency-Key``; ``POST /admin/reset`` clears all of it.
+"""
+
+from __future__ import annotations
+
+from demo_services import inventory, notifications, payments, shipping, users
+from demo_services.common import DELETE, GET, POST
+from demo_services.faults import admin_clear_faults, admin_list_faults, admin_set_fault
+from demo_services.ledger import admin_ledger
+from demo_services.routing import Route
+
+ADMIN_ROUTES: tuple[Route, ...] = (
+    Route("/admin/ledger", admin_ledger, GET, record=False),
+    Route("/admin/faults", admin_list_faults, GET, record=False),
+    Route("/admin/faults", admin_set_fault, POST, record=False),
+    Route("/admin/faults", admin_clear_faults, DELETE, record=False),
+    *notifications.ADMIN_ROUTES,
+    *users.ADMIN_ROUTES,
+)
+
+ROUTES: tuple[Route, ...] = (
+    *ADMIN_ROUTES,
+    *payments.ROUTES,
+    *inventory.ROUTES,
+    *shipping.ROUTES,
+    *users.ROUTES,
+    *notifications.ROUTES,
+)
