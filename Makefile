@@ -28,6 +28,7 @@ test: install lint  ## the whole suite (CI=true: missing services fail instead o
 
 bench: install  ## print the benchmark tables
 	$(BIN)/python tests/bench/run_bench.py $(BENCH_ARGS)
+	$(BIN)/python tests/bench/run_bench_workflows.py $(BENCH_ARGS)
 
 format: install
 	$(BIN)/ruff format .

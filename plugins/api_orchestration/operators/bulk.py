@@ -12,12 +12,13 @@ import json
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import jmespath
+import requests
 from airflow.providers.http.hooks.http import HttpHook
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
@@ -54,6 +55,49 @@ def results_dir() -> Path:
         / "api_orchestration"
         / "results"
     )
+
+
+def call_concurrently(
+    count: int,
+    request: Callable[[int], dict[str, Any]],
+    *,
+    guard: Guard,
+    sessions: Callable[[], requests.Session],
+    concurrency: int,
+    timeout: float | tuple[float, float] = (10.0, 60.0),
+    log: Any = None,
+    select: Callable[[Any], Any] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Make ``count`` calls with ``concurrency`` threads, each thread with its own session and
+    ``ResilientCaller`` sharing ``guard`` (so the shared limiter and breaker). ``request(i)`` gives
+    call i's ``method``, ``url`` and keyword arguments. Yields one row per call, in order."""
+    local, callers, lock = threading.local(), [], threading.Lock()
+
+    def one(index: int) -> dict[str, Any]:
+        caller = getattr(local, "caller", None)
+        if caller is None:  # each keeps its last verdict for its next admission
+            caller = local.caller = ResilientCaller(sessions(), guard, timeout=timeout, log=log)
+            with lock:
+                callers.append(caller)
+        kwargs = request(index)
+        try:
+            response = caller.call(kwargs.pop("method"), kwargs.pop("url"), **kwargs)
+            value = default_response_filter(response)
+            return {
+                "index": index,
+                "ok": True,
+                "status": response.status_code,
+                "result": select(value) if select else value,
+            }
+        except ApiOrchestrationError as exc:
+            return {"index": index, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        try:
+            yield from pool.map(one, range(count))
+        finally:
+            for caller in callers:
+                caller.flush()
 
 
 class BulkHttpOperator(BaseOperator):
@@ -128,7 +172,6 @@ class BulkHttpOperator(BaseOperator):
             rate_limit=self.rate_limit, breaker_key=self.breaker_key or self.http_conn_id, breaker=self.breaker,
             retry=self.retry, max_sleep=3600.0,
         )  # fmt: skip
-        local, callers, lock = threading.local(), [], threading.Lock()
         base_key = idempotency_key(
             ti.dag_id, ti.run_id, ti.task_id, ti.map_index if ti.map_index is not None else -1
         )
@@ -138,42 +181,29 @@ class BulkHttpOperator(BaseOperator):
             "params": dict(context.get("params") or {}),
         }
 
-        def one(index: int, item: Any) -> dict[str, Any]:
-            caller = getattr(local, "caller", None)
-            if caller is None:  # one session per thread; each keeps its last verdict for its next call
-                session = HttpHook(method=self.method, http_conn_id=self.http_conn_id).get_conn()
-                caller = local.caller = ResilientCaller(session, guard, timeout=self.timeout, log=self.log)
-                with lock:
-                    callers.append(caller)
-            v = {**shared, "item": item, "index": index}
-            try:
-                response = caller.call(
-                    self.method, hook.url_from_endpoint(render(self.endpoint, v)), json=render(self.json, v),
-                    params=render(self.query, v), headers=render(self.headers, v),
-                    idempotency_key=f"{base_key}-{index}" if self.method in UNSAFE_METHODS else None,
-                )  # fmt: skip
-                value = default_response_filter(response)
-                return {
-                    "index": index,
-                    "ok": True,
-                    "status": response.status_code,
-                    "result": select.search(value) if select else value,
-                }
-            except ApiOrchestrationError as exc:
-                return {"index": index, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        def request(index: int) -> dict[str, Any]:
+            v = {**shared, "item": items[index], "index": index}
+            return {
+                "method": self.method, "url": hook.url_from_endpoint(render(self.endpoint, v)),
+                "json": render(self.json, v), "params": render(self.query, v), "headers": render(self.headers, v),
+                "idempotency_key": f"{base_key}-{index}" if self.method in UNSAFE_METHODS else None,
+            }  # fmt: skip
 
+        def sessions() -> Any:
+            return HttpHook(method=self.method, http_conn_id=self.http_conn_id).get_conn()
+
+        rows = call_concurrently(
+            len(items), request, guard=guard, sessions=sessions, concurrency=self.concurrency,
+            timeout=self.timeout, log=self.log, select=select.search if select else None,
+        )  # fmt: skip
         started = time.monotonic()
         out = results_dir() / ti.dag_id / ti.run_id.replace("/", "_") / f"{ti.task_id}.jsonl"
         out.parent.mkdir(parents=True, exist_ok=True)
         failed = 0
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool, out.open("w") as fh:
-            try:
-                for row in pool.map(one, range(len(items)), items):
-                    failed += not row["ok"]
-                    fh.write(json.dumps(row, default=str) + "\n")
-            finally:
-                for caller in callers:
-                    caller.flush()
+        with out.open("w") as fh:
+            for row in rows:
+                failed += not row["ok"]
+                fh.write(json.dumps(row, default=str) + "\n")
         seconds = time.monotonic() - started
         summary = {
             "path": str(out),
