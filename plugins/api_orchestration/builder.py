@@ -7,7 +7,8 @@ Each step becomes a task named after it, so the graph shows the workflow's shape
 - a merge step -> a task returning ``{step: result}`` for the merged steps;
 - a fan-out step -> ``<step>_items`` (the list) -> ``<step>_each`` (mapped, ``max_active`` at once)
   -> ``<step>`` (collects results, fails past ``tolerate_failures``);
-- compensations -> ``undo_<step>`` tasks in reverse order and a ``saga_outcome`` leaf (see ``saga``).
+- compensations -> a ``saga_check`` gate, ``undo_<step>`` tasks in reverse order and a ``saga_outcome``
+  leaf (see ``saga``).
 
 Dependencies follow ``depends_on`` (and ``merge``). DAGs render templates as native objects, so
 ``result("user", "id")`` in a JSON body stays an int.
@@ -17,15 +18,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import jmespath
-from airflow.providers.standard.operators.python import PythonOperator
+from airflow.providers.standard.operators.python import PythonOperator, ShortCircuitOperator
 from airflow.sdk import DAG, TriggerRule
 from airflow.sdk.exceptions import AirflowFailException
 
 from api_orchestration.operators.bulk import BulkHttpOperator
-from api_orchestration.operators.step import StepOperator, step_inputs
-from api_orchestration.saga import CompensationOperator, SagaOutcomeOperator, record_failure
-from api_orchestration.workflow import Call, FanOut, Step, Workflow
+from api_orchestration.operators.step import StepOperator, items_from
+from api_orchestration.saga import CompensationOperator, SagaOutcomeOperator, record_failure, saga_failed
+from api_orchestration.workflow import Call, FanOut, Step, Workflow, allowed_failures
 
 
 def _call_kwargs(wf: Workflow, call: Call) -> dict[str, Any]:
@@ -57,12 +57,7 @@ def _merge(steps: tuple[str, ...], **context: Any) -> dict[str, Any]:
 
 
 def _fan_out_items(expression: str, upstream: tuple[str, ...], **context: Any) -> list[Any]:
-    items = jmespath.search(expression, step_inputs(context, upstream))
-    if not isinstance(items, list):
-        raise AirflowFailException(
-            f"fan-out expression {expression!r} gave {type(items).__name__}, not a list"
-        )
-    return items
+    return items_from(expression, context, upstream)
 
 
 def _collect(step: str, fan_out: FanOut, **context: Any) -> dict[str, Any]:
@@ -72,11 +67,7 @@ def _collect(step: str, fan_out: FanOut, **context: Any) -> dict[str, Any]:
     indexes = sorted(int(k.rsplit("_", 1)[1]) for k in found if k.startswith(f"{each}_"))
     ok = [i for i in indexes if found[f"{each}_{i}"] == "success"]
     failed = [i for i in indexes if found[f"{each}_{i}"] != "success"]
-    allowed = (
-        fan_out.tolerate_failures
-        if fan_out.tolerate_failures >= 1
-        else fan_out.tolerate_failures * len(indexes)
-    )
+    allowed = allowed_failures(fan_out.tolerate_failures, len(indexes))
     summary = {
         "total": len(indexes),
         "succeeded": len(ok),
@@ -156,8 +147,14 @@ def build(workflow: Workflow, **dag_kwargs: Any) -> DAG:
 
 def _wire_saga(wf: Workflow, dag: DAG, ends: dict[str, tuple[Any, Any]]) -> None:
     steps = wf.order()
+    check = ShortCircuitOperator(
+        task_id="saga_check", dag=dag, python_callable=saga_failed, op_kwargs={"saga_steps": steps},
+        trigger_rule=TriggerRule.ALL_DONE, ignore_downstream_trigger_rules=True,
+    )  # fmt: skip
+    for s in steps:
+        ends[s][1] >> check
     compensations: dict[str, str] = {}
-    previous: Any = [ends[s][1] for s in steps]
+    previous: Any = check
     for name in reversed(steps):
         step = wf.step(name)
         if step.compensate is None:
@@ -177,5 +174,3 @@ def _wire_saga(wf: Workflow, dag: DAG, ends: dict[str, tuple[Any, Any]]) -> None
         trigger_rule=TriggerRule.ALL_DONE,
     )
     previous >> outcome
-    for s in steps:
-        ends[s][1] >> outcome

@@ -3,12 +3,15 @@
 Wiring (done by :func:`api_orchestration.builder.build`)::
 
     step_a >> step_b >> step_c            (the forward steps; any shape)
-    [all steps] >> undo_c >> undo_b >> undo_a >> saga_outcome      (all trigger_rule ALL_DONE)
+    [all steps] >> saga_check >> undo_c >> undo_b >> undo_a >> saga_outcome   (all trigger_rule ALL_DONE)
 
+- ``saga_check`` (a ShortCircuitOperator) waits for every step (ALL_DONE, not ONE_FAILED: parallel
+  siblings may still be running). If none failed it skips everything downstream at once, so the happy
+  path launches no compensation task at all; otherwise the chain runs.
 - A failing step's ``on_failure_callback`` records what failed (step, error, try) as the XCom
   ``saga_failure`` of that step.
-- Each ``undo_<step>`` waits for every step to finish (ALL_DONE, not ONE_FAILED: parallel siblings
-  may still be running), then skips if the saga did not fail, compensates if its step completed or
+- Each ``undo_<step>`` (ALL_DONE, so one failed compensation does not stop the others) compensates
+  if its step completed or
   may have had an effect (a timeout, a 5xx, a task killed or marked failed), and skips if the step
   provably had none (a 4xx answer, an open circuit, never started). It reuses the step's idempotency
   key, so undoing twice is harmless, and retries like any task.
@@ -47,6 +50,14 @@ def record_failure(context: Context) -> None:
             "no_effect": isinstance(error, NO_EFFECT_ERRORS),
         },
     )
+
+
+def saga_failed(saga_steps: Sequence[str], **context: Any) -> bool:
+    """``saga_check``'s condition: did any step fail (or was it marked failed)?"""
+    failed = [s for s, st in _states(context, saga_steps).items() if st in FAILED]
+    if failed:
+        context["ti"].log.warning("saga failed at %s: compensating in reverse order", failed)
+    return bool(failed)
 
 
 def _states(context: Context, task_ids: Sequence[str]) -> dict[str, str | None]:

@@ -9,13 +9,13 @@ changing a row only when its ``updated_at`` is newer, so re-running an interval 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from api_orchestration.call import ResilientCaller
+from api_orchestration.home import data_path
 
 
 def sync_window(context: Any, default_hours: float = 24.0) -> tuple[dt.datetime, dt.datetime]:
@@ -41,11 +41,7 @@ def fetch_all(
 
 
 def default_database() -> Path:
-    return (
-        Path(os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow"))
-        / "api_orchestration"
-        / "sync.db"
-    )
+    return data_path("sync.db")
 
 
 def upsert(

@@ -162,6 +162,11 @@ class Workflow:
         return done
 
 
+def allowed_failures(tolerate: float, total: int) -> float:
+    """``tolerate`` is a count (>= 1) or a fraction of ``total`` (< 1)."""
+    return tolerate if tolerate >= 1 else tolerate * total
+
+
 def _find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
     state: dict[str, int] = {}
     path: list[str] = []

@@ -47,8 +47,8 @@ MAPPED_DAG = textwrap.dedent(
     # an Airflow DAG file for the benchmark: 50 mapped calls of 100 ms
     from airflow.sdk import DAG
     from api_orchestration import ResilientHttpOperator
-    with DAG("bench_fanout_mapped", schedule=None, max_active_tasks=64):
-        ResilientHttpOperator.partial(task_id="call", http_conn_id="demo_api", max_active_tis_per_dagrun=64).expand(
+    with DAG("bench_fanout_mapped", schedule=None, max_active_tasks=8):
+        ResilientHttpOperator.partial(task_id="call", http_conn_id="demo_api", max_active_tis_per_dagrun=8).expand(
             endpoint=[f"/delay/0.1?i={i}" for i in range(50)]
         )
     """
@@ -158,6 +158,7 @@ def airflow_runs(demo: DemoServer, runs: int) -> tuple[list[float], dict[str, li
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         "AIRFLOW_CONN_DEMO_API": json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": demo.port}),
         "AIRFLOW__API_ORCHESTRATION__STATE_URL": f"sqlite:///{base}/state.db",
+        "AIRFLOW__CORE__PARALLELISM": "8",  # 2 cores: 32 task processes at once starve the api-server
     }
     durations: dict[str, list[float]] = {"order_saga": [], "bench_order_stock": []}
     mapped: list[float] = []
@@ -206,22 +207,11 @@ def main() -> None:
     with DemoServer(port=0) as demo:
         gather = min(gather_fanout(demo) for _ in range(repeats))
         bulk = {name: min(bulk_fanout(demo, url) for _ in range(repeats)) for name, url in urls.items()}
-        mapped, sagas = ([], {}) if args.no_airflow else airflow_runs(demo, 1 if args.quick else 2)
         rows = [["asyncio.gather (aiohttp)", f"{gather:.3f}", "1.00", ""]]
         rows += [
             [f"bulk mode ({n}, 50 threads)", f"{s:.3f}", f"{s / gather:.2f}", "<= 2.00"]
             for n, s in bulk.items()
         ]
-        if mapped:
-            m = statistics.median(mapped)
-            rows.append(
-                [
-                    f"50 mapped tasks (LocalExecutor, median of {len(mapped)}, trigger to finish)",
-                    f"{m:.3f}",
-                    f"{m / gather:.2f}",
-                    "",
-                ]
-            )
         table(
             f"Fan-out: 50 endpoints x 100 ms, wall seconds (best of {repeats})",
             ["path", "seconds", "ratio to gather", "goal"],
@@ -244,7 +234,14 @@ def main() -> None:
             ],
             [bulk_sync(demo, url, n, 64) for url in urls.values()],
         )
-        if sagas:
+        if not args.no_airflow:
+            mapped, sagas = airflow_runs(demo, 1 if args.quick else 2)
+            m = statistics.median(mapped)
+            table(
+                "Fan-out on a real Airflow (LocalExecutor, parallelism 8), trigger to finish",
+                ["path", "seconds", "ratio to gather"],
+                [[f"50 mapped tasks (median of {len(mapped)})", f"{m:.2f}", f"{m / gather:.1f}"]],
+            )
             ours, stock = (
                 statistics.median(sagas["order_saga"]),
                 statistics.median(sagas["bench_order_stock"]),

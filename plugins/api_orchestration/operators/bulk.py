@@ -9,7 +9,6 @@ item: index, status, result or error); the task returns its path and the counts.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,11 +25,13 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from api_orchestration.call import Guard, ResilientCaller
 from api_orchestration.errors import ApiOrchestrationError, ConfigurationError
+from api_orchestration.home import data_path
 from api_orchestration.idempotency import idempotency_key
 from api_orchestration.operators.http import UNSAFE_METHODS, default_response_filter
-from api_orchestration.operators.step import step_inputs
+from api_orchestration.operators.step import items_from
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
 from api_orchestration.state import get_backend
+from api_orchestration.workflow import allowed_failures
 
 _ENV = SandboxedEnvironment()
 
@@ -50,11 +51,7 @@ def render(value: Any, variables: dict[str, Any]) -> Any:
 
 
 def results_dir() -> Path:
-    return (
-        Path(os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow"))
-        / "api_orchestration"
-        / "results"
-    )
+    return data_path("results")
 
 
 def call_concurrently(
@@ -153,14 +150,7 @@ class BulkHttpOperator(BaseOperator):
         self.timeout, self.select, self.state_url = timeout, select, state_url
 
     def _items(self, context: Context) -> list[Any]:
-        if isinstance(self.items, list):
-            return self.items
-        found = jmespath.search(self.items, step_inputs(context, self.inputs))
-        if not isinstance(found, list):
-            raise AirflowFailException(
-                f"items expression {self.items!r} gave {type(found).__name__}, not a list"
-            )
-        return found
+        return self.items if isinstance(self.items, list) else items_from(self.items, context, self.inputs)
 
     def execute(self, context: Context) -> dict[str, Any]:
         items = self._items(context)
@@ -213,9 +203,7 @@ class BulkHttpOperator(BaseOperator):
             "seconds": round(seconds, 3),
         }
         self.log.info("bulk %s: %s", self.task_id, summary)
-        allowed = (
-            self.tolerate_failures if self.tolerate_failures >= 1 else self.tolerate_failures * len(items)
-        )
+        allowed = allowed_failures(self.tolerate_failures, len(items))
         if failed > allowed:
             raise AirflowFailException(
                 f"bulk {self.task_id!r}: {failed} of {len(items)} calls failed (see {out}); at most {allowed:g} tolerated"

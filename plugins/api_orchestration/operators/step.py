@@ -7,7 +7,7 @@ from typing import Any
 
 import jmespath
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from api_orchestration.errors import CircuitOpenError, HttpCallError
 from api_orchestration.operators.http import ResilientHttpOperator, default_response_filter
@@ -23,6 +23,14 @@ def step_inputs(context: Context, steps: Sequence[str]) -> dict[str, Any]:
         "params": dict(context.get("params") or {}),
         "results": {s: ti.xcom_pull(task_ids=s) for s in steps},
     }
+
+
+def items_from(expression: str, context: Context, steps: Sequence[str]) -> list[Any]:
+    """The list a fan-out or bulk step iterates: ``expression`` (JMESPath) over :func:`step_inputs`."""
+    items = jmespath.search(expression, step_inputs(context, steps))
+    if not isinstance(items, list):
+        raise AirflowFailException(f"items expression {expression!r} gave {type(items).__name__}, not a list")
+    return items
 
 
 class StepOperator(ResilientHttpOperator):

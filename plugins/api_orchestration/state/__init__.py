@@ -10,6 +10,7 @@ import os
 import threading
 
 from api_orchestration.errors import ConfigurationError
+from api_orchestration.home import airflow_home
 from api_orchestration.state.base import Admission, StateBackend, Transition, Verdict
 
 __all__ = [
@@ -35,8 +36,7 @@ def configured_state_url() -> str:
 
         url = conf.get("api_orchestration", "state_url", fallback=None)
     if not url:
-        home = os.path.abspath(os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow"))
-        url = f"sqlite:///{home}/api_orchestration_state.db"
+        url = f"sqlite:///{airflow_home()}/api_orchestration_state.db"
     return url
 
 
