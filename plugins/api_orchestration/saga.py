@@ -21,6 +21,7 @@ Wiring (done by :func:`api_orchestration.builder.build`)::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -32,6 +33,7 @@ from api_orchestration.errors import CircuitOpenError, ConfigurationError, Perma
 from api_orchestration.idempotency import idempotency_key
 from api_orchestration.operators.http import ResilientHttpOperator
 
+logger = logging.getLogger(__name__)
 FAILED = ("failed", "upstream_failed")
 NO_EFFECT_ERRORS = (PermanentHttpStatusError, CircuitOpenError, ConfigurationError)
 RECORD_KEY = "saga_failure"
@@ -56,7 +58,7 @@ def saga_failed(saga_steps: Sequence[str], **context: Any) -> bool:
     """``saga_check``'s condition: did any step fail (or was it marked failed)?"""
     failed = [s for s, st in _states(context, saga_steps).items() if st in FAILED]
     if failed:
-        context["ti"].log.warning("saga failed at %s: compensating in reverse order", failed)
+        logger.warning("saga failed at %s: compensating in reverse order", failed)
     return bool(failed)
 
 
