@@ -150,3 +150,47 @@ def test_order_saga_rolls_back_under_the_real_scheduler(airflow, demo_server):
         "charge",
         "refund",
     ]
+
+
+def test_marking_a_running_step_failed_compensates_it(airflow, demo_server):
+    """As the UI's "Mark as failed" does: the step was mid-call, its effect unknown, so it is undone."""
+    import time
+
+    import requests
+
+    demo_server.reset()
+    requests.post(
+        f"{demo_server.url}/admin/faults",
+        json={"path": "/inventory/reservations", "latency_ms": 15000},
+        timeout=5,
+    )
+    client = airflow.client()
+    client.wait_for_dag("order_saga", timeout=120)
+    client.unpause("order_saga")
+    conf = {"order_id": "e2e-marked", "amount_cents": 500, "skus": ["SKU-1"], "address": "x"}
+    run_id = client.trigger("order_saga", conf=conf)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until the reservation call is in flight
+        states = {ti["task_id"]: ti["state"] for ti in client.task_instances("order_saga", run_id)}
+        if states.get("reserve_inventory") == "running" and demo_server.calls()["paths"].get(
+            "/inventory/reservations"
+        ):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"reserve_inventory never ran: {states}")
+    path = f"/api/v2/dags/order_saga/dagRuns/{run_id}/taskInstances/reserve_inventory"
+    client.request("PATCH", path, json={"new_state": "failed"}).raise_for_status()
+    assert client.wait_for_run("order_saga", run_id, timeout=240) == "failed"
+    states = {ti["task_id"]: ti["state"] for ti in client.task_instances("order_saga", run_id)}
+    assert states["undo_reserve_inventory"] == "success" and states["undo_charge_payment"] == "success", (
+        states
+    )
+    order = requests.get(
+        f"{demo_server.url}/admin/ledger", params={"order_id": "e2e-marked"}, timeout=5
+    ).json()
+    assert (
+        order["orders"]["e2e-marked"]["net_cents"] == 0
+        and order["orders"]["e2e-marked"]["open_reservations"] == 0
+    )
+    requests.delete(f"{demo_server.url}/admin/faults", timeout=5)
