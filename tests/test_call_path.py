@@ -266,3 +266,10 @@ def test_redact_url():
 def test_every_error_is_an_api_orchestration_error():
     assert issubclass(CircuitOpenError, ApiOrchestrationError)
     assert issubclass(PermanentHttpStatusError, HttpStatusError)
+
+
+def test_request_settings_are_cached_per_host_not_per_url(backend, demo):
+    c = caller(backend)
+    for i in range(20):  # bulk mode calls a different URL each time
+        c.call("GET", f"{demo.url}/echo/user/{i}")
+    assert list(c._settings) == [f"http://127.0.0.1:{demo.port}"]

@@ -93,7 +93,7 @@ class ResilientCaller:
         self.send_options = send_options or {}
         self.log = log or logger
         self.lease_seconds = _timeout_seconds(timeout) + 30.0
-        self._settings: dict[str, dict[str, Any]] = {}
+        self._settings: dict[str, dict[str, Any]] = {}  # per scheme://host: bounded in bulk mode
         self._pending: Verdict | None = None  # the last call's verdict, sent with the next admission
 
     # -- the guarded steps ----------------------------------------------------------------------
@@ -175,14 +175,15 @@ class ResilientCaller:
 
     def _send(self, prepared: requests.PreparedRequest) -> requests.Response:
         url = prepared.url or ""
-        settings = self._settings.get(url)
+        origin = url.split("/", 3)[:3]  # proxies and CA bundle depend on scheme and host only
+        settings = self._settings.get("/".join(origin))
         if settings is None:
             s = self.session
             settings = s.merge_environment_settings(
                 url, proxies=s.proxies, stream=s.stream, verify=s.verify, cert=s.cert
             )
             settings["allow_redirects"] = self.send_options.get("allow_redirects", True)
-            self._settings[url] = settings
+            self._settings["/".join(origin)] = settings
         return self.session.send(prepared, timeout=self.timeout, **settings)
 
     # -- one call, many attempts ----------------------------------------------------------------

@@ -30,7 +30,7 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from api_orchestration.errors import CircuitOpenError, ConfigurationError, PermanentHttpStatusError
-from api_orchestration.idempotency import idempotency_key
+from api_orchestration.idempotency import task_key
 from api_orchestration.operators.http import ResilientHttpOperator
 
 logger = logging.getLogger(__name__)
@@ -83,8 +83,7 @@ class CompensationOperator(ResilientHttpOperator):
     def _key(self, context: Context) -> str | None:
         if isinstance(self.idempotency_key, str) and self.idempotency_key:
             return self.idempotency_key
-        ti = context["ti"]
-        return idempotency_key(ti.dag_id, ti.run_id, self.undoes, -1)  # the step's own key
+        return task_key(context["ti"], self.undoes)  # the step's own key
 
     def execute(self, context: Context) -> Any:
         states = _states(context, self.saga_steps)

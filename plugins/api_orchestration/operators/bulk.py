@@ -26,7 +26,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from api_orchestration.call import Guard, ResilientCaller
 from api_orchestration.errors import ApiOrchestrationError, ConfigurationError
 from api_orchestration.home import data_path
-from api_orchestration.idempotency import idempotency_key
+from api_orchestration.idempotency import task_key
 from api_orchestration.operators.http import UNSAFE_METHODS, default_response_filter
 from api_orchestration.operators.step import items_from
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
@@ -162,9 +162,7 @@ class BulkHttpOperator(BaseOperator):
             rate_limit=self.rate_limit, breaker_key=self.breaker_key or self.http_conn_id, breaker=self.breaker,
             retry=self.retry, max_sleep=3600.0,
         )  # fmt: skip
-        base_key = idempotency_key(
-            ti.dag_id, ti.run_id, ti.task_id, ti.map_index if ti.map_index is not None else -1
-        )
+        base_key = task_key(ti)
         select = jmespath.compile(self.select) if self.select else None
         shared = {
             "conf": dict(getattr(context.get("dag_run"), "conf", None) or {}),

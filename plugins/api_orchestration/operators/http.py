@@ -14,7 +14,7 @@ from airflow.sdk import BaseOperator, Context
 
 from api_orchestration.call import DeferralNeeded, Guard, ResilientCaller
 from api_orchestration.errors import ConfigurationError, ResponseCheckError
-from api_orchestration.idempotency import DEFAULT_HEADER, idempotency_key
+from api_orchestration.idempotency import DEFAULT_HEADER, task_key
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
 from api_orchestration.redact import redact_url
 from api_orchestration.state import get_backend
@@ -153,10 +153,7 @@ class ResilientHttpOperator(BaseOperator):
             return self.idempotency_key
         if self.method not in UNSAFE_METHODS:
             return None
-        ti = context["ti"]
-        return idempotency_key(
-            ti.dag_id, ti.run_id, ti.task_id, ti.map_index if ti.map_index is not None else -1
-        )
+        return task_key(context["ti"])
 
     def _caller(self, hook: HttpHook) -> ResilientCaller:
         session = hook.get_conn(extra_options=self.extra_options)
