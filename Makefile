@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt | sha1sum | cut -c1-12)
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include:$(CURDIR)/tests
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint lint-specs schema format bench clean
 
 $(STAMP): requirements.txt constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,9 +19,15 @@ install: $(STAMP)  ## create .venv and install the pinned requirements
 run: install  ## start the demo API and Airflow (UI on :8080, admin/admin); Ctrl-C stops everything
 	$(BIN)/python include/devtools/run_local.py
 
-lint: install  ## ruff, as CI runs it
+lint: install lint-specs  ## ruff and the workflow specs, as CI runs them
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+lint-specs: install  ## validate every workflow spec in include/workflows (exit 1 if any is bad)
+	AIRFLOW_HOME=$${AIRFLOW_HOME:-$(CURDIR)/.airflow} $(BIN)/python -m api_orchestration validate include/workflows
+
+schema: install  ## write the JSON Schema of workflow specs (for editors) to include/workflows/schema.json
+	AIRFLOW_HOME=$${AIRFLOW_HOME:-$(CURDIR)/.airflow} $(BIN)/python -m api_orchestration schema --output include/workflows/schema.json
 
 test: install lint  ## the whole suite (CI=true: missing services fail instead of skipping)
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)

@@ -11,6 +11,7 @@ from api_orchestration.errors import (
     HttpStatusError,
     PermanentHttpStatusError,
     ResponseCheckError,
+    SpecError,
     StateBackendError,
     TransportError,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "ResponseCheckError",
     "RetryPolicy",
     "SagaOutcomeOperator",
+    "SpecError",
     "StateBackend",
     "StateBackendError",
     "Step",

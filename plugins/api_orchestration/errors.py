@@ -4,6 +4,7 @@
 
     ApiOrchestrationError
     ├── ConfigurationError (also ValueError)        bad argument or policy, raised at DAG parse time
+    ├── SpecError (also ValueError)                 a YAML workflow spec is invalid: every problem, by field path
     ├── StateBackendError                           shared state store unreachable or broken (fail closed)
     ├── CircuitOpenError                            the breaker for a key is open: the call was not made
     └── HttpCallError                               a call was made (or attempted) and did not succeed
@@ -16,6 +17,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
@@ -31,9 +34,28 @@ class ApiOrchestrationError(Exception):
 class ConfigurationError(ApiOrchestrationError, ValueError):
     """A parameter has an invalid value. Names the thing, the parameter and the fix."""
 
-    def __init__(self, owner: str, param: str, value: Any, expected: str) -> None:
-        self.owner, self.param, self.value, self.expected = owner, param, value, expected
+    def __init__(self, owner: str, param: str, value: Any, expected: str, *, step: str | None = None) -> None:
+        self.owner, self.param, self.value, self.expected, self.step = owner, param, value, expected, step
         super().__init__(f"{owner}: {param} {expected}, got {value!r}")
+
+
+class SpecError(ApiOrchestrationError, ValueError):
+    """A workflow spec is invalid. ``problems`` holds ``(field path, message)`` pairs; each message says
+    what is wrong and how to fix it. ``str()`` is one line per problem: ``file: path: message``."""
+
+    def __init__(self, source: str, problems: Iterable[tuple[str, str]]) -> None:
+        self.source, self.problems = source, list(problems)
+        super().__init__(
+            "\n".join(
+                f"{source}: {path}: {msg}" if path else f"{source}: {msg}" for path, msg in self.problems
+            )
+        )
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``options``, or ``""``."""
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class StateBackendError(ApiOrchestrationError):

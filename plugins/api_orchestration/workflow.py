@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from api_orchestration.errors import ConfigurationError
+from api_orchestration.errors import ConfigurationError, did_you_mean
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
@@ -47,23 +47,54 @@ class Call:
 @dataclass(frozen=True)
 class FanOut:
     """Run the step once per item: ``over`` is a list (one input to many endpoints: each item may set
-    ``path``/``json``/``query``), or ``result("step", "items")`` (one endpoint over an upstream list;
-    each item is available as ``{{ item }}`` in ``Call`` templates). At most ``max_active`` run at
-    once; up to ``tolerate_failures`` items (a count, or a fraction when < 1) may fail."""
+    ``path``/``json``/``query``), or a JMESPath over ``conf``, ``params`` and upstream ``results``
+    such as ``"results.users.items"`` (one endpoint over an upstream list). Each item is
+    ``{{ item }}`` in ``Call`` templates. At most ``max_active`` run at once; up to
+    ``tolerate_failures`` items (a count, or a fraction when < 1) may fail."""
 
     over: list[Any] | str
     max_active: int = 8
     tolerate_failures: float = 0
 
+    def __post_init__(self) -> None:
+        _check_items("FanOut", self.over, self.tolerate_failures)
+        if not (
+            isinstance(self.max_active, int)
+            and not isinstance(self.max_active, bool)
+            and self.max_active >= 1
+        ):
+            raise ConfigurationError("FanOut", "max_active", self.max_active, "must be an integer >= 1")
+
 
 @dataclass(frozen=True)
 class Bulk:
-    """Make every call in one task: ``over`` as in :class:`FanOut`, ``concurrency`` threads, results
-    written to a JSON-lines file whose path (and counts) the task returns."""
+    """Make every call in one task: ``over`` as in :class:`FanOut`, ``concurrency`` calls in flight,
+    results written to a JSON-lines file whose path (and counts) the task returns."""
 
     over: list[Any] | str
     concurrency: int = 16
     tolerate_failures: float = 0
+
+    def __post_init__(self) -> None:
+        _check_items("Bulk", self.over, self.tolerate_failures)
+        ok = isinstance(self.concurrency, int) and not isinstance(self.concurrency, bool)
+        if not (ok and 1 <= self.concurrency <= 256):
+            raise ConfigurationError(
+                "Bulk", "concurrency", self.concurrency, "must be an integer from 1 to 256"
+            )
+
+
+def _check_items(owner: str, over: Any, tolerate: Any) -> None:
+    if not (isinstance(over, list) or (isinstance(over, str) and over.strip())):
+        raise ConfigurationError(owner, "over", over, "must be a list of items or a JMESPath string")
+    if (
+        isinstance(tolerate, bool)
+        or not isinstance(tolerate, int | float)
+        or not 0 <= tolerate < float("inf")
+    ):
+        raise ConfigurationError(
+            owner, "tolerate_failures", tolerate, "must be a count >= 0, or a fraction of the items when < 1"
+        )
 
 
 @dataclass(frozen=True)
@@ -111,38 +142,57 @@ class Workflow:
             raise ConfigurationError(owner, "steps", [], "must hold at least one step")
         seen: set[str] = set()
         for s in self.steps:
-            if not isinstance(s.name, str) or not s.name.replace("_", "a").isalnum():
-                raise ConfigurationError(owner, "step name", s.name, "must be letters, digits and _ only")
+            if not isinstance(s.name, str) or not (s.name.isascii() and s.name.replace("_", "a").isalnum()):
+                raise ConfigurationError(
+                    owner, "step name", s.name, "must be letters, digits and _ only", step=str(s.name)
+                )
             if s.name in seen:
                 raise ConfigurationError(
-                    owner, f"step {s.name!r}", s.name, "is defined twice; step names must be unique"
+                    owner,
+                    f"step {s.name!r}",
+                    s.name,
+                    "is defined twice; step names must be unique",
+                    step=s.name,
                 )
             seen.add(s.name)
             where = f"{owner} step {s.name!r}"
+            step = s.name
             if (s.call is None) == (not s.merge):
-                raise ConfigurationError(where, "call/merge", None, "needs exactly one of a call or a merge")
+                raise ConfigurationError(
+                    where, "call/merge", None, "needs exactly one of a call or a merge", step=step
+                )
             if s.fan_out and s.bulk:
-                raise ConfigurationError(where, "fan_out/bulk", "both", "must not both be set")
+                raise ConfigurationError(where, "fan_out/bulk", "both", "must not both be set", step=step)
             if s.compensate and (s.fan_out or s.bulk or s.merge):
                 raise ConfigurationError(
-                    where, "compensate", s.compensate, "is supported on single-call steps only"
+                    where, "compensate", s.compensate, "is supported on single-call steps only", step=step
                 )
-            for ref in (*s.depends_on, *s.merge):
-                if ref not in names:
-                    close = [n for n in names if n.startswith(ref[:3])]
-                    hint = f" (did you mean {close[0]!r}?)" if close else ""
-                    raise ConfigurationError(
-                        where, "depends_on", ref, f"names an unknown step{hint}; steps are {names}"
-                    )
-                if ref == s.name:
-                    raise ConfigurationError(where, "depends_on", ref, "must not name the step itself")
+            for param, refs in (("depends_on", s.depends_on), ("merge", s.merge)):
+                for ref in refs:
+                    if ref not in names:
+                        hint = did_you_mean(ref, names)
+                        raise ConfigurationError(
+                            where, param, ref, f"names an unknown step{hint}; steps are {names}", step=step
+                        )
+                    if ref == s.name:
+                        raise ConfigurationError(
+                            where, param, ref, "must not name the step itself", step=step
+                        )
+        for s in self.steps:
+            if s.timeout is not None and not _positive(s.timeout):
+                raise ConfigurationError(
+                    f"{owner} step {s.name!r}", "timeout", s.timeout, "must be seconds > 0", step=s.name
+                )
+        if not _positive(self.timeout):
+            raise ConfigurationError(owner, "timeout", self.timeout, "must be seconds > 0")
         if self.output is not None and self.output not in names:
             raise ConfigurationError(owner, "output", self.output, f"must name a step; steps are {names}")
         cycle = _find_cycle({s.name: (*s.depends_on, *s.merge) for s in self.steps})
         if cycle:
             raise ConfigurationError(
-                owner, "depends_on", " -> ".join(cycle), "forms a cycle; remove one of these dependencies"
-            )
+                owner, "depends_on", " -> ".join(cycle), "forms a cycle; remove one of these dependencies",
+                step=cycle[0],
+            )  # fmt: skip
         return self
 
     def upstream(self, name: str) -> tuple[str, ...]:
@@ -160,6 +210,10 @@ class Workflow:
                     pending.remove(name)
                     break
         return done
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < float("inf")
 
 
 def allowed_failures(tolerate: float, total: int) -> float:

@@ -18,6 +18,7 @@ from api_orchestration.idempotency import DEFAULT_HEADER, task_key
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
 from api_orchestration.redact import redact_url
 from api_orchestration.state import get_backend
+from api_orchestration.templating import UpstreamResults
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
@@ -170,6 +171,13 @@ class ResilientHttpOperator(BaseOperator):
         return ResilientCaller(
             session, guard, timeout=self.timeout, send_options=hook.merged_extra, log=self.log
         )
+
+    def _do_render_template_fields(
+        self, parent: Any, template_fields: Any, context: Context, *args: Any, **kwargs: Any
+    ) -> None:
+        # ``{{ results.<step> }}``: upstream results, pulled only when a template reads them
+        context.setdefault("results", UpstreamResults(context["ti"]))  # type: ignore[typeddict-item]
+        super()._do_render_template_fields(parent, template_fields, context, *args, **kwargs)
 
     # -- execution ------------------------------------------------------------------------------
     def execute(self, context: Context) -> Any:

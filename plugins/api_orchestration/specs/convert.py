@@ -1,0 +1,118 @@
+"""A checked :class:`WorkflowSpec` -> the :class:`Workflow` and ``DAG`` arguments that Python DAGs use.
+
+The policy and workflow dataclasses validate values; their :class:`ConfigurationError` is reported
+at the spec's field path (``steps[2].retry.max_attempts``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pendulum
+
+from api_orchestration.errors import ConfigurationError
+from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.specs.model import CallSpec, StepSpec, WorkflowSpec
+from api_orchestration.specs.problems import Problem, shown
+from api_orchestration.workflow import Bulk, Call, FanOut, Step, Workflow
+
+T = TypeVar("T")
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def make(self, path: str, factory: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        try:
+            return factory(*args, **kwargs)
+        except ConfigurationError as exc:
+            self.problems.append((f"{path}.{exc.param}", f"{exc.expected}, got {shown(exc.value)}"))
+            return None
+
+
+def to_workflow(spec: WorkflowSpec, dag_id: str) -> tuple[Workflow | None, list[Problem]]:
+    c = _Collector()
+    d = spec.defaults
+    retry = _policy(c, "defaults.retry", RetryPolicy, d.retry) or RetryPolicy()
+    rate_limit = _policy(c, "defaults.rate_limit", RateLimit, d.rate_limit)
+    breaker = _policy(c, "defaults.breaker", BreakerPolicy, d.breaker)
+    steps = [_step(c, f"steps[{i}]", s) for i, s in enumerate(spec.steps)]
+    if c.problems:
+        return None, c.problems
+    wf = Workflow(
+        dag_id, tuple(s for s in steps if s), conn_id=d.conn_id, retry=retry, rate_limit=rate_limit,
+        breaker=breaker, timeout=d.timeout, output=spec.output,
+    )  # fmt: skip
+    try:
+        wf.validate()
+    except ConfigurationError as exc:
+        found = [i for i, s in enumerate(spec.steps) if s.name == exc.step]
+        param = "name" if exc.param.startswith("step ") else exc.param.split("/")[0]
+        index = (found[-1] if param == "name" else found[0]) if found else None  # a duplicate: the later one
+        path = f"steps[{index}].{param}" if index is not None else param
+        return None, [(path, f"{exc.expected}, got {shown(exc.value)}")]
+    return wf, []
+
+
+def dag_kwargs(spec: WorkflowSpec, source: str) -> dict[str, Any]:
+    from airflow.sdk import Param
+
+    params = {
+        name: Param(**value) if isinstance(value, dict) else Param(value)
+        for name, value in spec.params.items()
+    }
+    doc = f"{spec.description or ''}\n\nDefined by the workflow spec `{source}`.".strip()
+    kwargs: dict[str, Any] = {
+        "schedule": spec.schedule,
+        "catchup": spec.catchup,
+        "tags": [*spec.tags, "workflow-spec"],
+        "params": params,
+        "doc_md": doc,
+        "description": (spec.description or "").strip().split("\n")[0][:200] or None,
+    }
+    if spec.start_date is not None:
+        kwargs["start_date"] = start_date(spec.start_date)
+    for key in ("max_active_runs", "max_active_tasks"):
+        if getattr(spec, key) is not None:
+            kwargs[key] = getattr(spec, key)
+    return kwargs
+
+
+def start_date(value: Any) -> pendulum.DateTime:
+    if isinstance(value, dt.datetime):
+        return pendulum.instance(value, tz="UTC")
+    if isinstance(value, dt.date):
+        return pendulum.datetime(value.year, value.month, value.day, tz="UTC")
+    parsed = pendulum.parse(str(value), tz="UTC")
+    if not isinstance(parsed, pendulum.DateTime):
+        raise ValueError(f"{value!r} is not a date or a date-time")
+    return parsed
+
+
+def _policy(c: _Collector, path: str, cls: Callable[..., T], spec: Any) -> T | None:
+    return None if spec is None else c.make(path, cls, **spec.model_dump(exclude_none=True))
+
+
+def _call(c: _Collector, path: str, spec: CallSpec | None) -> Call | None:
+    if spec is None:
+        return None
+    return c.make(
+        path, Call, spec.method, spec.path, json=spec.body, query=spec.query, headers=spec.headers,
+        conn_id=spec.conn_id,
+    )  # fmt: skip
+
+
+def _step(c: _Collector, path: str, s: StepSpec) -> Step | None:
+    fan_out = s.fan_out and c.make(f"{path}.fan_out", FanOut, **s.fan_out.model_dump())
+    bulk = s.bulk and c.make(f"{path}.bulk", Bulk, **s.bulk.model_dump())
+    return c.make(
+        path, Step, s.name, call=_call(c, f"{path}.call", s.call), depends_on=tuple(s.depends_on), when=s.when,
+        compensate=_call(c, f"{path}.compensate", s.compensate), fallback=_call(c, f"{path}.fallback", s.fallback),
+        key=s.key, merge=tuple(s.merge), fan_out=fan_out, bulk=bulk, output=s.output,
+        retry=_policy(c, f"{path}.retry", RetryPolicy, s.retry),
+        rate_limit=_policy(c, f"{path}.rate_limit", RateLimit, s.rate_limit),
+        breaker=_policy(c, f"{path}.breaker", BreakerPolicy, s.breaker), timeout=s.timeout,
+    )  # fmt: skip

@@ -1,0 +1,179 @@
+"""The typed shape of a workflow spec (pydantic): types and known fields only.
+
+Value rules (ranges, cross-field rules, graph rules) live once, in the policy and workflow
+dataclasses that Python DAGs use too; :mod:`api_orchestration.specs.convert` reports their
+errors at the spec's field paths.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _list_or_expression(value: Any) -> Any:
+    if isinstance(value, list) or (isinstance(value, str) and value.strip()):
+        return value
+    raise PydanticCustomError("over", "must be a list of items or a JMESPath string")
+
+
+def _date(value: Any) -> Any:
+    if value is None or isinstance(value, dt.date | str):
+        return value
+    raise PydanticCustomError("date", "must be a date such as 2026-01-01")
+
+
+def _step_names(schema: dict[str, Any]) -> None:
+    """A step name or a list of them."""
+    schema.pop("type", None)
+    schema.pop("items", None)
+    schema["anyOf"] = [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]
+
+
+_OVER = {"anyOf": [{"type": "array"}, {"type": "string", "minLength": 1}]}
+
+
+class RetrySpec(_Spec):
+    """Retries inside one task try (``RetryPolicy``): exponential backoff, full jitter, ``Retry-After``."""
+
+    max_attempts: int | None = Field(None, description="attempts per task try, >= 1 (default 3)")
+    base_delay: float | None = Field(None, description="seconds before the first retry's jitter cap (0.5)")
+    max_delay: float | None = Field(None, description="cap on the backoff, seconds (30)")
+    multiplier: float | None = Field(None, description="backoff growth per attempt (2)")
+    retry_statuses: list[int] | None = Field(None, description="408, 429 and 5xx codes to retry")
+    retry_transport_errors: bool | None = None
+    retry_timeouts: bool | None = None
+    respect_retry_after: bool | None = None
+    max_retry_after: float | None = Field(None, description="longest Retry-After honoured, seconds (600)")
+
+
+class RateLimitSpec(_Spec):
+    """At most ``permits`` calls per ``per_seconds``, shared by every worker using the step's key."""
+
+    permits: int = Field(description="calls allowed per period, >= 1")
+    per_seconds: float | None = Field(None, description="the period, seconds (1)")
+    burst: int | None = Field(None, description="calls that may start back to back (1)")
+    margin: float | None = Field(None, description="fraction of the period kept free (0.02)")
+
+
+class BreakerSpec(_Spec):
+    """Circuit breaker over a count-based window, shared by every worker using the step's key."""
+
+    failure_rate: float | None = Field(None, description="fraction of failures that opens it (0.5)")
+    window_size: int | None = Field(None, description="calls in the window (20)")
+    min_calls: int | None = Field(None, description="calls needed before it can open (10)")
+    open_seconds: float | None = Field(None, description="seconds open before half-open (30)")
+    half_open_calls: int | None = Field(None, description="trial calls when half-open (1)")
+    slow_call_seconds: float | None = Field(None, description="calls slower than this count as failures")
+    half_open_timeout: float | None = Field(None, description="seconds to wait for trial verdicts (120)")
+
+
+class CallSpec(_Spec):
+    """One HTTP request through an Airflow HTTP Connection. Strings are Jinja templates."""
+
+    method: str = Field("GET", description="GET, POST, PUT, PATCH, DELETE, HEAD or OPTIONS")
+    path: str = Field(description="appended to the connection's base URL, e.g. /orders/{{ params.id }}")
+    conn_id: str | None = Field(None, description="Airflow Connection id (default: defaults.conn_id)")
+    headers: dict[str, str] | None = Field(
+        None, description="extra headers; credentials belong in the Connection"
+    )
+    query: dict[str, Any] | None = Field(None, description="query-string parameters")
+    body: Any = Field(None, alias="json", description="JSON body (any YAML value; strings are templates)")
+
+
+class FanOutSpec(_Spec):
+    """Run the step once per item (a mapped task): a list, or a JMESPath over conf/params/results."""
+
+    over: Any = Field(
+        description="a list, or a JMESPath such as results.list_users.items", json_schema_extra=_OVER
+    )
+    max_active: int = Field(8, description="items running at once, >= 1")
+    tolerate_failures: float = Field(0, description="items that may fail: a count, or a fraction when < 1")
+
+    _over = field_validator("over")(_list_or_expression)
+
+
+class BulkSpec(_Spec):
+    """Make every call in one task, concurrently, writing results to a JSON-lines file."""
+
+    over: Any = Field(
+        description="a list, or a JMESPath such as results.list_users.items", json_schema_extra=_OVER
+    )
+    concurrency: int = Field(16, description="calls in flight, 1 to 256")
+    tolerate_failures: float = Field(0, description="calls that may fail: a count, or a fraction when < 1")
+
+    _over = field_validator("over")(_list_or_expression)
+
+
+class StepSpec(_Spec):
+    """One node of the workflow: a call, or a ``merge`` of other steps' results."""
+
+    name: str = Field(description="the task id: letters, digits and _")
+    call: CallSpec | None = None
+    depends_on: list[str] = Field(
+        default_factory=list,
+        description="steps that must finish first (a name or a list)",
+        json_schema_extra=_step_names,
+    )
+    when: str | None = Field(None, description="JMESPath over conf, params and results; false skips the step")
+    compensate: CallSpec | None = Field(None, description="the call that undoes this step (saga)")
+    fallback: CallSpec | None = Field(None, description="called instead when the call fails for good")
+    key: str | None = Field(None, description="limiter and breaker key (default: the connection id)")
+    merge: list[str] = Field(
+        default_factory=list,
+        description="steps whose results this step merges",
+        json_schema_extra=_step_names,
+    )
+    fan_out: FanOutSpec | None = None
+    bulk: BulkSpec | None = None
+    output: str | None = Field(None, description="JMESPath applied to the response to form the result")
+    retry: RetrySpec | None = None
+    rate_limit: RateLimitSpec | None = None
+    breaker: BreakerSpec | None = None
+    timeout: float | None = Field(None, description="read timeout, seconds")
+
+    _lists = field_validator("depends_on", "merge", mode="before")(_as_list)
+
+
+class DefaultsSpec(_Spec):
+    """Settings every step inherits unless it sets its own."""
+
+    conn_id: str = Field("http_default", description="Airflow HTTP Connection id")
+    retry: RetrySpec | None = None
+    rate_limit: RateLimitSpec | None = None
+    breaker: BreakerSpec | None = None
+    timeout: float = Field(30.0, description="read timeout, seconds")
+
+
+class WorkflowSpec(_Spec):
+    """A workflow spec: one YAML file in include/workflows, one DAG."""
+
+    dag_id: str | None = Field(None, description="default: the file name without .yaml")
+    description: str | None = None
+    schedule: str | None = Field(None, description="cron, a preset such as @hourly, or null (manual)")
+    start_date: Any = Field(
+        None, description="required when scheduled", json_schema_extra={"type": ["string", "null"]}
+    )
+    catchup: bool = False
+    tags: list[str] = Field(default_factory=list)
+    max_active_runs: int | None = None
+    max_active_tasks: int | None = None
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="name: default, or name: {default, type, description, ...}"
+    )
+    defaults: DefaultsSpec = Field(default_factory=DefaultsSpec)
+    steps: list[StepSpec] = Field(min_length=1)
+    output: str | None = Field(None, description="the step whose result is the workflow's output")
+
+    _start = field_validator("start_date")(_date)
