@@ -531,3 +531,13 @@ def test_validator_cli_names_each_bad_file_and_exits_nonzero(workflows_dir):
     ok = _cli("validate", str(WORKFLOWS))
     assert ok.returncode == 0 and "2 valid, 0 invalid" in ok.stdout, ok
     assert _cli("validate", str(workflows_dir / "missing")).returncode == 2
+
+
+def test_the_readme_spec_example_is_valid():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Workflow specs (YAML)")[1].split("```yaml\n")[1].split("```")[0]
+    loaded = load_text(block, "README.md")
+    assert loaded.dag.dag_id == "enrich_and_notify"
+    assert {"user", "posts", "profile", "score", "vip_gift", "charge", "notify_each", "undo_charge"} <= set(
+        loaded.dag.task_ids
+    )

@@ -13,6 +13,7 @@ import os
 import shutil
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -37,6 +38,23 @@ SECRET_DAG = textwrap.dedent(
 )
 
 
+BAD_SPEC = "steps:\n  - name: charge\n    call: {path: /payments/charges}\n    retry: {max_attempts: 0}\n"
+NEW_SPEC = textwrap.dedent(
+    """
+    description: "Dropped in while Airflow runs: a pipeline from one call's result into the next."
+    defaults: {conn_id: demo_api}
+    params: {user_id: 5}
+    steps:
+      - name: user
+        call: {path: "/users/{{ params.user_id }}"}
+      - name: posts
+        depends_on: user
+        call: {path: "/users/{{ results.user.id }}/posts", query: {per_page: 2}}
+        output: items[*].user_id
+    """
+)
+
+
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory, demo_server) -> Iterator[LocalAirflow]:
     """Airflow over a DAGs folder holding the repo's example DAGs plus one test DAG."""
@@ -44,6 +62,9 @@ def airflow(tmp_path_factory, demo_server) -> Iterator[LocalAirflow]:
     dags = base / "dags"
     shutil.copytree(REPO / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
     (dags / "e2e_secrets.py").write_text(SECRET_DAG)
+    workflows = base / "workflows"  # the repo's specs plus one bad file; tests drop more in
+    shutil.copytree(REPO / "include" / "workflows", workflows)
+    (workflows / "bad_orders.yaml").write_text(BAD_SPEC)
     secure = {
         "conn_type": "http", "host": "127.0.0.1", "port": demo_server.port, "login": "alice",
         "password": SECRETS["password"], "extra": {"X-Api-Key": SECRETS["header"]},
@@ -53,6 +74,7 @@ def airflow(tmp_path_factory, demo_server) -> Iterator[LocalAirflow]:
         "AIRFLOW_CONN_DEMO_API": os.environ["AIRFLOW_CONN_DEMO_API"],
         "AIRFLOW_CONN_DEMO_API_SECURE": json.dumps(secure),
         "AIRFLOW__API_ORCHESTRATION__STATE_URL": f"sqlite:///{base}/state.db",
+        "AIRFLOW__API_ORCHESTRATION__WORKFLOWS_DIR": str(workflows),
     }
     cluster = LocalAirflow(base / "home", free_port(), extra_env=extra)
     try:
@@ -194,3 +216,35 @@ def test_marking_a_running_step_failed_compensates_it(airflow, demo_server):
         and order["orders"]["e2e-marked"]["open_reservations"] == 0
     )
     requests.delete(f"{demo_server.url}/admin/faults", timeout=5)
+
+
+def _wait_for(check, timeout: float = 90.0, every: float = 1.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while (value := check()) is None or value is False:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:.0f} s")
+        time.sleep(every)
+    return value
+
+
+def test_spec_files_load_next_to_a_bad_one_and_new_files_appear(airflow):
+    """A bad spec is an import error naming file and field; it hides nothing; a dropped-in file loads."""
+    client = airflow.client()
+    client.wait_for_dag("order_saga_spec", timeout=120)
+    client.wait_for_dag("user_enrichment_spec", timeout=30)
+    errors = _wait_for(lambda: [e for e in client.import_errors() if e["filename"].endswith("workflows.py")])
+    assert (
+        "bad_orders.yaml: steps[0].retry.max_attempts: must be an integer >= 1, got 0"
+        in errors[0]["stack_trace"]
+    )
+
+    workflows = airflow.env["AIRFLOW__API_ORCHESTRATION__WORKFLOWS_DIR"]
+    (Path(workflows) / "user_pipeline.yaml").write_text(NEW_SPEC)
+    (Path(workflows) / "bad_orders.yaml").unlink()
+    client.wait_for_dag("user_pipeline", timeout=120)
+    _wait_for(lambda: not [e for e in client.import_errors() if e["filename"].endswith("workflows.py")])
+    run_id, state = _run(airflow, "user_pipeline", conf={"user_id": 9})
+    assert state == "success"
+    assert client.xcom("user_pipeline", run_id, "posts") == [9, 9]

@@ -206,7 +206,13 @@ def _jmespath(expression: str, before: set[str], names: set[str], field: str) ->
         return []
     problems = []
     for chain in _field_chains(parsed):
-        if chain[0] not in ("conf", "params", "results"):
+        if chain[0] == "null":  # a missing field: evaluates to null, as intended
+            continue
+        if chain[0] in ("true", "false"):
+            problems.append(
+                f"reads a field named {chain[0]!r}, which is null; write the literal as `{chain[0]}`"
+            )
+        elif chain[0] not in ("conf", "params", "results"):
             problems.append(
                 f"reads {chain[0]!r}; expressions see conf, params and results "
                 f"(e.g. results.<step>.items){did_you_mean(chain[0], ('conf', 'params', 'results'))}"
