@@ -74,16 +74,18 @@ def template_problems(text: str, *, steps_before: set[str], all_steps: set[str],
             )
             problems.append(f"template uses unknown variable {name!r}; {hint}")
     for step in sorted(_result_refs(tree)):
-        if step not in all_steps:
-            problems.append(
-                f"template reads results.{step}, but there is no step {step!r}{did_you_mean(step, all_steps)}"
-            )
-        elif step not in steps_before:
-            problems.append(
-                f"template reads results.{step}, but {step!r} does not run before this step; "
-                f"add it to depends_on"
-            )
+        if problem := result_reference_problem(step, steps_before, all_steps):
+            problems.append(f"template {problem}")
     return problems
+
+
+def result_reference_problem(step: str, steps_before: set[str], all_steps: set[str]) -> str | None:
+    """Why ``results.<step>`` cannot be read here (``None`` when it can)."""
+    if step not in all_steps:
+        return f"reads results.{step}, but there is no step {step!r}{did_you_mean(step, all_steps)}"
+    if step not in steps_before:
+        return f"reads results.{step}, but {step!r} does not run before this step; add it to depends_on"
+    return None
 
 
 def _result_refs(tree: nodes.Template) -> set[str]:

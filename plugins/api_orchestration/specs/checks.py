@@ -12,7 +12,7 @@ from croniter import croniter
 from api_orchestration.errors import did_you_mean
 from api_orchestration.specs.model import CallSpec, StepSpec, WorkflowSpec
 from api_orchestration.specs.problems import Problem, field_path
-from api_orchestration.templating import template_problems
+from api_orchestration.templating import result_reference_problem, template_problems
 
 PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
 PARAM_KEYS = frozenset(
@@ -217,16 +217,12 @@ def _jmespath(expression: str, before: set[str], names: set[str], field: str) ->
                 f"reads {chain[0]!r}; expressions see conf, params and results "
                 f"(e.g. results.<step>.items){did_you_mean(chain[0], ('conf', 'params', 'results'))}"
             )
-        elif chain[0] == "results" and len(chain) > 1:
-            step = chain[1]
-            if step not in names:
-                problems.append(
-                    f"reads results.{step}, but there is no step {step!r}{did_you_mean(step, names)}"
-                )
-            elif step not in before:
-                problems.append(
-                    f"reads results.{step}, but {step!r} does not run before this step; add it to depends_on"
-                )
+        elif (
+            chain[0] == "results"
+            and len(chain) > 1
+            and (problem := result_reference_problem(chain[1], before, names))
+        ):
+            problems.append(problem)
     return problems
 
 

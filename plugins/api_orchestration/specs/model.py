@@ -92,28 +92,25 @@ class CallSpec(_Spec):
     body: Any = Field(None, alias="json", description="JSON body (any YAML value; strings are templates)")
 
 
-class FanOutSpec(_Spec):
-    """Run the step once per item (a mapped task): a list, or a JMESPath over conf/params/results."""
-
+class _ItemsSpec(_Spec):
     over: Any = Field(
         description="a list, or a JMESPath such as results.list_users.items", json_schema_extra=_OVER
     )
-    max_active: int = Field(8, description="items running at once, >= 1")
     tolerate_failures: float = Field(0, description="items that may fail: a count, or a fraction when < 1")
 
     _over = field_validator("over")(_list_or_expression)
 
 
-class BulkSpec(_Spec):
+class FanOutSpec(_ItemsSpec):
+    """Run the step once per item (a mapped task): a list, or a JMESPath over conf/params/results."""
+
+    max_active: int = Field(8, description="items running at once, >= 1")
+
+
+class BulkSpec(_ItemsSpec):
     """Make every call in one task, concurrently, writing results to a JSON-lines file."""
 
-    over: Any = Field(
-        description="a list, or a JMESPath such as results.list_users.items", json_schema_extra=_OVER
-    )
     concurrency: int = Field(16, description="calls in flight, 1 to 256")
-    tolerate_failures: float = Field(0, description="calls that may fail: a count, or a fraction when < 1")
-
-    _over = field_validator("over")(_list_or_expression)
 
 
 class StepSpec(_Spec):
