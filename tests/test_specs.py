@@ -77,7 +77,7 @@ BOMB = (
 
 # (id, spec text, field path, part of the message). The full line must read "bad.yaml: <path>: <message>".
 MALFORMED = [
-    ("yaml-syntax", "steps: [\n", "line 2, column 1", "YAML error: expected the node content"),
+    ("yaml-syntax", "steps: [\n", "line 2, column 1", "YAML error: did not find expected node content"),
     ("yaml-tab-indent", "steps:\n\t- name: a\n", "line 2, column 1", "YAML error"),
     ("empty-file", "", "", "is empty; a spec is a mapping with at least 'steps'"),
     ("only-comments", "# nothing here\n", "", "is empty"),

@@ -35,7 +35,10 @@ class LoadedSpec:
     dag: Any
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser: 2-3x faster
+
+
+class _UniqueKeyLoader(_SafeLoader):  # type: ignore[misc]
     """``yaml.safe_load`` that refuses duplicate keys (PyYAML silently keeps the last one)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
