@@ -15,7 +15,11 @@ from api_orchestration.errors import SpecError
 from api_orchestration.specs import load_document, load_text
 from api_orchestration.workflow import METHODS
 
-SETTINGS = settings(max_examples=int(os.environ.get("SPEC_PROPERTY_EXAMPLES", "120")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=int(os.environ.get("SPEC_PROPERTY_EXAMPLES", "120")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 NAME = st.from_regex(r"[a-z][a-z0-9_]{0,12}", fullmatch=True)
 SAFE_TEXT = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=12)
 
