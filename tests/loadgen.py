@@ -8,6 +8,8 @@ modes:
   ``target`` (the demo API records the arrival time).
 - ``breaker``: make ``calls`` calls to ``target`` through the full call path (ResilientCaller),
   counting outcomes by error type.
+- ``bulk``: POST ``calls`` times to ``target`` through bulk mode's asyncio engine (admissions in
+  batches), ``concurrency`` in flight, under ``limit`` and/or ``policy``; counts outcomes.
 """
 
 from __future__ import annotations
@@ -99,11 +101,44 @@ def run_breaker(args: dict) -> dict:
     return counts
 
 
+def run_bulk(args: dict) -> dict:
+    import requests
+
+    from api_orchestration import BreakerPolicy, Guard, RateLimit, RetryPolicy, backend_for_url
+    from api_orchestration.operators.engines import call_concurrently_async
+
+    backend = backend_for_url(args["state_url"])
+    guard = Guard(
+        backend=backend,
+        limit_key=args["key"],
+        rate_limit=RateLimit(**args["limit"]) if "limit" in args else None,
+        breaker_key=args["key"],
+        breaker=BreakerPolicy(**args["policy"]) if "policy" in args else None,
+        retry=RetryPolicy(max_attempts=1),
+        max_sleep=3600.0,
+    )
+    backend.limiter_status(args["key"])  # connect before the start
+    requests.get(args["target"].rsplit("/", 2)[0] + "/health", timeout=10)
+    _ready_then_wait_for_start()
+    rows = call_concurrently_async(
+        args["calls"],
+        lambda i: {"method": "POST", "url": args["target"], "json": {"i": i}},
+        guard=guard,
+        concurrency=args.get("concurrency", 8),
+        timeout=5.0,
+    )
+    counts: dict[str, int] = {}
+    for row in rows:
+        kind = "ok" if row["ok"] else row["error"].split(":")[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    return {**counts, "done_at": REAL_TIME()}
+
+
 def main() -> None:
     args = json.loads(sys.argv[1])
     sys.stdout.reconfigure(line_buffering=True)
     _skew_clock(args.get("clock_skew", 0.0))
-    result = {"limiter": run_limiter, "breaker": run_breaker}[args["mode"]](args)
+    result = {"limiter": run_limiter, "breaker": run_breaker, "bulk": run_bulk}[args["mode"]](args)
     print(json.dumps(result))
 
 

@@ -79,3 +79,37 @@ def test_many_processes_open_a_new_sqlite_store_at_once(tmp_path, demo):
     ]  # fmt: skip
     _, results = run_workers(args, lead=0.0)
     assert [r.get("ok") for r in results] == [3] * 8
+
+
+def test_bulk_engines_in_four_processes_share_one_limit(state_url, demo):
+    """Admissions in batches (bulk mode's asyncio engine) from 4 processes: the limit holds at the
+    server, it is used, and the processes share it."""
+    limit = {"permits": 100, "per_seconds": 1.0, "burst": 10}
+    path = "/echo/bulk-shared"
+    args = [
+        {"mode": "bulk", "state_url": state_url, "key": "bulk-shared", "limit": limit, "calls": 150,
+         "concurrency": 16, "target": f"{demo.url}{path}"}
+        for _ in range(4)
+    ]  # fmt: skip
+    start, results = run_workers(args)
+    arrivals = demo.calls(path=path, arrivals=True)["arrivals"][path]
+    floor = (600 - 10) * 1.02 / 100  # a burst of 10, then 100/s (2 % margin)
+    stats = window_stats(arrivals, 100, 1.0, start, floor)
+    assert [r.get("ok") for r in results] == [150] * 4 and len(arrivals) == 600
+    assert stats.max_in_window <= 100, stats
+    assert max(arrivals) - start <= 1.1 * floor, max(arrivals) - start
+    finished = [r["done_at"] - start for r in results]
+    assert max(finished) - min(finished) < 0.15 * floor, f"not shared fairly: {finished}"
+
+
+def test_bulk_engines_in_four_processes_send_a_downed_endpoint_exactly_min_calls(state_url, demo):
+    policy = {"failure_rate": 0.5, "window_size": 10, "min_calls": 6, "open_seconds": 30}
+    path = "/status/503"
+    args = [
+        {"mode": "bulk", "state_url": state_url, "key": "bulk-down", "policy": policy, "calls": 50,
+         "concurrency": 8, "target": f"{demo.url}{path}"}
+        for _ in range(4)
+    ]  # fmt: skip
+    _, results = run_workers(args)
+    assert demo.calls(path=path)["paths"][path] == policy["min_calls"], results
+    assert sum(r.get("CircuitOpenError", 0) for r in results) == 200 - policy["min_calls"]

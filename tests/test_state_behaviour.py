@@ -9,6 +9,8 @@ import pytest
 
 from api_orchestration import BreakerPolicy, ConfigurationError, RateLimit, StateBackendError, backend_for_url
 from api_orchestration.breaker import HOLD_SECONDS
+from api_orchestration.state import Verdict
+from api_orchestration.state.base import NO_WAIT_LIMIT as NO_LIMIT
 
 
 # -- rate limiter ---------------------------------------------------------------------------------
@@ -211,3 +213,102 @@ def test_unwritable_sqlite_fails_closed(tmp_path):
 def test_bad_state_urls_name_the_fix(url, match):
     with pytest.raises(ConfigurationError, match=match):
         backend_for_url(url)
+
+
+# -- batches: admit_many is admit, count times, as one atomic operation ---------------------------
+def _batches(backend, sizes, limit, key="k", max_wait=5.0):
+    waits = []
+    for size in sizes:
+        waits += [a.wait for a in backend.admit_many(size, key, limit, None, None, max_wait, 0).granted]
+    return waits
+
+
+def test_a_batch_takes_the_slots_single_admissions_would(backend):
+    limit = RateLimit(permits=5, per_seconds=0.5, burst=5, margin=0.0)
+    waits = _batches(backend, [3, 3, 3, 2], limit)  # the burst and the window span batch boundaries
+    assert all(w < 0.02 for w in waits[:5]), waits
+    assert all(w == pytest.approx(0.5, abs=0.03) for w in waits[5:10]), waits
+    assert waits[10] == pytest.approx(1.0, abs=0.03)
+
+
+def test_a_batch_spaces_calls_without_burst(backend):
+    waits = _batches(backend, [10], RateLimit(permits=10, per_seconds=1.0, margin=0.0))
+    assert [round(w, 2) for w in waits] == [round(0.1 * i, 2) for i in range(10)]
+
+
+def test_a_batch_stops_where_the_wait_exceeds_max_wait_and_reserves_no_more(backend):
+    limit = RateLimit(permits=2, per_seconds=1.0, margin=0.0)
+    batch = backend.admit_many(5, "k", limit, None, None, 0.6, 0)
+    assert [round(a.wait, 2) for a in batch.granted] == [0.0, 0.5]
+    assert batch.refused.reason == "defer" and batch.refused.wait == pytest.approx(1.0, abs=0.02)
+    again = backend.limiter_acquire("k", limit, max_wait=5)
+    assert again.wait == pytest.approx(1.0, abs=0.02)  # the refusal reserved nothing
+
+
+def test_a_batch_waits_out_a_pause(backend):
+    backend.limiter_pause("k", 0.3)
+    batch = backend.admit_many(3, "k", None, None, None, 5, 0)
+    assert len(batch.granted) == 3 and all(
+        a.paused and a.wait == pytest.approx(0.3, abs=0.02) for a in batch.granted
+    )
+
+
+def test_a_batch_in_the_closed_state_leases_as_many_as_could_all_fail(backend):
+    batch = backend.admit_many(6, None, None, "svc", POLICY, NO_LIMIT, 10)
+    assert [a.breaker.kind for a in batch.granted] == ["closed"] * 4  # as 4 single acquires
+    assert len({a.breaker.lease for a in batch.granted}) == 4
+    assert batch.refused.reason == "hold" and batch.refused.wait == pytest.approx(HOLD_SECONDS)
+    assert backend.breaker_status("svc")["in_flight"] == 4
+
+
+def test_a_batch_records_its_verdicts_first(backend):
+    held = backend.admit_many(4, None, None, "svc", POLICY, NO_LIMIT, 10).granted
+    verdicts = [Verdict("svc", POLICY, a.breaker, True) for a in held]
+    batch = backend.admit_many(2, None, None, "svc", POLICY, NO_LIMIT, 10, verdicts)
+    assert [t.changed for t in batch.recorded] == [False, False, False, True]
+    assert batch.recorded[-1].after == "open" and not batch.granted
+    assert batch.refused.reason == "open" and 0.2 < batch.refused.wait <= 0.3
+    assert batch.refused.breaker.reopen_at is not None
+    assert backend.breaker_status("svc")["in_flight"] == 0
+
+
+def test_a_half_open_batch_gets_exactly_the_trial_calls(backend):
+    for _ in range(4):
+        _call(backend, True)
+    time.sleep(0.32)
+    batch = backend.admit_many(4, None, None, "svc", POLICY, NO_LIMIT, 10)
+    assert [a.breaker.kind for a in batch.granted] == ["trial", "trial"] and batch.refused.reason == "busy"
+    assert backend.breaker_record("svc", POLICY, batch.granted[0].breaker, False).after == "half_open"
+    assert backend.breaker_record("svc", POLICY, batch.granted[1].breaker, False).after == "closed"
+
+
+def test_a_batch_takes_slot_and_permit_together(backend):
+    limit = RateLimit(permits=100, per_seconds=1.0, margin=0.0)
+    batch = backend.admit_many(6, "k", limit, "svc", POLICY, 5, 10)
+    assert len(batch.granted) == 4 and batch.refused.reason == "hold"
+    assert backend.admit_many(1, "k", limit, None, None, 5, 0).granted[0].wait == pytest.approx(
+        0.04, abs=0.01
+    )
+
+
+def test_batches_and_single_admissions_never_overfill_a_window(backend):
+    """Slots handed out by batches of random sizes and single admissions, mixed, as the store's
+    clock sees them: never more than ``permits`` in any window."""
+    import random
+
+    rng = random.Random(7)
+    limit = RateLimit(permits=20, per_seconds=0.4, burst=8, margin=0.0)
+    slots = []
+    for _ in range(40):
+        started = time.time()  # both stores run on this host's clock
+        if rng.random() < 0.3:
+            waits = [backend.limiter_acquire("k", limit, max_wait=5).wait]
+        else:
+            waits = [
+                a.wait for a in backend.admit_many(rng.randint(1, 9), "k", limit, None, None, 5, 0).granted
+            ]
+        slots += [started + w for w in waits]
+        time.sleep(rng.random() * 0.01)
+    slots.sort()
+    for i, t in enumerate(slots):
+        assert sum(1 for s in slots[i:] if s < t + limit.window - 0.005) <= limit.permits

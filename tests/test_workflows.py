@@ -232,6 +232,33 @@ def test_bulk_makes_every_call_in_one_task_under_the_shared_limit(demo):
     assert len(keys) == 60 and all(k.endswith(tuple(f"-{i}" for i in range(60))) for k in keys)
 
 
+def test_bulk_templates_see_results_the_task_context_and_conf(demo):
+    import json
+    from pathlib import Path
+
+    from api_orchestration import Bulk
+
+    wf = Workflow(
+        "wf_bulk_context",
+        conn_id="demo_api",
+        steps=(
+            Step("batch", Call("POST", "/echo/batch", json={"tag": "b-7", "ids": [3, 5]})),
+            Step("push", Call("POST", "/echo/push/{{ item }}", json={
+                    "tag": "{{ results.batch.json.tag }}", "run": "{{ run_id }}", "order": "{{ dag_run.conf['order'] }}",
+                    "same": "{{ conf.order }}", "dag": "{{ dag.dag_id }}", "i": "{{ index }}"}),
+                 bulk=Bulk(over="results.batch.json.ids"), depends_on=("batch",), output="json"),
+        ),
+    )  # fmt: skip
+    run = _run(wf, {"order": "o-9"})
+    assert run.state == "success"
+    rows = [json.loads(line) for line in Path(_xcom(run, "push")["path"]).read_text().splitlines()]
+    assert [r["result"] for r in rows] == [
+        {"tag": "b-7", "run": run.run_id, "order": "o-9", "same": "o-9", "dag": "wf_bulk_context", "i": i}
+        for i in (0, 1)
+    ]
+    assert {"/echo/push/3", "/echo/push/5"} <= set(demo.calls()["paths"])
+
+
 @pytest.mark.parametrize(
     ("steps", "message"),
     [

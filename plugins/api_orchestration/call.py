@@ -15,6 +15,7 @@ from typing import Any
 import requests
 
 from api_orchestration import breaker as brk
+from api_orchestration import metrics
 from api_orchestration.errors import (
     CallTimeoutError,
     CircuitOpenError,
@@ -31,7 +32,7 @@ from api_orchestration.retry import (
     may_retry_method,
     parse_retry_after,
 )
-from api_orchestration.state.base import StateBackend, Transition, Verdict
+from api_orchestration.state.base import Admission, StateBackend, Transition, Verdict
 
 logger = logging.getLogger(__name__)
 HOLD_DEFER_SECONDS = 5.0  # how long to defer when calls in flight (or half-open trials) block a call
@@ -77,6 +78,44 @@ def _timeout_seconds(timeout: float | tuple[float, float] | None) -> float:
     return float(timeout or 60.0)
 
 
+def note_granted(guard: Guard, admission: Admission, held: float, waits: _Waits, log: Any) -> None:
+    """A granted admission: what was waited for (for the attempt's log line), a trial call, metrics."""
+    why = "Retry-After pause" if admission.paused else "rate limit"
+    waits.add(held, f"for calls in flight on circuit {guard.breaker_key!r}")
+    waits.add(admission.wait, f"for {why} on {guard.limit_key!r}")
+    if admission.breaker is not None and admission.breaker.kind == "trial":
+        log.warning("circuit %r is half-open: this is a trial call", guard.breaker_key)
+        metrics.breaker_trial(guard.breaker_key)
+    metrics.limiter_wait(guard.limit_key, admission.wait)
+
+
+def on_refusal(guard: Guard, admission: Admission, attempt: int, held: float) -> float:
+    """A refused admission: seconds to wait before asking again (calls in flight could trip the
+    breaker; ``held`` were waited already), else raises DeferralNeeded or CircuitOpenError."""
+    g = guard
+    if admission.reason == "defer":
+        metrics.limiter_deferred(g.limit_key)
+        why = "Retry-After pause" if admission.paused else "rate limit"
+        raise DeferralNeeded(admission.wait, f"{why} on {g.limit_key!r}", attempt)
+    if admission.reason == "hold":
+        if held + admission.wait <= g.max_sleep:
+            return admission.wait
+        raise DeferralNeeded(HOLD_DEFER_SECONDS, f"calls in flight on circuit {g.breaker_key!r}", attempt)
+    metrics.breaker_rejected(g.breaker_key)  # open or busy (half-open, trials taken)
+    if g.on_circuit_open == "defer" and admission.reason in ("open", "busy"):
+        seconds = admission.wait if admission.reason == "open" else HOLD_DEFER_SECONDS
+        raise DeferralNeeded(max(seconds, 0.0), f"circuit {g.breaker_key!r} {admission.reason}", attempt)
+    reopen_at = admission.breaker.reopen_at if admission.breaker else None
+    raise CircuitOpenError(g.breaker_key, reopen_at, admission.reason)
+
+
+def log_transition(guard: Guard, transition: Transition | None, log: Any) -> None:
+    """Log (as a warning) and count a verdict that changed the breaker's state."""
+    if transition is not None and transition.changed:
+        log.warning("circuit %r: %s -> %s", guard.breaker_key, transition.before, transition.after)
+        metrics.breaker_transition(guard.breaker_key, transition.before, transition.after)
+
+
 class ResilientCaller:
     """Sends requests over one ``requests.Session`` (built by ``HttpHook.get_conn``) under a :class:`Guard`."""
 
@@ -119,30 +158,12 @@ class ResilientCaller:
                 self._pending = verdict  # not recorded: keep it for flush()
                 raise
             self._log_transition(admission.recorded)
-            why = "Retry-After pause" if admission.paused else "rate limit"
             if admission.granted:
-                waits.add(held, f"for calls in flight on circuit {g.breaker_key!r}")
-                waits.add(admission.wait, f"for {why} on {g.limit_key!r}")
-                if admission.breaker is not None and admission.breaker.kind == "trial":
-                    self.log.warning("circuit %r is half-open: this is a trial call", g.breaker_key)
+                note_granted(g, admission, held, waits, self.log)
                 return admission.breaker, admission.wait
-            if admission.reason == "defer":
-                raise DeferralNeeded(admission.wait, f"{why} on {g.limit_key!r}", attempt)
-            if admission.reason == "hold":
-                if held + admission.wait <= g.max_sleep:
-                    time.sleep(admission.wait)
-                    held += admission.wait
-                    continue
-                raise DeferralNeeded(
-                    HOLD_DEFER_SECONDS, f"calls in flight on circuit {g.breaker_key!r}", attempt
-                )
-            if g.on_circuit_open == "defer" and admission.reason in ("open", "busy"):
-                seconds = admission.wait if admission.reason == "open" else HOLD_DEFER_SECONDS
-                raise DeferralNeeded(
-                    max(seconds, 0.0), f"circuit {g.breaker_key!r} {admission.reason}", attempt
-                )
-            reopen_at = admission.breaker.reopen_at if admission.breaker else None
-            raise CircuitOpenError(g.breaker_key, reopen_at, admission.reason)
+            pause = on_refusal(g, admission, attempt, held)
+            time.sleep(pause)
+            held += pause
 
     def _report(self, decision: brk.BreakerDecision | None, failed: bool, *, now: bool) -> None:
         """Record a verdict now, or keep it to send with this caller's next admission (one round
@@ -168,10 +189,7 @@ class ResilientCaller:
             )
 
     def _log_transition(self, transition: Transition | None) -> None:
-        if transition is not None and transition.changed:
-            self.log.warning(
-                "circuit %r: %s -> %s", self.guard.breaker_key, transition.before, transition.after
-            )
+        log_transition(self.guard, transition, self.log)
 
     def _send(self, prepared: requests.PreparedRequest) -> requests.Response:
         url = prepared.url or ""
@@ -235,6 +253,7 @@ class ResilientCaller:
                 self._report(permit, True, now=True)
                 raise
             elapsed = time.perf_counter() - started
+            metrics.attempt(g.limit_key, elapsed)
             slow = bool(g.breaker and g.breaker.slow_call_seconds and elapsed >= g.breaker.slow_call_seconds)
             will_retry = not outcome.ok and outcome.retryable and attempt < max_attempts
             self._report(permit, outcome.breaker_failure or slow, now=will_retry)
@@ -246,12 +265,14 @@ class ResilientCaller:
             line += waits.text()
             if outcome.ok:
                 self.log.info("%s", line)
+                metrics.call_done(g.limit_key, ok=True)
                 return response  # type: ignore[return-value]
 
             retry_after = self._retry_after(response)
             if will_retry:
                 delay, why = self._delay(attempt, retry_after)
                 self.log.warning("%s; retrying in %.3f s (%s)", line, delay, why)
+                metrics.retry(g.limit_key)
                 attempt += 1
                 waits = _Waits()
                 if delay > g.max_sleep:
@@ -265,6 +286,7 @@ class ResilientCaller:
                 else f" ({method} without an idempotency key is not retried)"
             )
             self.log.error("%s; giving up%s", line, reason)
+            metrics.call_done(g.limit_key, ok=False)
             raise self._error(
                 method, safe_url, attempt, response, self._redacted(error, prepared), outcome, retry_after
             )
@@ -290,6 +312,7 @@ class ResilientCaller:
         seconds = min(seconds, policy.max_retry_after)
         if response.status_code == 429:
             self.guard.backend.limiter_pause(self.guard.limit_key, seconds)
+            metrics.limiter_paused(self.guard.limit_key)
         return seconds
 
     def _delay(self, attempt: int, retry_after: float | None) -> tuple[float, str]:

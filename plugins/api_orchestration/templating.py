@@ -52,6 +52,23 @@ class UpstreamResults:
         return f"UpstreamResults(pulled={sorted(self._cache)})"
 
 
+def referenced_results(value: Any) -> set[str]:
+    """The steps whose results the templates in ``value`` (a string, or dicts and lists of them)
+    read as ``results.<step>`` or ``results["<step>"]``."""
+    if isinstance(value, str):
+        if "results" not in value:
+            return set()
+        try:
+            return _result_refs(_ENV.parse(value))
+        except jinja2.TemplateSyntaxError:
+            return set()
+    if isinstance(value, dict):
+        return set().union(*(referenced_results(v) for v in value.values()))
+    if isinstance(value, list | tuple):
+        return set().union(*(referenced_results(v) for v in value))
+    return set()
+
+
 def template_problems(text: str, *, steps_before: set[str], all_steps: set[str], has_item: bool) -> list[str]:
     """Why ``text`` would not render in a step (empty when it is fine). ``steps_before``: the
     steps that finish before this one (its transitive upstream)."""

@@ -1,10 +1,15 @@
 """``make bench`` (part 2): orchestration modes against their plain alternatives.
 
-1. fan-out of 50 endpoints x 100 ms: bulk mode (threads through the shared limiter and breaker) vs
-   plain ``asyncio.gather`` (aiohttp) vs 50 mapped ResilientHttpOperator tasks on a real Airflow;
-2. bulk sync of N POSTs under a 2,000/s limit vs its floor (N / 2000 s), with limit breaches
-   measured at the server;
-3. ``order_saga`` trigger-to-finish vs a stock ``HttpOperator`` DAG of the same shape, on a real Airflow.
+1. fan-out of 50 endpoints x 100 ms: bulk mode (both engines, through the shared limiter and
+   breaker) vs plain ``asyncio.gather`` (aiohttp) vs 50 mapped ResilientHttpOperator tasks on a real
+   Airflow;
+2. bulk sync of N POSTs under a 2,000/s limit vs its floor (N / 2000 s), per engine and state
+   backend, with limit breaches measured at the server;
+3. ``order_saga`` trigger-to-finish vs a stock ``HttpOperator`` DAG of the same shape, on a real Airflow;
+4. DAG-file parse cost of the YAML specs (read, validate, build) vs their Python twins (run the DAG file).
+
+The demo API runs in a process of its own, as a real API would: in this process it would share the
+interpreter (one core, the GIL) with the engine being measured.
 """
 
 from __future__ import annotations
@@ -14,14 +19,17 @@ import asyncio
 import json
 import logging
 import os
+import runpy
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 for sub in ("plugins", "include", "tests"):
@@ -29,13 +37,13 @@ for sub in ("plugins", "include", "tests"):
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="apiorch_bench_"))
 
 import aiohttp  # noqa: E402
+import requests  # noqa: E402
 from devtools.cluster import LocalAirflow, free_port  # noqa: E402
 from fleet import window_stats  # noqa: E402
 from run_bench import table  # noqa: E402
 
 from api_orchestration import Guard, RateLimit, RetryPolicy, backend_for_url  # noqa: E402
-from api_orchestration.operators.bulk import call_concurrently  # noqa: E402
-from demo_services import DemoServer  # noqa: E402
+from api_orchestration.operators.engines import call_concurrently, call_concurrently_async  # noqa: E402
 
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 QUIET = logging.getLogger("bench.quiet")
@@ -78,26 +86,59 @@ STOCK_ORDER_DAG = textwrap.dedent(
 )
 
 
-def bulk_fanout(demo: DemoServer, url: str) -> float:
-    guard = Guard(backend=backend_for_url(url), limit_key="fanout", retry=RetryPolicy(), max_sleep=3600)
-    import requests
+class DemoProcess:
+    """``python -m demo_services`` on a free port, in its own process; the call log over HTTP."""
 
-    started = time.perf_counter()
-    rows = list(
-        call_concurrently(
-            50,
-            lambda i: {"method": "GET", "url": f"{demo.url}/delay/0.1?i={i}"},
-            guard=guard,
-            sessions=requests.Session,
-            concurrency=50,
-            log=QUIET,
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("plugins", "include"))}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "demo_services", "--port", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
         )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(f"{self.url}/health", timeout=1).raise_for_status()
+                return
+            except requests.RequestException:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("the demo API did not start") from None
+                time.sleep(0.1)
+
+    def calls(self, path: str, arrivals: bool = False) -> dict[str, Any]:
+        query = {"path": path, "arrivals": "1" if arrivals else ""}
+        return requests.get(f"{self.url}/admin/calls", params=query, timeout=30).json()
+
+    def reset(self) -> None:
+        requests.post(f"{self.url}/admin/reset", timeout=10).raise_for_status()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def engine_rows(engine: str, count: int, request: Any, guard: Guard, concurrency: int, stats: dict) -> list:
+    common = {"guard": guard, "concurrency": concurrency, "log": QUIET}
+    if engine == "async":
+        return list(call_concurrently_async(count, request, stats=stats, **common))
+    return list(call_concurrently(count, request, sessions=requests.Session, **common))
+
+
+def bulk_fanout(demo: DemoProcess, url: str, engine: str) -> float:
+    guard = Guard(backend=backend_for_url(url), limit_key="fanout", retry=RetryPolicy(), max_sleep=3600)
+    started = time.perf_counter()
+    rows = engine_rows(
+        engine, 50, lambda i: {"method": "GET", "url": f"{demo.url}/delay/0.1?i={i}"}, guard, 50, {}
     )
     assert all(r["ok"] for r in rows)
     return time.perf_counter() - started
 
 
-def gather_fanout(demo: DemoServer) -> float:
+def gather_fanout(demo: DemoProcess) -> float:
     async def main() -> None:
         async with aiohttp.ClientSession() as session:
 
@@ -112,42 +153,38 @@ def gather_fanout(demo: DemoServer) -> float:
     return time.perf_counter() - started
 
 
-def bulk_sync(demo: DemoServer, url: str, n: int, concurrency: int) -> list:
-    import requests
-
+def bulk_sync(demo: DemoProcess, url: str, n: int, engine: str, concurrency: int) -> list:
     demo.reset()
     guard = Guard(
         backend=backend_for_url(url),
-        limit_key="bulk-sync",
+        limit_key=f"bulk-sync-{engine}",
         rate_limit=RateLimit(2000, 1.0, burst=100),
         retry=RetryPolicy(),
         max_sleep=3600,
     )
+
+    def request(i: int) -> dict[str, Any]:
+        return {
+            "method": "POST",
+            "url": f"{demo.url}/echo/bulk-sync",
+            "json": {"i": i},
+            "idempotency_key": f"bulk-{i}",
+        }
+
+    stats: dict[str, int] = {}
     started = time.time()
-    rows = list(
-        call_concurrently(
-            n,
-            lambda i: {
-                "method": "POST",
-                "url": f"{demo.url}/echo/bulk-sync",
-                "json": {"i": i},
-                "idempotency_key": f"bulk-{i}",
-            },
-            guard=guard,
-            sessions=requests.Session,
-            concurrency=concurrency,
-            log=QUIET,
-        )
-    )
+    rows = engine_rows(engine, n, request, guard, concurrency, stats)
     wall = time.time() - started
     arrivals = demo.calls(path="/echo/bulk-sync", arrivals=True)["arrivals"]["/echo/bulk-sync"]
-    stats = window_stats(arrivals, 2000, 1.0, started, wall)
+    window = window_stats(arrivals, 2000, 1.0, started, wall)
     floor = n / 2000
-    return [url.split(":")[0], n, concurrency, f"{wall:.2f}", f"{floor:.2f}", f"{wall / floor:.2f}", "<= 1.15",
-            f"{stats.max_in_window} (limit 2000)", sum(not r["ok"] for r in rows)]  # fmt: skip
+    ops = stats.get("store_operations", n)  # the threads engine: one per call (plus retries)
+    return [engine, url.split(":")[0], n, concurrency, f"{wall:.2f}", f"{floor:.2f}", f"{wall / floor:.2f}", "<= 1.15" if engine == "async" else "",
+            f"{window.max_in_window} (limit 2000)", ops, stats.get("new_slots", "-"),
+            sum(not r["ok"] for r in rows)]  # fmt: skip
 
 
-def airflow_runs(demo: DemoServer, runs: int) -> tuple[list[float], dict[str, list[float]]]:
+def airflow_runs(demo: DemoProcess, runs: int) -> tuple[list[float], dict[str, list[float]]]:
     base = Path(tempfile.mkdtemp(prefix="apiorch_bench_af_"))
     dags = base / "dags"
     dags.mkdir()
@@ -194,6 +231,25 @@ def airflow_runs(demo: DemoServer, runs: int) -> tuple[list[float], dict[str, li
     return mapped, durations
 
 
+def spec_parse_rows(repeats: int) -> list[list[str]]:
+    """Median milliseconds to turn each shipped spec into a DAG vs to run its Python twin's file
+    (what the DAG processor does for each; imports already warm)."""
+    from api_orchestration.specs.loader import load_file
+
+    rows = []
+    for name in ("order_saga", "user_enrichment"):
+        spec, twin = REPO / "include" / "workflows" / f"{name}_spec.yaml", REPO / "dags" / f"{name}.py"
+        times: dict[str, list[float]] = {"spec": [], "twin": []}
+        for _ in range(repeats):
+            for kind, load, arg in (("spec", load_file, spec), ("twin", runpy.run_path, str(twin))):
+                started = time.perf_counter()
+                load(arg)
+                times[kind].append((time.perf_counter() - started) * 1000)
+        yaml_ms, py_ms = statistics.median(times["spec"]), statistics.median(times["twin"])
+        rows.append([name, f"{py_ms:.1f}", f"{yaml_ms:.1f}", f"{yaml_ms / py_ms:.2f}"])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, 2,000 bulk POSTs")
@@ -204,14 +260,22 @@ def main() -> None:
         "sqlite": f"sqlite:///{tempfile.mkdtemp()}/wf.db",
         "redis": f"{REDIS}?prefix=apiorch-benchwf-{uuid.uuid4().hex[:8]}:",
     }
-    with DemoServer(port=0) as demo:
+    table(
+        "Workflow specs: DAG-file parse, median ms (read + validate + build vs running the Python twin)",
+        ["workflow", "Python twin ms", "YAML spec ms", "ratio"],
+        spec_parse_rows(20 if args.quick else 100),
+    )
+    demo = DemoProcess()
+    try:
         gather = min(gather_fanout(demo) for _ in range(repeats))
-        bulk = {name: min(bulk_fanout(demo, url) for _ in range(repeats)) for name, url in urls.items()}
         rows = [["asyncio.gather (aiohttp)", f"{gather:.3f}", "1.00", ""]]
-        rows += [
-            [f"bulk mode ({n}, 50 threads)", f"{s:.3f}", f"{s / gather:.2f}", "<= 2.00"]
-            for n, s in bulk.items()
-        ]
+        for engine, what in (("async", "50 in flight"), ("threads", "50 threads")):
+            for name, url in urls.items():
+                s = min(bulk_fanout(demo, url, engine) for _ in range(repeats))
+                goal = "<= 2.00" if engine == "async" else ""
+                rows.append(
+                    [f"bulk mode, {engine} engine ({name}, {what})", f"{s:.3f}", f"{s / gather:.2f}", goal]
+                )
         table(
             f"Fan-out: 50 endpoints x 100 ms, wall seconds (best of {repeats})",
             ["path", "seconds", "ratio to gather", "goal"],
@@ -222,17 +286,24 @@ def main() -> None:
         table(
             f"Bulk sync: {n} POSTs under RateLimit(2000/s, burst 100), measured at the server",
             [
+                "engine",
                 "backend",
                 "calls",
-                "threads",
+                "concurrency",
                 "wall s",
                 "floor s",
                 "ratio",
                 "goal",
                 "max in any 1 s window",
+                "store ops",
+                "new slots",
                 "failed",
             ],
-            [bulk_sync(demo, url, n, 64) for url in urls.values()],
+            [
+                bulk_sync(demo, url, n, engine, concurrency)
+                for engine, concurrency in (("async", 32), ("threads", 64))
+                for url in urls.values()
+            ],
         )
         if not args.no_airflow:
             mapped, sagas = airflow_runs(demo, 1 if args.quick else 2)
@@ -254,8 +325,10 @@ def main() -> None:
                     ["order_saga", f"{ours:.2f}", f"{ours / stock:.2f}", "<= 1.10"],
                 ],
             )
-    for url in urls.values():
-        backend_for_url(url).clear()
+    finally:
+        demo.stop()
+        for url in urls.values():
+            backend_for_url(url).clear()
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ import threading
 
 from api_orchestration.errors import ConfigurationError
 from api_orchestration.home import airflow_home
-from api_orchestration.state.base import Admission, StateBackend, Transition, Verdict
+from api_orchestration.state.base import Admission, Batch, StateBackend, Transition, Verdict
 
 __all__ = [
     "Admission",
+    "Batch",
     "StateBackend",
     "Transition",
     "Verdict",

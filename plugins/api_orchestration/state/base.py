@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,18 @@ class Verdict:
     failed: bool
 
 
+@dataclass(frozen=True)
+class Batch:
+    """The answer to ``StateBackend.admit_many``: ``granted`` admissions, in slot order; when fewer
+    were granted than asked, ``refused`` is the answer each of the others got (one refusal stands
+    for all: nothing changes between them within the one atomic operation). ``recorded`` says what
+    each verdict did, in order."""
+
+    granted: tuple[Admission, ...]
+    refused: Admission | None
+    recorded: tuple[Transition, ...] = ()
+
+
 class StateBackend(abc.ABC):
     """Limiter and breaker state shared by every process that opens the same URL.
 
@@ -79,6 +92,29 @@ class StateBackend(abc.ABC):
 
         ``verdict``, the outcome of the caller's previous call, is recorded first, in the same
         round trip (``Admission.recorded`` says what it did)."""
+
+    def admit_many(
+        self,
+        count: int,
+        limit_key: str | None,
+        limit: RateLimit | None,
+        breaker_key: str | None,
+        breaker: BreakerPolicy | None,
+        max_wait: float,
+        lease_seconds: float,
+        verdicts: Sequence[Verdict] = (),
+    ) -> Batch:
+        """``count`` admissions as :meth:`admit` would make them one after another, stopping at
+        the first refusal, after recording ``verdicts`` in order; backends make it one atomic
+        operation (one round trip for a batch of calls). This fallback is atomic per call only."""
+        recorded = tuple(self.breaker_record(v.key, v.policy, v.decision, v.failed) for v in verdicts)
+        granted: list[Admission] = []
+        for _ in range(count):
+            admission = self.admit(limit_key, limit, breaker_key, breaker, max_wait, lease_seconds)
+            if not admission.granted:
+                return Batch(tuple(granted), admission, recorded)
+            granted.append(admission)
+        return Batch(tuple(granted), None, recorded)
 
     def limiter_acquire(self, key: str, limit: RateLimit | None, max_wait: float) -> Admission:
         """Reserve the next slot for ``key`` if it is at most ``max_wait`` seconds away."""
@@ -115,6 +151,25 @@ class StateBackend(abc.ABC):
     @abc.abstractmethod
     def clear(self) -> None:
         """Delete every key this backend owns (tests and resets)."""
+
+    # -- read-only views and small records for the status page (api_orchestration.status) -------
+    def snapshot(self) -> dict[str, Any]:
+        """Every key's limiter and breaker state, read without changing anything (time does not
+        advance a breaker here: an ``open`` one past ``opened_until`` half-opens on its next call).
+
+        ``{"now": store time, "limiters": {key: limiter fields (as :meth:`limiter_status`, plus
+        ``nth_latest``: the ``limit_permits``-th latest reserved slot when ``limit_burst > 1``)},
+        "breakers": {key: breaker fields (as :meth:`breaker_status`)}}``."""
+        raise NotImplementedError(f"{type(self).__name__} has no snapshot()")
+
+    def saga_record(self, entry: dict[str, Any], keep: int = 100) -> None:
+        """Append one saga outcome (a JSON-able dict) to the store's short list of recent ones,
+        keeping the newest ``keep``."""
+        raise NotImplementedError(f"{type(self).__name__} has no saga_record()")
+
+    def saga_recent(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest recorded saga outcomes, newest first."""
+        raise NotImplementedError(f"{type(self).__name__} has no saga_recent()")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

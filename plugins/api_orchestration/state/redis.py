@@ -6,7 +6,8 @@ URL: ``redis://[:password@]host:port/db[?prefix=apiorch:]`` (``rediss://`` for T
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -16,7 +17,7 @@ from api_orchestration import breaker as brk
 from api_orchestration.errors import StateBackendError
 from api_orchestration.policy import BreakerPolicy, RateLimit
 from api_orchestration.state import redis_scripts
-from api_orchestration.state.base import Admission, StateBackend, Transition, Verdict
+from api_orchestration.state.base import Admission, Batch, StateBackend, Transition, Verdict
 
 T = TypeVar("T")
 DEFAULT_PREFIX = "apiorch:"
@@ -33,6 +34,15 @@ def split_prefix(url: str) -> tuple[str, str]:
 
 def _float(value: Any) -> float:
     return float(value) if value not in (None, "", b"") else 0.0
+
+
+_LIMITER_FLOATS = ("tat", "last_slot", "paused_until", "last_retry_after", "limit_window", "period_start")
+_LIMITER_INTS = ("granted", "limit_permits", "limit_burst", "period_count")
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis SCAN MATCH pattern."""
+    return "".join("\\" + c if c in "\\*?[]" else c for c in text)
 
 
 class RedisBackend(StateBackend):
@@ -111,6 +121,55 @@ class RedisBackend(StateBackend):
             )
         return Admission(bool(granted), reason, float(wait), bool(paused), decision, recorded)
 
+    def admit_many(
+        self,
+        count: int,
+        limit_key: str | None,
+        limit: RateLimit | None,
+        breaker_key: str | None,
+        breaker: BreakerPolicy | None,
+        max_wait: float,
+        lease_seconds: float,
+        verdicts: Sequence[Verdict] = (),
+    ) -> Batch:
+        has_breaker = breaker is not None and breaker_key is not None
+        keys = self._keys("rl", limit_key or "-") + self._keys("br", breaker_key or "-")
+        lim = (
+            [1, limit.permits, repr(limit.window), repr(limit.interval), limit.burst]
+            if limit
+            else [0, 1, 1, 1, 1]
+        )
+        args = [
+            "admit_many", count, int(limit_key is not None), *lim, repr(min(max_wait, 1e12)), int(has_breaker),
+            *(self._policy_args(breaker) if has_breaker else [0] * 6), repr(lease_seconds), repr(brk.HOLD_SECONDS),
+            len(verdicts),
+        ]  # fmt: skip
+        for verdict in verdicts:
+            keys += self._keys("br", verdict.key)
+            args += self._record_args(verdict)[1:]
+        reply = self._call("admit_many", lambda: self._script(keys=keys, args=args))
+        n, paused, kind, gen, state, has_refusal = reply[:6]
+        granted = tuple(
+            Admission(
+                True, "ok", float(wait), bool(paused),
+                brk.BreakerDecision(True, kind, int(gen), state, lease) if has_breaker else None,
+            )
+            for wait, lease in zip(reply[16 : 16 + 2 * n : 2], reply[17 : 17 + 2 * n : 2], strict=True)
+        )  # fmt: skip
+        refused = None
+        if has_refusal:
+            reason, wait, r_paused, allowed, b_kind, b_gen, b_state, lease, reopen_at, b_wait = reply[6:16]
+            decision = None
+            if b_kind:
+                decision = brk.BreakerDecision(
+                    bool(allowed), b_kind, int(b_gen), b_state, lease,
+                    float(reopen_at) if reopen_at else None, float(b_wait),
+                )  # fmt: skip
+            refused = Admission(False, reason, float(wait), bool(r_paused), decision)
+        states = reply[16 + 2 * n :]
+        recorded = tuple(Transition(b, a) for b, a in zip(states[::2], states[1::2], strict=True))
+        return Batch(granted, refused, recorded)
+
     # -- limiter --------------------------------------------------------------------------------
     def limiter_pause(self, key: str, seconds: float) -> float:
         until = self._call(
@@ -172,6 +231,87 @@ class RedisBackend(StateBackend):
 
     def breaker_reset(self, key: str) -> None:
         self._call("breaker_reset", lambda: self._script(keys=self._keys("br", key), args=["reset"]))
+
+    # -- status page: read-only snapshot, saga outcome records ------------------------------------
+    def _scan_keys(self, kind: str) -> list[str]:
+        """Our keys of ``kind`` (``rl``, ``br``): names ``{prefix}{kind}:{<key>}`` (not the ``:z`` sets)."""
+        pattern = _glob_escape(f"{self.prefix}{kind}:{{") + "*}"
+        start = len(self.prefix) + len(kind) + 2
+        names = self._call("snapshot", lambda: list(self.client.scan_iter(match=pattern, count=500)))
+        return sorted({name[start:-1] for name in names})
+
+    def snapshot(self) -> dict[str, Any]:
+        limit_keys, breaker_keys = self._scan_keys("rl"), self._scan_keys("br")
+
+        def read() -> tuple[float, list[Any]]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.time()
+            for key in limit_keys:
+                pipe.hgetall(self._keys("rl", key)[0])
+            for key in breaker_keys:
+                pipe.hgetall(self._keys("br", key)[0])
+            (sec, usec), *hashes = pipe.execute()
+            return sec + usec / 1e6, hashes
+
+        now, hashes = self._call("snapshot", read)
+        limiters = {k: h for k, h in zip(limit_keys, hashes[: len(limit_keys)], strict=True) if h}
+        breakers = {k: h for k, h in zip(breaker_keys, hashes[len(limit_keys) :], strict=True) if h}
+
+        def extra() -> list[Any]:  # leases in flight, and the slot log of bursty limiters
+            pipe = self.client.pipeline(transaction=False)
+            for key in breakers:
+                pipe.zcount(self._keys("br", key)[1], f"({now!r}", "+inf")
+            for key, h in limiters.items():
+                permits, burst = int(h.get("limit_permits") or 0), int(h.get("limit_burst") or 0)
+                if burst > 1:
+                    pipe.zrevrange(self._keys("rl", key)[1], permits - 1, permits - 1, withscores=True)
+            return pipe.execute()
+
+        replies = iter(self._call("snapshot", extra))
+        ints = ("gen", "trials_issued", "trial_successes", "trial_failures", "seq")
+        floats = ("opened_until", "half_open_since", "changed_at")
+        out_breakers = {
+            key: {
+                "state": raw.get("state", brk.CLOSED),
+                "outcomes": raw.get("outcomes", ""),
+                **{n: int(raw.get(n) or 0) for n in ints},
+                **{n: _float(raw.get(n)) for n in floats},
+                "in_flight": int(next(replies)),
+                "now": now,
+            }
+            for key, raw in breakers.items()
+        }
+        out_limiters = {}
+        for key, raw in limiters.items():
+            nth = None
+            if int(raw.get("limit_burst") or 0) > 1:
+                found = next(replies)
+                nth = float(found[0][1]) if found else None
+            out_limiters[key] = {
+                **{n: _float(raw.get(n)) for n in _LIMITER_FLOATS},
+                **{n: int(raw.get(n) or 0) for n in _LIMITER_INTS},
+                "nth_latest": nth,
+                "now": now,
+            }
+        return {"now": now, "limiters": out_limiters, "breakers": out_breakers}
+
+    def saga_record(self, entry: dict[str, Any], keep: int = 100) -> None:
+        name, body = f"{self.prefix}saga_outcomes", json.dumps(entry, default=str)
+
+        def push() -> None:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.lpush(name, body)
+            pipe.ltrim(name, 0, keep - 1)
+            pipe.pexpire(name, 7 * 86400 * 1000)
+            pipe.execute()
+
+        self._call("saga_record", push)
+
+    def saga_recent(self, limit: int = 20) -> list[dict[str, Any]]:
+        bodies = self._call(
+            "saga_recent", lambda: self.client.lrange(f"{self.prefix}saga_outcomes", 0, limit - 1)
+        )
+        return [json.loads(body) for body in bodies]
 
     def clear(self) -> None:
         def delete_all() -> None:

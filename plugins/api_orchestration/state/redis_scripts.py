@@ -10,6 +10,11 @@ Ops (ARGV[1]):
               lease_s hold_s has_verdict [<6 verdict policy args> kind gen lease failed]; the verdict
               (the caller's previous call) is recorded first. Reply: granted reason wait paused,
               7 breaker fields (or ''), the verdict's before/after states (or '')
+- ``admit_many`` ``admit`` ``count`` times (stopping at the first refusal): KEYS rl_hash rl_zset
+              br_hash br_zset [br_hash br_zset per verdict]; ARGV count, the admit args up to hold_s,
+              n_verdicts, [<6 policy args> kind gen lease failed per verdict], all recorded first.
+              Reply: n paused kind gen state refused, 10 refusal fields (reason wait paused and
+              the 7 breaker fields, or ''), wait lease per grant, before/after per verdict
 - ``pause``   KEYS rl_hash; ARGV seconds
 - ``record``  KEYS br_hash br_zset; ARGV <6 breaker policy args> kind gen lease failed
 - ``reset``   KEYS br_hash br_zset
@@ -150,6 +155,13 @@ if op == 'admit' then
   end
   if has_key and has_limit then
     redis.call('HSET', KEYS[1], 'tat', f(math.max(tat, slot) + interval), 'last_slot', f(slot), 'granted', granted + 1)
+    -- for the status page (as ratelimit.reserve): the policy last used, grants per epoch-aligned period
+    local pstart = f(math.floor(slot / window) * window)
+    local p = redis.call('HMGET', KEYS[1], 'period_start', 'period_count')
+    local pcount = 1
+    if p[1] == pstart then pcount = (tonumber(p[2]) or 0) + 1 end
+    redis.call('HSET', KEYS[1], 'period_start', pstart, 'period_count', pcount, 'limit_permits', permits,
+               'limit_window', f(window), 'limit_burst', burst)
     redis.call('PEXPIRE', KEYS[1], TTL_MS)
     if burst > 1 then
       local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
@@ -158,6 +170,108 @@ if op == 'admit' then
     end
   end
   return {1, 'ok', f(slot - now), paused, b[1], b[2], b[3], b[4], b[5], b[6], b[7], rec[1], rec[2]}
+elseif op == 'admit_many' then
+  -- the admit op in a loop, state read once and written once; every grant sees the ones before it
+  local count, has_key, has_limit = tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4] == '1'
+  local permits, window, interval, burst = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+  local max_wait, has_breaker = tonumber(ARGV[9]), ARGV[10] == '1'
+  local lease_s, hold_s, n_verdicts = tonumber(ARGV[17]), tonumber(ARGV[18]), tonumber(ARGV[19])
+  local recorded = {}
+  for v = 0, n_verdicts - 1 do
+    local rec = record(KEYS[5 + 2 * v], KEYS[6 + 2 * v], 20 + 10 * v)
+    table.insert(recorded, rec[1])
+    table.insert(recorded, rec[2])
+  end
+  local tat, last, granted, paused_until, pstart, pcount = 0, 0, 0, 0, '', 0
+  local older, offset = {}, 0  -- stored slots from the offset-th latest on, newest first
+  if has_key then
+    local h = redis.call('HMGET', KEYS[1], 'tat', 'last_slot', 'paused_until', 'granted', 'period_start', 'period_count')
+    tat, last, paused_until = tonumber(h[1]) or 0, tonumber(h[2]) or 0, tonumber(h[3]) or 0
+    granted, pstart, pcount = tonumber(h[4]) or 0, h[5] or '', tonumber(h[6]) or 0
+    if has_limit and burst > 1 then
+      redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', f(now - window))
+      offset = math.max(0, permits - count)
+      local z = redis.call('ZREVRANGE', KEYS[2], offset, permits - 1, 'WITHSCORES')
+      for i = 2, #z, 2 do older[#older + 1] = tonumber(z[i]) end
+    end
+  end
+  local paused = 0
+  if paused_until > now then paused = 1 end
+  local r, gen_before
+  if has_breaker then
+    policy_from(11)
+    r = load(KEYS[3])
+    gen_before = r.gen
+  end
+  local n, grants, slots, refusal, leased = 0, {}, {}, nil, false
+  local kind, state = '', ''
+  for j = 0, count - 1 do
+    local slot = math.max(now, paused_until)
+    if has_limit then
+      slot = math.max(slot, tat - (burst - 1) * interval, last)
+      if burst > 1 then  -- the permits-th latest slot, this batch's own included
+        local nth
+        if j >= permits then nth = slots[j - permits + 1] else nth = older[permits - j - offset] end
+        if nth then slot = math.max(slot, nth + window) end
+      end
+    end
+    if has_key and slot - now > max_wait then
+      refusal = {'defer', f(slot - now), paused, '', '', '', '', '', '', ''}
+      break
+    end
+    local lease = ''
+    if has_breaker then
+      local allowed, b_kind, b_state, b_lease, reopen_at, wait = acquire(r, KEYS[4], hold_s)
+      if allowed == 0 then
+        refusal = {b_kind, f(wait), paused, allowed, b_kind, r.gen, b_state, b_lease, reopen_at, f(wait)}
+        break
+      end
+      kind, state, lease = b_kind, b_state, b_lease
+      if lease ~= '' then  -- at once, so the next acquire counts it in flight
+        redis.call('ZADD', KEYS[4], f(now + lease_s), lease)
+        leased = true
+      end
+    end
+    if has_key and has_limit then
+      tat, last, granted = math.max(tat, slot) + interval, slot, granted + 1
+      local start = f(math.floor(slot / window) * window)  -- status page fields, as in op admit
+      if start == pstart then pcount = pcount + 1 else pstart, pcount = start, 1 end
+      slots[#slots + 1] = slot
+    end
+    n = n + 1
+    table.insert(grants, f(slot - now))
+    table.insert(grants, lease)
+  end
+  local gen = ''
+  if has_breaker then
+    -- leases are issued only when closed, and advance() never closes: gen cannot have changed under them
+    save(r, gen_before, KEYS[3], KEYS[4])
+    if leased then redis.call('PEXPIRE', KEYS[4], TTL_MS) end
+    gen = r.gen
+  end
+  if #slots > 0 then
+    redis.call('HSET', KEYS[1], 'tat', f(tat), 'last_slot', f(last), 'granted', granted, 'period_start', pstart,
+               'period_count', pcount, 'limit_permits', permits, 'limit_window', f(window), 'limit_burst', burst)
+    redis.call('PEXPIRE', KEYS[1], TTL_MS)
+    if burst > 1 then
+      local seq = redis.call('HINCRBY', KEYS[1], 'seq', #slots) - #slots
+      local z = {}
+      for i, slot in ipairs(slots) do
+        table.insert(z, f(slot))
+        table.insert(z, tostring(seq + i))
+      end
+      redis.call('ZADD', KEYS[2], unpack(z))
+      redis.call('PEXPIRE', KEYS[2], TTL_MS)
+    end
+  end
+  local reply = {n, paused, kind, gen, state, 0, '', '', '', '', '', '', '', '', '', ''}
+  if refusal then
+    reply[6] = 1
+    for i = 1, 10 do reply[6 + i] = refusal[i] end
+  end
+  for _, x in ipairs(grants) do table.insert(reply, x) end
+  for _, x in ipairs(recorded) do table.insert(reply, x) end
+  return reply
 elseif op == 'pause' then
   local seconds = tonumber(ARGV[2])
   local paused = tonumber(redis.call('HGET', KEYS[1], 'paused_until')) or 0
