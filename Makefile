@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt | sha1sum | cut -c1-12)
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include:$(CURDIR)/tests
 
-.PHONY: install run test lint lint-specs schema format bench clean
+.PHONY: install run test lint lint-specs schema browser format bench clean
 
 $(STAMP): requirements.txt constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,11 @@ lint-specs: install  ## validate every workflow spec in include/workflows (exit 
 schema: install  ## write the JSON Schema of workflow specs (for editors) to include/workflows/schema.json
 	AIRFLOW_HOME=$${AIRFLOW_HOME:-$(CURDIR)/.airflow} $(BIN)/python -m api_orchestration schema --output include/workflows/schema.json
 
-test: install lint  ## the whole suite (CI=true: missing services fail instead of skipping)
+browser:  ## headless Chromium for the UI test (Debian package; needs root or sudo, skipped if present)
+	@command -v chromium >/dev/null || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+test: install lint browser  ## the whole suite (CI=true: missing services fail instead of skipping)
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: install  ## print the benchmark tables

@@ -1,21 +1,25 @@
 """Run a real local Airflow (scheduler, dag-processor, triggerer, api-server) and talk to its REST API.
 
 ``LocalAirflow`` starts the four components as subprocesses (each in its own process group) with the
-environment from :func:`devtools.airflow_env.airflow_env`; ``AirflowRestClient`` is a thin
-``requests`` client for the REST API v2. No Airflow imports here: this module is fast to import.
+environment from :func:`devtools.airflow_env.airflow_env`; with ``executor="CeleryExecutor"`` and
+``workers`` it also starts Celery workers (``LocalAirflow.distributed`` builds that set-up from the
+deployment description shared with docker-compose.yaml, :mod:`devtools.deployment`).
+``AirflowRestClient`` is a thin ``requests`` client for the REST API v2. No Airflow imports here:
+this module is fast to import.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -23,9 +27,10 @@ from typing import IO, Any, Self
 
 import requests
 
-from devtools.airflow_env import ADMIN_PASSWORD, ADMIN_USER, airflow_env
+from devtools import deployment
+from devtools.airflow_env import ADMIN_PASSWORD, ADMIN_USER, PASSWORDS_FILE_NAME, airflow_env
 
-COMPONENTS: tuple[str, ...] = ("scheduler", "dag-processor", "triggerer", "api-server")
+COMPONENTS: tuple[str, ...] = tuple(c.name for c in deployment.CORE_COMPONENTS)
 # Health-endpoint section -> (process whose log explains it, heartbeat field).
 _HEALTH_SECTIONS: dict[str, tuple[str, str | None]] = {
     "metadatabase": ("api-server", None),
@@ -104,6 +109,13 @@ class LocalAirflow:
 
     Process output goes to ``log_dir`` (default ``home/proc-logs``), task logs to ``home/logs``.
     ``extra_env`` is passed to :func:`airflow_env` as ``extra`` (it wins over everything else).
+
+    ``executor`` sets ``[core] executor`` (default: LocalExecutor, from :func:`airflow_env`).
+    ``workers`` names Celery workers to start (CeleryExecutor only): process ``worker-<name>``,
+    ``airflow celery worker --celery-hostname <name>@%h --concurrency <worker_concurrency>``.
+    Each reports its task instances' ``hostname`` as ``<name>@<fqdn>``
+    (:func:`devtools.deployment.worker_hostname`), as separate hosts would differ. The broker,
+    result backend and metadata DB come from ``extra_env``: see :meth:`distributed`.
     """
 
     def __init__(
@@ -115,10 +127,20 @@ class LocalAirflow:
         *,
         startup_timeout: float = 180.0,
         stop_timeout: float = 20.0,
+        executor: str | None = None,
+        workers: Sequence[str] = (),
+        worker_concurrency: int = 2,
     ) -> None:
+        if workers and (executor or (extra_env or {}).get("AIRFLOW__CORE__EXECUTOR")) != deployment.EXECUTOR:
+            raise ValueError(f"Celery workers need executor={deployment.EXECUTOR!r}")
         self.home = Path(home).resolve()
         self.port = port
         self.extra_env = dict(extra_env or {})
+        if executor is not None:
+            self.extra_env["AIRFLOW__CORE__EXECUTOR"] = executor
+        self.workers = tuple(workers)
+        self.worker_concurrency = worker_concurrency
+        self.worker_nodes: list[str] = []  # Celery node names that answered the start-up ping
         self.log_dir = Path(log_dir).resolve() if log_dir else self.home / "proc-logs"
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
@@ -128,6 +150,50 @@ class LocalAirflow:
         self._log_files: dict[str, IO[bytes]] = {}
         self._started_at: datetime | None = None
         self.startup_seconds: float | None = None
+
+    @classmethod
+    def distributed(
+        cls,
+        home: Path,
+        port: int,
+        site: deployment.Site,
+        *,
+        workers: Sequence[str] = ("w1", "w2"),
+        worker_concurrency: int = 2,
+        broker_prefix: str | None = None,
+        secret_values: Mapping[str, str] | None = None,
+        extra_env: Mapping[str, str | None] | None = None,
+        **kwargs: Any,
+    ) -> LocalAirflow:
+        """The deployment of docker-compose.yaml, natively: CeleryExecutor, the metadata DB, broker,
+        result backend and state store of ``site`` (settings from :func:`deployment.airflow_settings`,
+        the function the compose file is checked against), and Celery ``workers``.
+
+        ``site.api_server_url`` and ``site.passwords_file`` are replaced by this instance's.
+        ``broker_prefix`` prefixes every broker key in Redis (kombu's ``global_keyprefix``), so
+        several instances can share one Redis database. ``secret_values`` default to fresh ones.
+        """
+        home = Path(home).resolve()
+        site = dataclasses.replace(
+            site,
+            api_server_url=f"http://localhost:{port}",
+            passwords_file=str(home / PASSWORDS_FILE_NAME),
+        )
+        env: dict[str, str | None] = dict(
+            deployment.airflow_settings(site, secret_values or deployment.new_secret_values())
+        )
+        if broker_prefix:
+            env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX"] = broker_prefix
+        env.update(extra_env or {})
+        return cls(
+            home,
+            port,
+            extra_env=env,
+            executor=deployment.EXECUTOR,
+            workers=workers,
+            worker_concurrency=worker_concurrency,
+            **kwargs,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> Self:
@@ -164,15 +230,39 @@ class LocalAirflow:
         try:
             self._migrate()
             self._started_at = datetime.now(UTC)
-            self._spawn("scheduler", "scheduler")
-            self._spawn("dag-processor", "dag-processor")
-            self._spawn("triggerer", "triggerer")
-            self._spawn("api-server", "api-server", "--port", str(self.port))
+            for name, (args, extra) in self.process_plan().items():
+                self._spawn(name, *args, env={**self.env, **extra} if extra else None)
             self.wait_healthy(self.startup_timeout)
+            if self.workers:
+                remaining = self.startup_timeout - (time.monotonic() - t0)
+                self.worker_nodes = self.wait_workers_ready(max(10.0, remaining))
         except BaseException:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - t0
+
+    def process_plan(self) -> dict[str, tuple[tuple[str, ...], dict[str, str]]]:
+        """Process name -> (``airflow`` CLI arguments, environment added for that process), in start
+        order: the components of :data:`deployment.CORE_COMPONENTS`, then one Celery worker per name."""
+        plan: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {}
+        for component in deployment.CORE_COMPONENTS:
+            port = ("--port", str(self.port)) if component is deployment.API_SERVER else ()
+            plan[component.name] = ((*component.args, *port), {})
+        for name in self.workers:
+            args = (
+                *deployment.WORKER.args,
+                "--celery-hostname", f"{name}@%h",
+                "--concurrency", str(self.worker_concurrency),
+                # Workers share this machine's log folder (the api-server reads task logs from it),
+                # and two log servers cannot share one port.
+                "--skip-serve-logs",
+            )  # fmt: skip
+            env = {
+                deployment.WORKER_NAME_VAR: name,
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": deployment.WORKER_HOSTNAME_CALLABLE,
+            }
+            plan[self.worker_process(name)] = (args, env)
+        return plan
 
     def _extra_with_log_ports(self) -> dict[str, str | None]:
         """Give the worker/triggerer log servers free ports unless configured (8793/8794 may be taken)."""
@@ -186,7 +276,7 @@ class LocalAirflow:
         log = self.log_path("db-migrate")
         with log.open("wb") as fh:
             proc = subprocess.run(
-                airflow_command("db", "migrate"),
+                airflow_command(*deployment.MIGRATE_ARGS),
                 env=self.env,
                 cwd=self.home,
                 stdout=fh,
@@ -198,12 +288,17 @@ class LocalAirflow:
                 f"`airflow db migrate` failed with exit code {proc.returncode}; tail of {log}:\n{tail(log)}"
             )
 
-    def _spawn(self, name: str, *args: str) -> None:
+    @staticmethod
+    def worker_process(name: str) -> str:
+        """Process (and log) name of the Celery worker ``name``."""
+        return f"worker-{name}"
+
+    def _spawn(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> None:
         fh = self.log_path(name).open("wb")
         self._log_files[name] = fh
         self.processes[name] = subprocess.Popen(
             airflow_command(*args),
-            env=self.env,
+            env=dict(env) if env is not None else self.env,
             cwd=self.home,
             stdin=subprocess.DEVNULL,
             stdout=fh,
@@ -267,6 +362,38 @@ class LocalAirflow:
                     f"last health: {last}\n{tails}"
                 )
             time.sleep(1.0)
+
+    def wait_workers_ready(self, timeout: float = 60.0) -> list[str]:
+        """Ping the Celery workers over the broker until each of ``workers`` answers; return the
+        node names that answered. Raises :class:`AirflowStartError` with their log tails on timeout."""
+        from celery import Celery  # only needed with workers; the venv has it (apache-airflow[celery])
+
+        prefix = "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__"
+        app = Celery(broker=self.env["AIRFLOW__CELERY__BROKER_URL"], set_as_current=False)
+        app.conf.broker_transport_options = {
+            key[len(prefix) :].lower(): value for key, value in self.env.items() if key.startswith(prefix)
+        }
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                self.check_processes()
+                nodes = sorted(node for reply in app.control.ping(timeout=1.0) for node in reply)
+                missing = [w for w in self.workers if not any(n.startswith(f"{w}@") for n in nodes)]
+                if not missing:
+                    return nodes
+                if time.monotonic() >= deadline:
+                    tails = "\n".join(
+                        f"--- tail of {self.log_path(self.worker_process(w))} ---\n"
+                        f"{tail(self.log_path(self.worker_process(w)))}"
+                        for w in missing
+                    )
+                    raise AirflowStartError(
+                        f"Celery workers {missing} did not answer a ping after {timeout:.0f}s "
+                        f"(answered: {nodes})\n{tails}"
+                    )
+                time.sleep(0.5)
+        finally:
+            app.close()
 
     def stop(self) -> None:
         """SIGTERM each component, SIGKILL its whole process group after ``stop_timeout``. Idempotent.

@@ -13,6 +13,7 @@ must not spend a slot in the past.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from api_orchestration.policy import RateLimit
@@ -27,6 +28,13 @@ class LimiterRecord:
     paused_until: float = 0.0
     last_retry_after: float = 0.0
     granted: int = 0
+    # for the status page (never read by the algorithm): the policy last used, and the grants
+    # whose slot falls in the period [period_start, period_start + limit_window) (epoch-aligned)
+    limit_permits: int = 0
+    limit_window: float = 0.0
+    limit_burst: int = 0
+    period_start: float = 0.0
+    period_count: int = 0
 
 
 def next_slot(rec: LimiterRecord, limit: RateLimit | None, now: float, nth_latest: float | None) -> float:
@@ -47,6 +55,10 @@ def reserve(rec: LimiterRecord, limit: RateLimit, slot: float) -> None:
     rec.tat = max(rec.tat, slot) + limit.interval
     rec.last_slot = slot
     rec.granted += 1
+    start = math.floor(slot / limit.window) * limit.window
+    rec.period_count = rec.period_count + 1 if rec.period_start == start else 1
+    rec.period_start = start
+    rec.limit_permits, rec.limit_window, rec.limit_burst = limit.permits, limit.window, limit.burst
 
 
 def pause(rec: LimiterRecord, now: float, seconds: float) -> float:

@@ -22,6 +22,7 @@ Wiring (done by :func:`api_orchestration.builder.build`)::
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -29,9 +30,11 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from api_orchestration import metrics
 from api_orchestration.errors import CircuitOpenError, ConfigurationError, PermanentHttpStatusError
 from api_orchestration.idempotency import task_key
 from api_orchestration.operators.http import ResilientHttpOperator
+from api_orchestration.status.sagas import record_saga_outcome
 
 logger = logging.getLogger(__name__)
 FAILED = ("failed", "upstream_failed")
@@ -100,13 +103,17 @@ class CompensationOperator(ResilientHttpOperator):
                 raise AirflowSkipException(f"step {self.undoes!r} did not complete ({why}): nothing to undo")
             self.log.warning("step %r failed with an unknown effect (%s): compensating", self.undoes, record)
         self.log.info("saga failed at %s: undoing %r", failed, self.undoes)
+        started = time.monotonic()
         try:
-            return super().execute(context)
+            result = super().execute(context)
         except Exception:
             self.log.error(
                 "COMPENSATION FAILED: could not undo step %r (try %s)", self.undoes, context["ti"].try_number
             )
+            metrics.compensation(self.undoes, False, time.monotonic() - started)
             raise
+        metrics.compensation(self.undoes, True, time.monotonic() - started)
+        return result
 
 
 class SagaOutcomeOperator(BaseOperator):
@@ -129,6 +136,11 @@ class SagaOutcomeOperator(BaseOperator):
         not_undone = [step for undo, step in self.compensations.items() if states[undo] in FAILED]
         cause = "; ".join(f"{r['step']} failed on try {r['try']}: {r['error']}" for r in records) or str(
             failed_steps
+        )
+        outcome = "not_fully_undone" if not_undone else "rolled_back"
+        metrics.saga_outcome(ti.dag_id, outcome)
+        record_saga_outcome(
+            context, outcome, {s: states[s] for s in self.saga_steps}, undone, not_undone, cause
         )
         if not_undone:
             raise AirflowFailException(

@@ -1,0 +1,209 @@
+"""The status API and page: real state backends (SQLite and Redis), real calls through the demo API,
+the FastAPI app served by a real uvicorn in a thread, authenticated by Airflow's own auth manager
+(SimpleAuthManager; JWTs it signs, checked by Airflow's ``get_user``).
+
+The same app mounted in a real api-server, with the Airflow UI and a headless browser, is in
+``e2e/test_status_ui.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+from status_helpers import PAYMENTS_BREAKER, call, make_state
+
+from api_orchestration import BreakerPolicy, RateLimit
+from api_orchestration.state import backend_for_url
+from api_orchestration.status import collect_status
+from api_orchestration.status.views import iso
+
+
+def test_status_shows_breakers_limiters_and_pauses(backend, demo):
+    make_state(backend, demo)
+    status = collect_status(backend)
+    breakers = {b["key"]: b for b in status["breakers"]}
+    limiters = {row["key"]: row for row in status["limiters"]}
+
+    payments = breakers["payments"]
+    raw = backend.breaker_status("payments")
+    assert payments["state"] == "open" and payments["next_half_open_at"] == iso(raw["opened_until"])
+    assert 290 < payments["next_half_open_in_seconds"] <= 300 and not payments["half_open_due"]
+    assert payments["calls_in_window"] == 0  # the window restarts when it opens
+
+    users = breakers["users"]
+    assert (users["state"], users["calls_in_window"], users["failure_rate"]) == ("closed", 1, 0.0)
+    assert users["next_half_open_at"] is None
+
+    pay = limiters["payments"]  # 4 granted back to back (burst), all in the current period
+    assert (pay["permits"], pay["burst"], pay["granted_total"], pay["permits_used"]) == (100, 100, 4, 4)
+    assert pay["next_free_in_seconds"] == 0 and not pay["paused"]
+    slow = limiters["slow"]  # 1 per minute, just used: the next permit is about a minute away
+    assert (slow["permits_used"], slow["permits"]) == (1, 1)
+    assert 55 < slow["next_free_in_seconds"] <= 61.2
+    partner = limiters["partner"]  # no limit, but a 429 paused the key for every caller
+    assert partner["paused"] and partner["last_retry_after_seconds"] == 30 and partner["permits"] is None
+    assert 25 < partner["next_free_in_seconds"] <= 30
+
+
+def test_snapshot_does_not_move_a_breaker(backend):
+    policy = BreakerPolicy(min_calls=1, window_size=1, open_seconds=0.2)
+    permit = backend.breaker_acquire("k", policy, 60)
+    backend.breaker_record("k", policy, permit, True)
+    time.sleep(0.3)
+    row = collect_status(backend)["breakers"][0]
+    assert (row["state"], row["half_open_due"], row["next_half_open_in_seconds"]) == ("open", True, 0)
+    assert backend.breaker_status("k")["state"] == "open"  # reading did not half-open it
+
+
+def test_saga_outcomes_are_capped_newest_first(backend):
+    for i in range(5):
+        backend.saga_record(
+            {"dag_id": "d", "run_id": f"r{i}", "outcome": "rolled_back", "at": time.time()}, keep=3
+        )
+    assert [s["run_id"] for s in backend.saga_recent(10)] == ["r4", "r3", "r2"]
+    assert [s["run_id"] for s in collect_status(backend, sagas=2)["sagas"]] == ["r4", "r3"]
+
+
+# -- over HTTP ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def auth(airflow_db):
+    """Airflow's auth manager (SimpleAuthManager) in this process, and tokens it signed."""
+    from airflow.api_fastapi.app import init_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    os.environ.setdefault(
+        "AIRFLOW__API_AUTH__JWT_SECRET", "status-tests-" + "s" * 64
+    )  # else a short random one
+    manager = init_auth_manager()
+
+    def token(role: str, name: str | None = None) -> str:
+        return manager.generate_jwt(SimpleAuthManagerUser(username=name or role, role=role))
+
+    return token
+
+
+@pytest.fixture
+def server(backend, auth) -> Iterator[str]:
+    """The status app on a real uvicorn server in a thread, over ``backend``."""
+    import uvicorn
+
+    from api_orchestration.status.app import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(
+        uvicorn.Config(create_app(backend), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_api_needs_airflow_credentials_and_reset_needs_op(backend, demo, server, auth):
+    make_state(backend, demo)
+    admin, viewer = (
+        {"Authorization": f"Bearer {auth('admin')}"},
+        {"Authorization": f"Bearer {auth('viewer')}"},
+    )
+    reset = f"{server}/api/breakers/payments/reset"
+
+    assert requests.get(f"{server}/api/status", timeout=10).status_code == 401
+    assert (
+        requests.get(
+            f"{server}/api/status", headers={"Authorization": "Bearer forged"}, timeout=10
+        ).status_code
+        == 403
+    )
+    assert requests.post(reset, timeout=10).status_code == 401
+    assert requests.post(reset, headers=viewer, timeout=10).status_code == 403  # viewers read, ops reset
+    assert backend.breaker_status("payments")["state"] == "open"
+
+    body = requests.get(f"{server}/api/status", headers=viewer, timeout=10).json()
+    assert {b["key"]: b["state"] for b in body["breakers"]} == {"payments": "open", "users": "closed"}
+    one = requests.get(f"{server}/api/breakers/payments", headers=viewer, timeout=10).json()
+    assert one["next_half_open_at"] == iso(backend.breaker_status("payments")["opened_until"])
+    limiter = requests.get(f"{server}/api/limiters/slow", headers=viewer, timeout=10).json()
+    assert limiter["permits_used"] == 1 and limiter["next_free_in_seconds"] > 50
+    assert requests.get(f"{server}/api/breakers/nope", headers=viewer, timeout=10).status_code == 404
+    assert requests.post(f"{server}/api/breakers/nope/reset", headers=admin, timeout=10).status_code == 404
+
+    cookie = {"_token": auth("op", "oscar")}  # the UI's session cookie: writes must be same-origin
+    assert requests.post(reset, cookies=cookie, timeout=10).status_code == 403
+    assert (
+        requests.post(
+            reset, cookies=cookie, headers={"Origin": "http://evil.example"}, timeout=10
+        ).status_code
+        == 403
+    )
+    done = requests.post(reset, cookies=cookie, headers={"Origin": server}, timeout=10)
+    assert done.status_code == 200 and done.json()["by"] == "oscar"
+    assert done.json()["breaker"]["state"] == "closed"
+    assert backend.breaker_status("payments")["state"] == "closed"
+    requests.delete(f"{demo.url}/admin/faults", timeout=5)
+    assert (
+        call(backend, "payments", f"{demo.url}/payments/health", breaker=PAYMENTS_BREAKER).status_code == 200
+    )
+
+
+def test_page_redirects_to_login_and_its_forms_carry_a_token(backend, demo, server, auth):
+    make_state(backend, demo)
+    anonymous = requests.get(f"{server}/", allow_redirects=False, timeout=10)
+    assert anonymous.status_code == 303
+    assert anonymous.headers["location"] == "/auth/login?next=%2Fapi-orchestration%2F"
+
+    page = requests.get(f"{server}/", cookies={"_token": auth("admin")}, timeout=10)
+    assert page.status_code == 200 and page.headers["cache-control"] == "no-store"
+    html = page.text
+    assert re.search(r'<tr data-breaker="payments" data-state="open">', html)
+    opened_until = iso(backend.breaker_status("payments")["opened_until"])
+    assert f'data-next-half-open="{opened_until}"' in html
+    assert re.search(r'<tr data-limiter="slow">.*?data-used="1">1 / 1<', html, re.S)
+    assert re.search(r'<tr data-limiter="partner">.*?<b>paused</b> until', html, re.S)
+    token = re.search(r'name="token" value="([^"]+)"', html).group(1)
+
+    viewer_page = requests.get(
+        f"{server}/", headers={"Authorization": f"Bearer {auth('viewer')}"}, timeout=10
+    )
+    assert "(read only)" in viewer_page.text and "data-reset=" not in viewer_page.text
+
+    form = f"{server}/breakers/payments/reset"
+    assert (
+        requests.post(form, cookies={"_token": auth("admin")}, timeout=10).status_code == 401
+    )  # no form token
+    after = requests.post(form, data={"token": token}, timeout=10)  # what the sandboxed iframe sends
+    assert after.status_code == 200 and "Breaker &#39;payments&#39; reset to closed by admin." in after.text
+    assert '<tr data-breaker="payments" data-state="closed">' in after.text
+    assert backend.breaker_status("payments")["state"] == "closed"
+    refreshed = requests.post(f"{server}/", data={"token": token}, timeout=10)
+    assert refreshed.status_code == 200 and 'data-breaker="users"' in refreshed.text
+
+
+def test_redis_snapshot_reads_only_its_own_prefix(redis_available):
+    from conftest import unique_redis_url
+
+    mine, other = (
+        backend_for_url(unique_redis_url(redis_available)),
+        backend_for_url(unique_redis_url(redis_available)),
+    )
+    try:
+        other.limiter_acquire("theirs", RateLimit(5), 10)
+        mine.limiter_acquire("we*[x]", RateLimit(5), 10)  # glob characters in the key are literal
+        assert list(mine.snapshot()["limiters"]) == ["we*[x]"]
+    finally:
+        for b in (mine, other):
+            b.clear()
+            b.close()
