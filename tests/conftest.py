@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _HOME = tempfile.mkdtemp(prefix="apiorch_test_home_")
@@ -34,6 +36,27 @@ def service_missing(what: str, detail: str) -> None:
     if IN_CI:
         pytest.fail(message + " (CI=true: not skipping)", pytrace=False)
     pytest.skip(message)
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    """A new database on the machine's PostgreSQL (``<prefix><random>``), dropped afterwards."""
+    try:
+        import psycopg2
+
+        admin = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres", connect_timeout=3)
+    except Exception as exc:  # ImportError or psycopg2.Error
+        service_missing("PostgreSQL at 127.0.0.1:5432", str(exc).strip())
+    admin.autocommit = True
+    name = f"{prefix}{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
 @pytest.fixture(scope="session")

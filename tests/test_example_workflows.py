@@ -6,11 +6,11 @@ import datetime as dt
 import json
 import os
 import sqlite3
-import uuid
 
 import pendulum
 import pytest
 import requests
+from conftest import fresh_postgres_database
 from test_dags import _states
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -150,23 +150,8 @@ def test_users_sync_into_postgresql(dagbag, demo, postgres_url):
 @pytest.fixture
 def postgres_url():
     """A fresh database on the machine's PostgreSQL; dropped afterwards."""
-    import psycopg2
-    from conftest import service_missing
-
-    name = f"apiorch_test_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres", connect_timeout=3)
-    except psycopg2.Error as exc:
-        service_missing("PostgreSQL at 127.0.0.1:5432", str(exc).strip())
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with fresh_postgres_database("apiorch_test_") as name:
         yield name
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 @pytest.mark.slow

@@ -26,9 +26,18 @@ from yarl import URL
 from api_orchestration import breaker as brk
 from api_orchestration import metrics
 from api_orchestration.admission import AdmissionQueue
-from api_orchestration.call import DeferralNeeded, ResilientCaller, _Waits, note_granted, on_refusal
+from api_orchestration.call import (
+    Attempt,
+    DeferralNeeded,
+    _Waits,
+    conclude,
+    note_granted,
+    on_refusal,
+    redacted_error,
+    retry_after_of,
+)
 from api_orchestration.redact import redact_url
-from api_orchestration.retry import classify_exception, classify_status, may_retry_method, parse_retry_after
+from api_orchestration.retry import classify_exception, classify_status, may_retry_method
 
 logger = logging.getLogger(__name__)
 MAX_RESLOTS = 3  # new slots a late call may take before it goes anyway (and says so)
@@ -224,72 +233,25 @@ class AsyncCaller:
                 raise
             elapsed = time.perf_counter() - started
             metrics.attempt(g.limit_key, elapsed)
-            slow = bool(g.breaker and g.breaker.slow_call_seconds and elapsed >= g.breaker.slow_call_seconds)
-            will_retry = not outcome.ok and outcome.retryable and attempt < max_attempts
-            self.admissions.record(permit, outcome.breaker_failure or slow)  # before the retry's admission
-
-            result = str(reply.status_code) if reply is not None else type(error).__name__
-            line = (
-                f"{method} {safe_url} attempt {attempt}/{max_attempts} -> {result} in {elapsed * 1000:.1f} ms"
+            a = Attempt(
+                method, safe_url, attempt, max_attempts, retry_ok, elapsed, waits, outcome, reply, error
             )
-            line += waits.text()
-            if outcome.ok:
-                self.log.info("%s", line)
-                metrics.call_done(g.limit_key, ok=True)
-                return reply  # type: ignore[return-value]
-
+            self.admissions.record(permit, a.breaker_failure(g))  # before the retry's admission
             retry_after = await self._retry_after(reply)
-            if will_retry:
-                if retry_after is not None and policy.respect_retry_after:
-                    delay, why = retry_after, "Retry-After"
-                else:
-                    delay, why = policy.backoff(attempt), "backoff"
-                self.log.warning("%s; retrying in %.3f s (%s)", line, delay, why)
-                metrics.retry(g.limit_key)
-                attempt += 1
-                waits = _Waits()
-                if delay > g.max_sleep:
-                    raise DeferralNeeded(delay, why, attempt)
-                await asyncio.sleep(delay)
-                waits.add(delay, f"for {why}")
-                continue
-            reason = (
-                ""
-                if retry_ok or not outcome.retryable
-                else f" ({method} without an idempotency key is not retried)"
-            )
-            self.log.error("%s; giving up%s", line, reason)
-            metrics.call_done(g.limit_key, ok=False)
-            raise ResilientCaller._error(
-                method,
-                safe_url,
-                attempt,
-                reply,
-                self._redacted(error, target),
-                outcome,
-                retry_after,  # type: ignore[arg-type]
-            )
-
-    @staticmethod
-    def _redacted(error: Exception | None, target: URL) -> str:
-        """The error's text with the request's URL (which may carry secrets) redacted."""
-        if error is None:
-            return ""
-        text = f"{type(error).__name__}: {error}"
-        for raw in (str(target), target.raw_path_qs):
-            if raw:
-                text = text.replace(raw, redact_url(raw))
-        return text
+            error_text = redacted_error(error, (str(target), target.raw_path_qs))
+            step = conclude(a, g, self.log, retry_after, error_text)
+            if step is None:
+                return reply  # type: ignore[return-value]
+            delay, why = step
+            attempt, waits = attempt + 1, _Waits()
+            if delay > g.max_sleep:
+                raise DeferralNeeded(delay, why, attempt)
+            await asyncio.sleep(delay)
+            waits.add(delay, f"for {why}")
 
     async def _retry_after(self, reply: Reply | None) -> float | None:
-        if reply is None or reply.status_code not in (429, 503):
-            return None
-        policy = self.guard.retry
-        seconds = parse_retry_after(reply.headers.get("Retry-After"))
-        if seconds is None or not policy.respect_retry_after:
-            return seconds
-        seconds = min(seconds, policy.max_retry_after)
-        if reply.status_code == 429:
-            await self.admissions.pause(seconds)
+        seconds, pause = retry_after_of(reply, self.guard.retry)
+        if pause:
+            await self.admissions.pause(seconds)  # type: ignore[arg-type]
             metrics.limiter_paused(self.guard.limit_key)
         return seconds

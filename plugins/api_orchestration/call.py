@@ -116,6 +116,106 @@ def log_transition(guard: Guard, transition: Transition | None, log: Any) -> Non
         metrics.breaker_transition(guard.breaker_key, transition.before, transition.after)
 
 
+@dataclass
+class Attempt:
+    """One attempt as both callers (``requests`` and aiohttp) see it, once it has an outcome.
+    ``response`` has ``status_code`` and ``headers`` (a ``requests.Response`` or an ``acall.Reply``)."""
+
+    method: str
+    safe_url: str
+    number: int
+    max_attempts: int
+    retry_ok: bool  # may this call be retried at all (idempotent method or key)
+    elapsed: float
+    waits: _Waits
+    outcome: Outcome
+    response: Any
+    error: Exception | None
+
+    @property
+    def will_retry(self) -> bool:
+        return not self.outcome.ok and self.outcome.retryable and self.number < self.max_attempts
+
+    def breaker_failure(self, guard: Guard) -> bool:
+        """Counts against the breaker: a failure the breaker counts, or a slow call."""
+        slow_after = guard.breaker.slow_call_seconds if guard.breaker else None
+        return self.outcome.breaker_failure or bool(slow_after and self.elapsed >= slow_after)
+
+
+def retry_after_of(response: Any, policy: RetryPolicy) -> tuple[float | None, bool]:
+    """A 429/503's ``Retry-After`` in seconds (capped when honoured), and whether to pause the
+    limiter key for every caller (an honoured 429)."""
+    if response is None or response.status_code not in (429, 503):
+        return None, False
+    seconds = parse_retry_after(response.headers.get("Retry-After"))
+    if seconds is None or not policy.respect_retry_after:
+        return seconds, False
+    return min(seconds, policy.max_retry_after), response.status_code == 429
+
+
+def redacted_error(error: Exception | None, raw_urls: tuple[str, ...]) -> str:
+    """The error's text with the request's URL forms (which may carry secrets) redacted."""
+    if error is None:
+        return ""
+    text = f"{type(error).__name__}: {error}"
+    for raw in raw_urls:
+        if raw:
+            text = text.replace(raw, redact_url(raw))
+    return text
+
+
+def conclude(
+    a: Attempt, guard: Guard, log: Any, retry_after: float | None, error_text: str
+) -> tuple[float, str] | None:
+    """Log the attempt (one line) and decide: ``None`` on success, ``(delay, why)`` to retry, or
+    raise the typed error when giving up."""
+    result = str(a.response.status_code) if a.response is not None else type(a.error).__name__
+    line = f"{a.method} {a.safe_url} attempt {a.number}/{a.max_attempts} -> {result} in {a.elapsed * 1000:.1f} ms"
+    line += a.waits.text()
+    if a.outcome.ok:
+        log.info("%s", line)
+        metrics.call_done(guard.limit_key, ok=True)
+        return None
+    if a.will_retry:
+        if retry_after is not None and guard.retry.respect_retry_after:
+            delay, why = retry_after, "Retry-After"
+        else:
+            delay, why = guard.retry.backoff(a.number), "backoff"
+        log.warning("%s; retrying in %.3f s (%s)", line, delay, why)
+        metrics.retry(guard.limit_key)
+        return delay, why
+    unkeyed = not a.retry_ok and a.outcome.retryable
+    reason = f" ({a.method} without an idempotency key is not retried)" if unkeyed else ""
+    log.error("%s; giving up%s", line, reason)
+    metrics.call_done(guard.limit_key, ok=False)
+    raise _error(a, error_text, retry_after)
+
+
+def _error(a: Attempt, error_text: str, retry_after: float | None) -> Exception:
+    if a.response is not None:
+        cls = (
+            HttpStatusError
+            if (a.outcome.breaker_failure or a.outcome.retryable)
+            else PermanentHttpStatusError
+        )
+        return cls(
+            method=a.method,
+            url=a.safe_url,
+            status=a.response.status_code,
+            response=a.response,
+            retry_after=retry_after,
+            attempts=a.number,
+        )
+    cls_t = CallTimeoutError if a.outcome.kind == "timeout" else TransportError
+    # no __cause__: the client's exception text holds the raw URL; ``error_text`` is its redacted text
+    return cls_t(
+        f"{a.method} {a.safe_url} failed after {a.number} attempt(s): {error_text}",
+        method=a.method,
+        url=a.safe_url,
+        attempts=a.number,
+    )
+
+
 class ResilientCaller:
     """Sends requests over one ``requests.Session`` (built by ``HttpHook.get_conn``) under a :class:`Guard`."""
 
@@ -254,103 +354,25 @@ class ResilientCaller:
                 raise
             elapsed = time.perf_counter() - started
             metrics.attempt(g.limit_key, elapsed)
-            slow = bool(g.breaker and g.breaker.slow_call_seconds and elapsed >= g.breaker.slow_call_seconds)
-            will_retry = not outcome.ok and outcome.retryable and attempt < max_attempts
-            self._report(permit, outcome.breaker_failure or slow, now=will_retry)
-
-            result = str(response.status_code) if response is not None else type(error).__name__
-            line = (
-                f"{method} {safe_url} attempt {attempt}/{max_attempts} -> {result} in {elapsed * 1000:.1f} ms"
+            a = Attempt(
+                method, safe_url, attempt, max_attempts, retry_ok, elapsed, waits, outcome, response, error
             )
-            line += waits.text()
-            if outcome.ok:
-                self.log.info("%s", line)
-                metrics.call_done(g.limit_key, ok=True)
-                return response  # type: ignore[return-value]
-
+            self._report(permit, a.breaker_failure(g), now=a.will_retry)
             retry_after = self._retry_after(response)
-            if will_retry:
-                delay, why = self._delay(attempt, retry_after)
-                self.log.warning("%s; retrying in %.3f s (%s)", line, delay, why)
-                metrics.retry(g.limit_key)
-                attempt += 1
-                waits = _Waits()
-                if delay > g.max_sleep:
-                    raise DeferralNeeded(delay, why, attempt)
-                time.sleep(delay)
-                waits.add(delay, f"for {why}")
-                continue
-            reason = (
-                ""
-                if retry_ok or not outcome.retryable
-                else f" ({method} without an idempotency key is not retried)"
-            )
-            self.log.error("%s; giving up%s", line, reason)
-            metrics.call_done(g.limit_key, ok=False)
-            raise self._error(
-                method, safe_url, attempt, response, self._redacted(error, prepared), outcome, retry_after
-            )
-
-    @staticmethod
-    def _redacted(error: Exception | None, prepared: requests.PreparedRequest) -> str:
-        """The error's text with the request's URL (which may carry secrets) replaced by its redacted form."""
-        if error is None:
-            return ""
-        text = f"{type(error).__name__}: {error}"
-        for raw in (prepared.url or "", prepared.path_url or ""):
-            if raw:
-                text = text.replace(raw, redact_url(raw))
-        return text
+            error_text = redacted_error(error, (prepared.url or "", prepared.path_url or ""))
+            step = conclude(a, g, self.log, retry_after, error_text)
+            if step is None:
+                return response  # type: ignore[return-value]
+            delay, why = step
+            attempt, waits = attempt + 1, _Waits()
+            if delay > g.max_sleep:
+                raise DeferralNeeded(delay, why, attempt)
+            time.sleep(delay)
+            waits.add(delay, f"for {why}")
 
     def _retry_after(self, response: requests.Response | None) -> float | None:
-        if response is None or response.status_code not in (429, 503):
-            return None
-        policy = self.guard.retry
-        seconds = parse_retry_after(response.headers.get("Retry-After"))
-        if seconds is None or not policy.respect_retry_after:
-            return seconds
-        seconds = min(seconds, policy.max_retry_after)
-        if response.status_code == 429:
-            self.guard.backend.limiter_pause(self.guard.limit_key, seconds)
+        seconds, pause = retry_after_of(response, self.guard.retry)
+        if pause:
+            self.guard.backend.limiter_pause(self.guard.limit_key, seconds)  # type: ignore[arg-type]
             metrics.limiter_paused(self.guard.limit_key)
         return seconds
-
-    def _delay(self, attempt: int, retry_after: float | None) -> tuple[float, str]:
-        policy = self.guard.retry
-        if retry_after is not None and policy.respect_retry_after:
-            return retry_after, "Retry-After"
-        return policy.backoff(attempt), "backoff"
-
-    @staticmethod
-    def _error(
-        method: str,
-        url: str,
-        attempts: int,
-        response: requests.Response | None,
-        error: str,
-        outcome: Outcome,
-        retry_after: float | None,
-    ) -> Exception:
-        if response is not None:
-            status = response.status_code
-            cls = (
-                HttpStatusError
-                if (outcome.breaker_failure or outcome.retryable)
-                else PermanentHttpStatusError
-            )
-            return cls(
-                method=method,
-                url=url,
-                status=status,
-                response=response,
-                retry_after=retry_after,
-                attempts=attempts,
-            )
-        cls_t = CallTimeoutError if outcome.kind == "timeout" else TransportError
-        # no __cause__: the requests exception's text holds the raw URL; ``error`` is its redacted text
-        return cls_t(
-            f"{method} {url} failed after {attempts} attempt(s): {error}",
-            method=method,
-            url=url,
-            attempts=attempts,
-        )

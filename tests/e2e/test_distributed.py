@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from conftest import REPO, service_missing
+from conftest import REPO, fresh_postgres_database
 from devtools import deployment
 from devtools.cluster import LocalAirflow, free_port
 from fleet import window_stats
@@ -113,22 +113,8 @@ class Distributed:
 @pytest.fixture(scope="module")
 def postgres_db() -> Iterator[str]:
     """A fresh PostgreSQL database for the metadata DB; dropped afterwards."""
-    try:
-        import psycopg2
-
-        admin = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres", connect_timeout=3)
-    except Exception as exc:  # ImportError or psycopg2.Error
-        service_missing("PostgreSQL at 127.0.0.1:5432", str(exc).strip())
-    admin.autocommit = True
-    name = f"apiorch_dist_{TAG}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with fresh_postgres_database(f"apiorch_dist_{TAG}_") as name:
         yield name
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 @pytest.fixture(scope="module")

@@ -88,17 +88,10 @@ class RedisBackend(StateBackend):
         lease_seconds: float,
         verdict: Verdict | None = None,
     ) -> Admission:
-        has_breaker = breaker is not None and breaker_key is not None
-        keys = self._keys("rl", limit_key or "-") + self._keys("br", breaker_key or "-")
-        lim = (
-            [1, limit.permits, repr(limit.window), repr(limit.interval), limit.burst]
-            if limit
-            else [0, 1, 1, 1, 1]
+        has_breaker, keys, shared = self._admit_args(
+            limit_key, limit, breaker_key, breaker, max_wait, lease_seconds
         )
-        args = [
-            "admit", int(limit_key is not None), *lim, repr(min(max_wait, 1e12)), int(has_breaker),
-            *(self._policy_args(breaker) if has_breaker else [0] * 6), repr(lease_seconds), repr(brk.HOLD_SECONDS),
-        ]  # fmt: skip
+        args = ["admit", *shared]
         if verdict is None:
             args.append(0)
         else:  # recorded first, in the same script call
@@ -132,18 +125,10 @@ class RedisBackend(StateBackend):
         lease_seconds: float,
         verdicts: Sequence[Verdict] = (),
     ) -> Batch:
-        has_breaker = breaker is not None and breaker_key is not None
-        keys = self._keys("rl", limit_key or "-") + self._keys("br", breaker_key or "-")
-        lim = (
-            [1, limit.permits, repr(limit.window), repr(limit.interval), limit.burst]
-            if limit
-            else [0, 1, 1, 1, 1]
+        has_breaker, keys, shared = self._admit_args(
+            limit_key, limit, breaker_key, breaker, max_wait, lease_seconds
         )
-        args = [
-            "admit_many", count, int(limit_key is not None), *lim, repr(min(max_wait, 1e12)), int(has_breaker),
-            *(self._policy_args(breaker) if has_breaker else [0] * 6), repr(lease_seconds), repr(brk.HOLD_SECONDS),
-            len(verdicts),
-        ]  # fmt: skip
+        args = ["admit_many", count, *shared, len(verdicts)]
         for verdict in verdicts:
             keys += self._keys("br", verdict.key)
             args += self._record_args(verdict)[1:]
@@ -191,6 +176,30 @@ class RedisBackend(StateBackend):
         return sec + usec / 1e6
 
     # -- breaker --------------------------------------------------------------------------------
+    def _admit_args(
+        self,
+        limit_key: str | None,
+        limit: RateLimit | None,
+        breaker_key: str | None,
+        breaker: BreakerPolicy | None,
+        max_wait: float,
+        lease_seconds: float,
+    ) -> tuple[bool, list[str], list[Any]]:
+        """What ``admit`` and ``admit_many`` both send: whether there is a breaker, the keys (limiter,
+        then breaker) and the arguments (limiter, max wait, breaker policy, lease, hold)."""
+        has_breaker = breaker is not None and breaker_key is not None
+        keys = self._keys("rl", limit_key or "-") + self._keys("br", breaker_key or "-")
+        lim = (
+            [1, limit.permits, repr(limit.window), repr(limit.interval), limit.burst]
+            if limit
+            else [0, 1, 1, 1, 1]
+        )
+        args = [
+            int(limit_key is not None), *lim, repr(min(max_wait, 1e12)), int(has_breaker),
+            *(self._policy_args(breaker) if has_breaker else [0] * 6), repr(lease_seconds), repr(brk.HOLD_SECONDS),
+        ]  # fmt: skip
+        return has_breaker, keys, args
+
     @staticmethod
     def _policy_args(policy: BreakerPolicy) -> list[Any]:
         return [

@@ -145,11 +145,13 @@ class SQLiteBackend(StateBackend):
             raise
 
     @contextmanager
-    def _transaction(self, operation: str) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, operation: str, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``: takes the write lock), or with ``begin="BEGIN"``
+        a read one (a consistent view without the write lock)."""
         conn: sqlite3.Connection | None = None
         try:
             conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(begin)
             yield conn
             conn.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
@@ -363,24 +365,8 @@ class SQLiteBackend(StateBackend):
                 conn.execute(f"DELETE FROM {table}")
 
     # -- status page: read-only snapshot, saga outcome records ------------------------------------
-    @contextmanager
-    def _reading(self, operation: str) -> Iterator[sqlite3.Connection]:
-        """A deferred (read) transaction: a consistent view without taking the write lock."""
-        conn: sqlite3.Connection | None = None
-        try:
-            conn = self._conn()
-            conn.execute("BEGIN")
-            yield conn
-            conn.execute("COMMIT")
-        except (sqlite3.Error, OSError) as exc:
-            self._rollback(conn)
-            raise StateBackendError(self.url, operation, exc) from exc
-        except BaseException:
-            self._rollback(conn)
-            raise
-
     def snapshot(self) -> dict[str, Any]:
-        with self._reading("snapshot") as conn:
+        with self._transaction("snapshot", begin="BEGIN") as conn:
             now = self.clock()
             limiters: dict[str, dict[str, Any]] = {}
             for key, *row in conn.execute(f"SELECT key, {', '.join(_LIMITER_FIELDS)} FROM limiter"):
@@ -410,7 +396,7 @@ class SQLiteBackend(StateBackend):
             )
 
     def saga_recent(self, limit: int = 20) -> list[dict[str, Any]]:
-        with self._reading("saga_recent") as conn:
+        with self._transaction("saga_recent", begin="BEGIN") as conn:
             rows = conn.execute("SELECT body FROM saga_outcome ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [json.loads(body) for (body,) in rows]
 
