@@ -99,6 +99,14 @@ MALFORMED = [
         "unknown field 'schedule_interval' (did you mean 'schedule'?)",
     ),
     (
+        "default-at-top-level",
+        spec(conn_id="demo_api"),
+        "conn_id",
+        "unknown field 'conn_id'; allowed here: catchup, dag_id, defaults, description, max_active_runs, "
+        "max_active_tasks, output, params, schedule, start_date, steps, tags "
+        "(workflow-wide settings go under 'defaults': defaults.conn_id)",
+    ),
+    (
         "unknown-step-field",
         spec(**{"steps.1.retires": {"max_attempts": 2}}),
         "steps[1].retires",

@@ -53,7 +53,7 @@ def from_validation_error(exc: ValidationError, model: type[BaseModel]) -> list[
             known = _fields_at(model, loc[:-1])
             hint = did_you_mean(str(loc[-1]), known)
             msg = f"unknown field {loc[-1]!r}{hint}; allowed here: {', '.join(sorted(known))}"
-            msg += _EXTRA_HINTS.get(str(loc[-1]), "")
+            msg += _EXTRA_HINTS.get(str(loc[-1]), "") or _defaults_hint(model, loc)
         elif kind == "missing":
             msg = "is required"
         elif kind in _TYPES:
@@ -80,6 +80,13 @@ _EXTRA_HINTS = {
     "schedule_interval": " (Airflow 3 uses 'schedule')",
     "retries": " (in-task retries are 'retry: {max_attempts: N}')",
 }
+
+
+def _defaults_hint(model: type[BaseModel], loc: Sequence[Any]) -> str:
+    """A top-level key that is a workflow-wide default (``conn_id: x``) belongs under ``defaults``."""
+    if len(loc) == 1 and "defaults" in model.model_fields and str(loc[0]) in _fields_at(model, ("defaults",)):
+        return f" (workflow-wide settings go under 'defaults': defaults.{loc[0]})"
+    return ""
 
 
 def _fields_at(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
