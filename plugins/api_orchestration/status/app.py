@@ -24,7 +24,7 @@ Routes (relative to the mount):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -211,25 +211,22 @@ def create_app(backend: StateBackend | Callable[[], StateBackend] | None = None)
         )
         return HTMLResponse(html, status_code=code, headers={"Cache-Control": "no-store"})
 
-    @app.get("/", response_class=HTMLResponse)
-    async def page_get(request: Request) -> HTMLResponse:
+    async def page_user(reading: Awaitable[Any]) -> Any:
+        """The page's user; no or a bad session sends the browser to Airflow's login."""
         try:
-            user = await _user_from_request(request)
+            return await reading
         except HTTPException as exc:
             if exc.status_code in (401, 403):
                 raise _LoginRequired() from exc
             raise
-        return await page(request, user)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page_get(request: Request) -> HTMLResponse:
+        return await page(request, await page_user(_user_from_request(request)))
 
     @app.post("/", response_class=HTMLResponse)
     async def page_refresh(request: Request) -> HTMLResponse:
-        try:
-            user = await _user_from_form(request)
-        except HTTPException as exc:
-            if exc.status_code in (401, 403):
-                raise _LoginRequired() from exc
-            raise
-        return await page(request, user)
+        return await page(request, await page_user(_user_from_form(request)))
 
     @app.post("/breakers/{key:path}/reset", response_class=HTMLResponse)
     async def page_reset(key: str, request: Request) -> HTMLResponse:
