@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from api_orchestration.breaker import BreakerDecision
@@ -75,7 +75,6 @@ class StateBackend(abc.ABC):
 
     url: str
 
-    @abc.abstractmethod
     def admit(
         self,
         limit_key: str | None,
@@ -91,8 +90,15 @@ class StateBackend(abc.ABC):
         granted only together and only if the slot is at most ``max_wait`` seconds away.
 
         ``verdict``, the outcome of the caller's previous call, is recorded first, in the same
-        round trip (``Admission.recorded`` says what it did)."""
+        round trip (``Admission.recorded`` says what it did). A batch of one (:meth:`admit_many`)."""
+        batch = self.admit_many(
+            1, limit_key, limit, breaker_key, breaker, max_wait, lease_seconds, (verdict,) if verdict else ()
+        )
+        admission = batch.granted[0] if batch.granted else batch.refused
+        assert admission is not None
+        return replace(admission, recorded=batch.recorded[0] if batch.recorded else None)
 
+    @abc.abstractmethod
     def admit_many(
         self,
         count: int,
@@ -104,17 +110,9 @@ class StateBackend(abc.ABC):
         lease_seconds: float,
         verdicts: Sequence[Verdict] = (),
     ) -> Batch:
-        """``count`` admissions as :meth:`admit` would make them one after another, stopping at
-        the first refusal, after recording ``verdicts`` in order; backends make it one atomic
-        operation (one round trip for a batch of calls). This fallback is atomic per call only."""
-        recorded = tuple(self.breaker_record(v.key, v.policy, v.decision, v.failed) for v in verdicts)
-        granted: list[Admission] = []
-        for _ in range(count):
-            admission = self.admit(limit_key, limit, breaker_key, breaker, max_wait, lease_seconds)
-            if not admission.granted:
-                return Batch(tuple(granted), admission, recorded)
-            granted.append(admission)
-        return Batch(tuple(granted), None, recorded)
+        """``count`` admissions as :meth:`admit` describes them, made one after another and
+        stopping at the first refusal, after recording ``verdicts`` in order: one atomic
+        operation (one round trip for a batch of calls)."""
 
     def limiter_acquire(self, key: str, limit: RateLimit | None, max_wait: float) -> Admission:
         """Reserve the next slot for ``key`` if it is at most ``max_wait`` seconds away."""

@@ -77,43 +77,7 @@ class RedisBackend(StateBackend):
             netloc += f":{parts.port}"
         return urlunsplit(parts._replace(netloc=netloc))
 
-    # -- one decision per call -----------------------------------------------------------------
-    def admit(
-        self,
-        limit_key: str | None,
-        limit: RateLimit | None,
-        breaker_key: str | None,
-        breaker: BreakerPolicy | None,
-        max_wait: float,
-        lease_seconds: float,
-        verdict: Verdict | None = None,
-    ) -> Admission:
-        has_breaker, keys, shared = self._admit_args(
-            limit_key, limit, breaker_key, breaker, max_wait, lease_seconds
-        )
-        args = ["admit", *shared]
-        if verdict is None:
-            args.append(0)
-        else:  # recorded first, in the same script call
-            keys += self._keys("br", verdict.key)
-            args += [1, *self._record_args(verdict)[1:]]
-        reply = self._call("admit", lambda: self._script(keys=keys, args=args))
-        granted, reason, wait, paused = reply[:4]
-        recorded = Transition(reply[11], reply[12]) if verdict is not None else None
-        decision = None
-        if has_breaker and reply[5]:
-            allowed, kind, gen, state, lease, reopen_at, b_wait = reply[4:11]
-            decision = brk.BreakerDecision(
-                bool(allowed),
-                kind,
-                int(gen),
-                state,
-                lease,
-                float(reopen_at) if reopen_at else None,
-                float(b_wait),
-            )
-        return Admission(bool(granted), reason, float(wait), bool(paused), decision, recorded)
-
+    # -- admissions: one call, or a batch of calls, per script call ------------------------------
     def admit_many(
         self,
         count: int,

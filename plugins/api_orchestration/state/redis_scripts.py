@@ -5,14 +5,12 @@ Floats cross the Lua boundary as strings (Redis truncates Lua numbers to integer
 tests/test_state_behaviour.py runs one behaviour suite against this and the Python version.
 
 Ops (ARGV[1]):
-- ``admit``   KEYS rl_hash rl_zset br_hash br_zset [verdict br_hash br_zset]; ARGV has_limiter_key
-              has_limit permits window interval burst max_wait has_breaker <6 breaker policy args>
-              lease_s hold_s has_verdict [<6 verdict policy args> kind gen lease failed]; the verdict
-              (the caller's previous call) is recorded first. Reply: granted reason wait paused,
-              7 breaker fields (or ''), the verdict's before/after states (or '')
-- ``admit_many`` ``admit`` ``count`` times (stopping at the first refusal): KEYS rl_hash rl_zset
-              br_hash br_zset [br_hash br_zset per verdict]; ARGV count, the admit args up to hold_s,
-              n_verdicts, [<6 policy args> kind gen lease failed per verdict], all recorded first.
+- ``admit_many`` ``count`` admissions (limiter slot and breaker permit, granted only together),
+              stopping at the first refusal; one admission is a batch of one. KEYS rl_hash rl_zset
+              br_hash br_zset [br_hash br_zset per verdict]; ARGV count has_limiter_key has_limit
+              permits window interval burst max_wait has_breaker <6 breaker policy args> lease_s
+              hold_s n_verdicts, [<6 policy args> kind gen lease failed per verdict], the verdicts
+              (the callers' previous calls) recorded first.
               Reply: n paused kind gen state refused, 10 refusal fields (reason wait paused and
               the 7 breaker fields, or ''), wait lease per grant, before/after per verdict
 - ``pause``   KEYS rl_hash; ARGV seconds
@@ -115,63 +113,8 @@ local function record(hash, leases, i)
 end
 
 -- ops ----------------------------------------------------------------------------------------
-if op == 'admit' then
-  local has_key, has_limit = ARGV[2] == '1', ARGV[3] == '1'
-  local permits, window, interval, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-  local max_wait, has_breaker = tonumber(ARGV[8]), ARGV[9] == '1'
-  local lease_s, hold_s = tonumber(ARGV[16]), tonumber(ARGV[17])
-  local rec = {'', ''}
-  if ARGV[18] == '1' then rec = record(KEYS[5], KEYS[6], 19) end
-  local slot, paused, tat, last, granted = now, 0, 0, 0, 0
-  if has_key then
-    local h = redis.call('HMGET', KEYS[1], 'tat', 'last_slot', 'paused_until', 'granted')
-    tat, last, granted = tonumber(h[1]) or 0, tonumber(h[2]) or 0, tonumber(h[4]) or 0
-    local paused_until = tonumber(h[3]) or 0
-    if paused_until > now then paused = 1 end
-    slot = math.max(now, paused_until)
-    if has_limit then
-      slot = math.max(slot, tat - (burst - 1) * interval, last)
-      if burst > 1 then
-        redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', f(now - window))
-        local nth = redis.call('ZREVRANGE', KEYS[2], permits - 1, permits - 1, 'WITHSCORES')
-        if nth[2] then slot = math.max(slot, tonumber(nth[2]) + window) end
-      end
-    end
-    if slot - now > max_wait then return {0, 'defer', f(slot - now), paused, '', '', '', '', '', '', '', rec[1], rec[2]} end
-  end
-  local b = {'', '', '', '', '', '', ''}
-  if has_breaker then
-    policy_from(10)
-    local r = load(KEYS[3])
-    local gen_before = r.gen
-    local allowed, kind, state, lease, reopen_at, wait = acquire(r, KEYS[4], hold_s)
-    save(r, gen_before, KEYS[3], KEYS[4])
-    b = {allowed, kind, r.gen, state, lease, reopen_at, f(wait)}
-    if allowed == 0 then return {0, kind, f(wait), paused, b[1], b[2], b[3], b[4], b[5], b[6], b[7], rec[1], rec[2]} end
-    if lease ~= '' then
-      redis.call('ZADD', KEYS[4], f(now + lease_s), lease)
-      redis.call('PEXPIRE', KEYS[4], TTL_MS)
-    end
-  end
-  if has_key and has_limit then
-    redis.call('HSET', KEYS[1], 'tat', f(math.max(tat, slot) + interval), 'last_slot', f(slot), 'granted', granted + 1)
-    -- for the status page (as ratelimit.reserve): the policy last used, grants per epoch-aligned period
-    local pstart = f(math.floor(slot / window) * window)
-    local p = redis.call('HMGET', KEYS[1], 'period_start', 'period_count')
-    local pcount = 1
-    if p[1] == pstart then pcount = (tonumber(p[2]) or 0) + 1 end
-    redis.call('HSET', KEYS[1], 'period_start', pstart, 'period_count', pcount, 'limit_permits', permits,
-               'limit_window', f(window), 'limit_burst', burst)
-    redis.call('PEXPIRE', KEYS[1], TTL_MS)
-    if burst > 1 then
-      local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-      redis.call('ZADD', KEYS[2], f(slot), tostring(seq))
-      redis.call('PEXPIRE', KEYS[2], TTL_MS)
-    end
-  end
-  return {1, 'ok', f(slot - now), paused, b[1], b[2], b[3], b[4], b[5], b[6], b[7], rec[1], rec[2]}
-elseif op == 'admit_many' then
-  -- the admit op in a loop, state read once and written once; every grant sees the ones before it
+if op == 'admit_many' then
+  -- state read once and written once; every grant sees the ones before it
   local count, has_key, has_limit = tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4] == '1'
   local permits, window, interval, burst = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
   local max_wait, has_breaker = tonumber(ARGV[9]), ARGV[10] == '1'
@@ -203,7 +146,7 @@ elseif op == 'admit_many' then
     r = load(KEYS[3])
     gen_before = r.gen
   end
-  local n, grants, slots, refusal, leased = 0, {}, {}, nil, false
+  local n, grants, slots, refusal, leased, acquired = 0, {}, {}, nil, false, false
   local kind, state = '', ''
   for j = 0, count - 1 do
     local slot = math.max(now, paused_until)
@@ -221,6 +164,7 @@ elseif op == 'admit_many' then
     end
     local lease = ''
     if has_breaker then
+      acquired = true
       local allowed, b_kind, b_state, b_lease, reopen_at, wait = acquire(r, KEYS[4], hold_s)
       if allowed == 0 then
         refusal = {b_kind, f(wait), paused, allowed, b_kind, r.gen, b_state, b_lease, reopen_at, f(wait)}
@@ -234,7 +178,8 @@ elseif op == 'admit_many' then
     end
     if has_key and has_limit then
       tat, last, granted = math.max(tat, slot) + interval, slot, granted + 1
-      local start = f(math.floor(slot / window) * window)  -- status page fields, as in op admit
+      -- for the status page (as ratelimit.reserve): the policy last used, grants per epoch-aligned period
+      local start = f(math.floor(slot / window) * window)
       if start == pstart then pcount = pcount + 1 else pstart, pcount = start, 1 end
       slots[#slots + 1] = slot
     end
@@ -243,7 +188,7 @@ elseif op == 'admit_many' then
     table.insert(grants, lease)
   end
   local gen = ''
-  if has_breaker then
+  if acquired then  -- a refused slot leaves the breaker untouched
     -- leases are issued only when closed, and advance() never closes: gen cannot have changed under them
     save(r, gen_before, KEYS[3], KEYS[4])
     if leased then redis.call('PEXPIRE', KEYS[4], TTL_MS) end

@@ -170,40 +170,7 @@ class SQLiteBackend(StateBackend):
     def _read(self, conn: sqlite3.Connection, table: str, names: list[str], key: str) -> tuple | None:
         return conn.execute(f"SELECT {', '.join(names)} FROM {table} WHERE key = ?", (key,)).fetchone()
 
-    # -- one decision per call -----------------------------------------------------------------
-    def admit(
-        self,
-        limit_key: str | None,
-        limit: RateLimit | None,
-        breaker_key: str | None,
-        breaker: BreakerPolicy | None,
-        max_wait: float,
-        lease_seconds: float,
-        verdict: Verdict | None = None,
-    ) -> Admission:
-        with self._transaction("admit") as conn:
-            recorded = self._record(conn, verdict) if verdict else None
-            now = self.clock()
-            wait, paused, slot, lrec = 0.0, False, now, None
-            if limit_key is not None:
-                row = self._read(conn, "limiter", _LIMITER_FIELDS, limit_key)
-                lrec = rl.LimiterRecord(*row) if row else rl.LimiterRecord()
-                slot = rl.next_slot(lrec, limit, now, self._nth_latest(conn, limit_key, limit, now))
-                wait, paused = slot - now, lrec.paused_until > now
-                if wait > max_wait:
-                    return Admission(False, "defer", wait, paused, recorded=recorded)
-            decision = None
-            if breaker is not None and breaker_key is not None:
-                decision = self._breaker_acquire(conn, breaker_key, breaker, now, lease_seconds)
-                if not decision.allowed:
-                    return Admission(False, decision.kind, decision.wait, paused, decision, recorded)
-            if lrec is not None and limit is not None:
-                rl.reserve(lrec, limit, slot)
-                conn.execute(self._limiter_upsert, (limit_key, *_values(lrec)))
-                if limit.burst > 1:
-                    conn.execute("INSERT INTO limiter_slot (key, slot) VALUES (?, ?)", (limit_key, slot))
-            return Admission(True, "ok", wait, paused, decision, recorded)
-
+    # -- admissions: one call, or a batch of calls, per transaction --------------------------------
     def admit_many(
         self,
         count: int,
@@ -232,6 +199,7 @@ class SQLiteBackend(StateBackend):
                 leases = {lease: expires for lease, expires in leases.items() if expires > now}
             granted: list[Admission] = []
             refused: Admission | None = None
+            acquired = False  # the breaker was asked (a refused slot leaves it untouched)
             for _ in range(count):
                 slot, paused = now, False
                 if lrec is not None:
@@ -242,6 +210,7 @@ class SQLiteBackend(StateBackend):
                         break
                 decision = None
                 if brec is not None:
+                    acquired = True
                     decision = brk.acquire(brec, breaker, now, len(leases))  # type: ignore[arg-type]
                     if not decision.allowed:
                         refused = Admission(False, decision.kind, decision.wait, paused, decision)
@@ -253,7 +222,7 @@ class SQLiteBackend(StateBackend):
                     if log is not None:
                         log.added.append(slot)
                 granted.append(Admission(True, "ok", slot - now, paused, decision))
-            if brec is not None:
+            if brec is not None and acquired:
                 self._save_breaker(conn, breaker_key, brec, gen_before, leases)  # type: ignore[arg-type]
             if granted and lrec is not None and limit is not None:
                 conn.execute(self._limiter_upsert, (limit_key, *_values(lrec)))
@@ -277,31 +246,6 @@ class SQLiteBackend(StateBackend):
             (key, limit.permits - offset, offset),
         ).fetchall()
         return _SlotLog(limit.permits, offset, [slot for (slot,) in rows])
-
-    def _nth_latest(
-        self, conn: sqlite3.Connection, key: str, limit: RateLimit | None, now: float
-    ) -> float | None:
-        """The ``permits``-th most recent slot, for bursts (older slots are dropped)."""
-        if limit is None or limit.burst == 1:
-            return None
-        conn.execute("DELETE FROM limiter_slot WHERE key = ? AND slot <= ?", (key, now - limit.window))
-        found = conn.execute(
-            "SELECT slot FROM limiter_slot WHERE key = ? ORDER BY slot DESC LIMIT 1 OFFSET ?",
-            (key, limit.permits - 1),
-        ).fetchone()
-        return found[0] if found else None
-
-    def _breaker_acquire(
-        self, conn: sqlite3.Connection, key: str, policy: BreakerPolicy, now: float, lease_seconds: float
-    ) -> brk.BreakerDecision:
-        rec, leases = self._breaker(conn, key)
-        gen_before = rec.gen
-        leases = {lease: expires for lease, expires in leases.items() if expires > now}
-        decision = brk.acquire(rec, policy, now, len(leases))
-        if decision.lease:
-            leases[decision.lease] = now + lease_seconds
-        self._save_breaker(conn, key, rec, gen_before, leases)
-        return decision
 
     # -- limiter --------------------------------------------------------------------------------
     def limiter_pause(self, key: str, seconds: float) -> float:
