@@ -72,10 +72,11 @@ class _Waits:
         return f"; waited {', '.join(self.parts)}" if self.parts else ""
 
 
-def _timeout_seconds(timeout: float | tuple[float, float] | None) -> float:
-    if isinstance(timeout, tuple):
-        return float(sum(timeout))
-    return float(timeout or 60.0)
+def lease_seconds(timeout: float | tuple[float, float] | None) -> float:
+    """How long a breaker permit is counted in flight: the call's whole timeout (connect + read;
+    60 s when none), plus 30 s."""
+    seconds = float(sum(timeout)) if isinstance(timeout, tuple) else float(timeout or 60.0)
+    return seconds + 30.0
 
 
 def note_granted(guard: Guard, admission: Admission, held: float, waits: _Waits, log: Any) -> None:
@@ -231,7 +232,7 @@ class ResilientCaller:
         self.session, self.guard, self.timeout = session, guard, timeout
         self.send_options = send_options or {}
         self.log = log or logger
-        self.lease_seconds = _timeout_seconds(timeout) + 30.0
+        self.lease_seconds = lease_seconds(timeout)
         self._settings: dict[str, dict[str, Any]] = {}  # per scheme://host: bounded in bulk mode
         self._pending: Verdict | None = None  # the last call's verdict, sent with the next admission
 

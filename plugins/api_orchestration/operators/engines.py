@@ -26,7 +26,7 @@ import requests
 
 from api_orchestration.acall import AsyncCaller, new_session
 from api_orchestration.admission import AdmissionQueue
-from api_orchestration.call import Guard, ResilientCaller, _timeout_seconds
+from api_orchestration.call import Guard, ResilientCaller, lease_seconds
 from api_orchestration.errors import ApiOrchestrationError
 from api_orchestration.operators.http import default_response_filter
 
@@ -124,7 +124,7 @@ def call_concurrently_async(
     rows: dict[int, Row] = {}
     with _frozen_heap(), asyncio.Runner(loop_factory=_new_loop) as runner:
         loop = runner.get_loop()
-        admissions = AdmissionQueue(guard, _timeout_seconds(timeout) + 30.0, log=log)
+        admissions = AdmissionQueue(guard, lease_seconds(timeout), log=log)
 
         async def engine() -> None:
             async with new_session(concurrency, timeout, headers=headers, auth=auth) as session:
