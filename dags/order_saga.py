@@ -7,6 +7,11 @@ so a failing inventory service cannot cut off refunds. Try ``{"skus": ["OUT-OF-S
 succeeds, the reservation is refused (409, never retried), the refund runs, shipping never runs.
 
 conf: ``{"order_id": "o-1", "amount_cents": 1250, "skus": ["SKU-1"], "address": "1 Main St"}``
+
+The order id is the unit of idempotency: each step sends ``Idempotency-Key: order-<order_id>-<step>``,
+so the same order triggered twice is charged, reserved and shipped once (the second run gets the
+first run's answers replayed). Params are bounded (amount 1 to 100,000,000 cents, order ids of at
+most 64 letters, digits and ``._:-``): an out-of-range value is refused when the run is triggered.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from airflow.sdk import Param
 from api_orchestration import BreakerPolicy, Call, RateLimit, RetryPolicy, Step, Workflow, build
 
 ORDER = "{{ params.order_id or run_id }}"
+ORDER_ID_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._:-]{0,63})?$"
+MAX_AMOUNT_CENTS = 100_000_000  # one million in the currency: a sane bound, refused above at trigger
+# The business id as the dedup key of each step (empty order_id: the run id, so one key per run).
+KEY = "order-{{ params.order_id or run_id }}-"
 
 WORKFLOW = Workflow(
     "order_saga",
@@ -31,20 +40,31 @@ WORKFLOW = Workflow(
                 "POST",
                 "/payments/charges",
                 json={"order_id": ORDER, "amount_cents": "{{ params.amount_cents }}"},
+                idempotency_key=KEY + "charge",
             ),
             compensate=Call("POST", "/payments/refunds", json={"order_id": ORDER}),
             key="payments",
         ),
         Step(
             "reserve_inventory",
-            Call("POST", "/inventory/reservations", json={"order_id": ORDER, "skus": "{{ params.skus }}"}),
+            Call(
+                "POST",
+                "/inventory/reservations",
+                json={"order_id": ORDER, "skus": "{{ params.skus }}"},
+                idempotency_key=KEY + "reserve",
+            ),
             depends_on=("charge_payment",),
             compensate=Call("POST", "/inventory/releases", json={"order_id": ORDER}),
             key="inventory",
         ),
         Step(
             "create_shipment",
-            Call("POST", "/shipping/shipments", json={"order_id": ORDER, "address": "{{ params.address }}"}),
+            Call(
+                "POST",
+                "/shipping/shipments",
+                json={"order_id": ORDER, "address": "{{ params.address }}"},
+                idempotency_key=KEY + "ship",
+            ),
             depends_on=("reserve_inventory",),
             compensate=Call("POST", "/shipping/cancellations", json={"order_id": ORDER}),
             key="shipping",
@@ -60,9 +80,22 @@ dag = build(
     tags=["api-orchestration", "example", "saga"],
     doc_md=__doc__,
     params={
-        "order_id": Param("", type="string", description="empty: the run id"),
-        "amount_cents": Param(1250, type="integer", minimum=1),
-        "skus": Param(["SKU-1"], type="array", description='["OUT-OF-STOCK"] makes the reservation fail'),
-        "address": Param("1 Main St", type="string"),
+        "order_id": Param(
+            "",
+            type="string",
+            maxLength=64,
+            pattern=ORDER_ID_PATTERN,
+            description="the business id (each order is charged once); empty: the run id",
+        ),
+        "amount_cents": Param(1250, type="integer", minimum=1, maximum=MAX_AMOUNT_CENTS),
+        "skus": Param(
+            ["SKU-1"],
+            type="array",
+            minItems=1,
+            maxItems=50,
+            items={"type": "string", "minLength": 1, "maxLength": 64},
+            description='["OUT-OF-STOCK"] makes the reservation fail',
+        ),
+        "address": Param("1 Main St", type="string", minLength=1, maxLength=200),
     },
 )

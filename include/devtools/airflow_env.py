@@ -12,6 +12,17 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+# The embedded SQLite metadata DB under bursts (``[database] sql_alchemy_connect_args``, an import
+# path): wait up to 60 s for a lock (pysqlite's busy timeout; the default is 5 s) instead of failing
+# with "database is locked". Airflow already puts SQLite in WAL mode on every connection
+# (airflow.utils.orm_event_handlers), so readers never block the one writer.
+SQLITE_BUSY_TIMEOUT_SECONDS = 60
+SQLITE_CONNECT_ARGS: dict[str, float] = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
+_SQLITE_SETTINGS = {
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "devtools.airflow_env.SQLITE_CONNECT_ARGS",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "devtools.airflow_env.SQLITE_CONNECT_ARGS",
+}
+
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin"
 PASSWORDS_FILE_NAME = "simple_auth_manager_passwords.json"
@@ -107,4 +118,7 @@ def airflow_env(
             env.pop(key, None)
         else:
             env[key] = str(value)
+    if env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite"):
+        for key, value in _SQLITE_SETTINGS.items():
+            env.setdefault(key, value)
     return env

@@ -29,6 +29,7 @@ import requests
 
 from devtools import deployment
 from devtools.airflow_env import ADMIN_PASSWORD, ADMIN_USER, PASSWORDS_FILE_NAME, airflow_env
+from devtools.processes import Watchdog, die_with_parent, drain_session, signal_session
 
 COMPONENTS: tuple[str, ...] = tuple(c.name for c in deployment.CORE_COMPONENTS)
 # Health-endpoint section -> (process whose log explains it, heartbeat field).
@@ -147,6 +148,12 @@ class LocalAirflow:
         self.base_url = f"http://localhost:{port}"
         self.env: dict[str, str] = {}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.restarts: dict[str, int] = {}  # component -> times restarted by supervise()
+        self.watchdog: Watchdog | None = None  # set by the launcher: sessions to clean up if it dies
+        self._plan: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {}
+        self._spawned_at: dict[str, float] = {}
+        self._restart_due: dict[str, float] = {}
+        self._crash_streak: dict[str, int] = {}  # quick crashes in a row (exited < 60 s after start)
         self._log_files: dict[str, IO[bytes]] = {}
         self._started_at: datetime | None = None
         self.startup_seconds: float | None = None
@@ -230,8 +237,9 @@ class LocalAirflow:
         try:
             self._migrate()
             self._started_at = datetime.now(UTC)
-            for name, (args, extra) in self.process_plan().items():
-                self._spawn(name, *args, env={**self.env, **extra} if extra else None)
+            self._plan = self.process_plan()
+            for name in self._plan:
+                self._spawn(name)
             self.wait_healthy(self.startup_timeout)
             if self.workers:
                 remaining = self.startup_timeout - (time.monotonic() - t0)
@@ -293,18 +301,27 @@ class LocalAirflow:
         """Process (and log) name of the Celery worker ``name``."""
         return f"worker-{name}"
 
-    def _spawn(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> None:
-        fh = self.log_path(name).open("wb")
+    def _spawn(self, name: str) -> None:
+        args, extra = self._plan[name]
+        if name in self._log_files:
+            self._log_files.pop(name).close()
+        # a restart appends to the log: the crash stays readable above the new start
+        fh = self.log_path(name).open("ab" if name in self._spawned_at else "wb")
         self._log_files[name] = fh
-        self.processes[name] = subprocess.Popen(
+        proc = subprocess.Popen(
             airflow_command(*args),
-            env=dict(env) if env is not None else self.env,
+            env={**self.env, **extra},
             cwd=self.home,
             stdin=subprocess.DEVNULL,
             stdout=fh,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group: we can kill its children too
+            start_new_session=True,  # its own session: we can find and stop all its descendants
+            preexec_fn=die_with_parent,  # SIGTERM from the kernel if the launcher dies, even by SIGKILL
         )
+        self.processes[name] = proc
+        self._spawned_at[name] = time.monotonic()
+        if self.watchdog is not None:
+            self.watchdog.watch(proc.pid)
 
     def check_processes(self) -> None:
         """Raise :class:`AirflowStartError` with the log tail if any component process has exited."""
@@ -315,6 +332,45 @@ class LocalAirflow:
                 raise AirflowStartError(
                     f"airflow {name} exited with code {code}; tail of {log}:\n{tail(log)}"
                 )
+
+    def supervise(self, log: Any = print) -> list[str]:
+        """Restart every component that exited; return their names. Call it every few seconds.
+
+        A component that dies is not a reason to stop the others: whatever is left of it (executor
+        workers, task runners, log servers, all in its session) is stopped, the crash is logged with
+        the tail of its log, and it is started again. One that keeps crashing within a minute of its
+        start waits 2, 4, 8 ... up to 60 s between restarts.
+        """
+        restarted = []
+        now = time.monotonic()
+        for name, proc in list(self.processes.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            due = self._restart_due.get(name)
+            if due is None:
+                quick = now - self._spawned_at.get(name, now) < 60
+                streak = self._crash_streak[name] = self._crash_streak.get(name, 0) + 1 if quick else 0
+                delay = min(60.0, 2.0**streak) if quick else 0.0
+                self._restart_due[name] = due = now + delay
+                log(
+                    f"[supervisor] airflow {name} (pid {proc.pid}) exited with code {code}; "
+                    f"restarting in {delay:.0f} s. Tail of {self.log_path(name)}:\n"
+                    f"{tail(self.log_path(name), lines=15)}"
+                )
+                drain_session(proc.pid, grace=5.0)
+                if self.watchdog is not None:
+                    self.watchdog.unwatch(proc.pid)
+            if now < due:
+                continue
+            del self._restart_due[name]
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            self._spawn(name)
+            log(
+                f"[supervisor] airflow {name} restarted (pid {self.processes[name].pid}, restart #{self.restarts[name]})"
+            )
+            restarted.append(name)
+        return restarted
 
     def health(self) -> dict[str, Any]:
         """Return the JSON of ``GET /api/v2/monitor/health`` (no auth needed)."""
@@ -415,11 +471,14 @@ class LocalAirflow:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         # Kill leftovers: leaders that ignored SIGTERM and children that outlived their leader
-        # (LocalExecutor workers, log servers, task supervisors).
+        # (LocalExecutor workers, log servers, task supervisors, task runners in groups of their own).
         for proc in procs.values():
             signal_group(proc, signal.SIGKILL)
+            signal_session(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
+            if self.watchdog is not None:
+                self.watchdog.unwatch(proc.pid)
         for fh in self._log_files.values():
             fh.close()
         self._log_files = {}

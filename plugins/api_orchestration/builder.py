@@ -29,7 +29,7 @@ from api_orchestration.workflow import Call, FanOut, Step, Workflow, allowed_fai
 
 
 def _call_kwargs(wf: Workflow, call: Call) -> dict[str, Any]:
-    return {
+    kwargs = {
         "method": call.method,
         "endpoint": call.path,
         "json": call.json,
@@ -37,6 +37,9 @@ def _call_kwargs(wf: Workflow, call: Call) -> dict[str, Any]:
         "headers": call.headers,
         "http_conn_id": call.conn_id or wf.conn_id,
     }
+    if call.idempotency_key is not None:  # a business key (template); default: derived per run
+        kwargs["idempotency_key"] = call.idempotency_key
+    return kwargs
 
 
 def _policies(wf: Workflow, step: Step) -> dict[str, Any]:
@@ -161,6 +164,7 @@ def _wire_saga(wf: Workflow, dag: DAG, ends: dict[str, tuple[Any, Any]]) -> None
             continue
         undo = CompensationOperator(
             task_id=f"undo_{name}", dag=dag, undoes=name, saga_steps=steps, trigger_rule=TriggerRule.ALL_DONE,
+            compensation_retry=step.compensation_retry or wf.compensation_retry,
             **_call_kwargs(wf, step.compensate), **_policies(wf, step),
         )  # fmt: skip
         previous >> undo

@@ -230,3 +230,62 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+@dataclass(frozen=True)
+class CompensationRetry:
+    """How long a saga's compensation (``undo_<step>``) keeps trying before the saga is declared
+    NOT FULLY UNDONE: Airflow task retries with exponential backoff, so an outage of minutes (a
+    deploy, a failover) does not leave an order charged.
+
+    Try ``n`` (of ``retries + 1``) waits ``delay * multiplier**(n-1)`` to twice that (Airflow's
+    deterministic jitter), capped at ``max_delay``. The default keeps trying for 8.5 to 10.5 minutes
+    (waits 5, 10, 20, 40, 80, 120, 120, 120 s, each up to twice as long below the cap); each try
+    also retries inside the task with the step's :class:`RetryPolicy`.
+    """
+
+    retries: int = 8
+    delay: float = 5.0
+    multiplier: float = 2.0
+    max_delay: float = 120.0
+
+    def __post_init__(self) -> None:
+        o = "CompensationRetry"
+        _check(
+            o,
+            "retries",
+            self.retries,
+            isinstance(self.retries, int) and not isinstance(self.retries, bool) and 0 <= self.retries <= 100,
+            "must be an integer from 0 to 100",
+        )
+        _check(o, "delay", self.delay, _is_number(self.delay) and self.delay >= 0, "must be seconds >= 0")
+        _check(
+            o,
+            "multiplier",
+            self.multiplier,
+            _is_number(self.multiplier) and self.multiplier >= 1,
+            "must be a number >= 1 (1: a constant delay)",
+        )
+        _check(
+            o,
+            "max_delay",
+            self.max_delay,
+            _is_number(self.max_delay) and self.max_delay >= self.delay,
+            f"must be seconds >= delay ({self.delay})",
+        )
+
+    def waits(self) -> list[float]:
+        """The shortest wait before each retry, in seconds (Airflow may wait up to twice as long,
+        never more than ``max_delay``)."""
+        return [min(self.max_delay, self.delay * self.multiplier**n) for n in range(self.retries)]
+
+    def task_kwargs(self) -> dict[str, object]:
+        """``retries``, ``retry_delay``, ``retry_exponential_backoff`` and ``max_retry_delay`` for a task."""
+        from datetime import timedelta
+
+        return {
+            "retries": self.retries,
+            "retry_delay": timedelta(seconds=self.delay),
+            "retry_exponential_backoff": self.multiplier if self.multiplier != 1 else 0,
+            "max_retry_delay": timedelta(seconds=self.max_delay),
+        }

@@ -14,7 +14,8 @@ Wiring (done by :func:`api_orchestration.builder.build`)::
   if its step completed or
   may have had an effect (a timeout, a 5xx, a task killed or marked failed), and skips if the step
   provably had none (a 4xx answer, an open circuit, never started). It reuses the step's idempotency
-  key, so undoing twice is harmless, and retries like any task.
+  key, so undoing twice is harmless, and keeps trying for minutes (:class:`CompensationRetry`:
+  Airflow retries with exponential backoff), logging each failed try and when the next one is due.
 - ``saga_outcome`` is the leaf: it fails the run when the saga rolled back (so nobody mistakes a
   rolled-back order for a success) and names anything that could not be undone.
 """
@@ -24,7 +25,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
@@ -34,6 +34,7 @@ from api_orchestration import metrics
 from api_orchestration.errors import CircuitOpenError, ConfigurationError, PermanentHttpStatusError
 from api_orchestration.idempotency import task_key
 from api_orchestration.operators.http import ResilientHttpOperator
+from api_orchestration.policy import CompensationRetry
 from api_orchestration.status.sagas import record_saga_outcome
 
 logger = logging.getLogger(__name__)
@@ -73,15 +74,36 @@ def _states(context: Context, task_ids: Sequence[str]) -> dict[str, str | None]:
 
 
 class CompensationOperator(ResilientHttpOperator):
-    """Undo step ``undoes`` if the saga failed and the step may have had an effect."""
+    """Undo step ``undoes`` if the saga failed and the step may have had an effect.
+
+    ``compensation_retry`` (default :class:`CompensationRetry`: about 9 minutes) sets the task's
+    ``retries``, ``retry_delay``, ``retry_exponential_backoff`` and ``max_retry_delay``; without it,
+    explicit task arguments (or ``default_args``) win over the default.
+    """
 
     ui_color = "#fff0e6"
 
-    def __init__(self, *, undoes: str, saga_steps: Sequence[str], **kwargs: Any) -> None:
-        kwargs.setdefault("retries", 3)
-        kwargs.setdefault("retry_delay", timedelta(seconds=5))
+    def __init__(
+        self,
+        *,
+        undoes: str,
+        saga_steps: Sequence[str],
+        compensation_retry: CompensationRetry | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if compensation_retry is not None and not isinstance(compensation_retry, CompensationRetry):
+            raise ConfigurationError(
+                f"task {kwargs.get('task_id')!r}", "compensation_retry", compensation_retry,
+                "must be a CompensationRetry(retries, delay, multiplier, max_delay)",
+            )  # fmt: skip
+        for name, value in (compensation_retry or CompensationRetry()).task_kwargs().items():
+            if compensation_retry is not None:
+                kwargs[name] = value
+            else:
+                kwargs.setdefault(name, value)
         super().__init__(**kwargs)
         self.undoes, self.saga_steps = undoes, tuple(saga_steps)
+        self.compensation_retry = compensation_retry
 
     def _key(self, context: Context) -> str | None:
         if isinstance(self.idempotency_key, str) and self.idempotency_key:
@@ -102,18 +124,44 @@ class CompensationOperator(ResilientHttpOperator):
                 why = f"{record['error_type']}: no effect" if record else f"state {mine}"
                 raise AirflowSkipException(f"step {self.undoes!r} did not complete ({why}): nothing to undo")
             self.log.warning("step %r failed with an unknown effect (%s): compensating", self.undoes, record)
+        try_number, tries = context["ti"].try_number, self.retries + 1
+        if try_number > 1:
+            self.log.warning("compensation retry: undoing %r, try %d of %d", self.undoes, try_number, tries)
         self.log.info("saga failed at %s: undoing %r", failed, self.undoes)
         started = time.monotonic()
         try:
             result = super().execute(context)
-        except Exception:
-            self.log.error(
-                "COMPENSATION FAILED: could not undo step %r (try %s)", self.undoes, context["ti"].try_number
-            )
+        except Exception as exc:
             metrics.compensation(self.undoes, False, time.monotonic() - started)
+            if try_number < tries:
+                self.log.warning(
+                    "compensation of %r failed on try %d of %d (%s); retrying in %s",
+                    self.undoes, try_number, tries, exc, self._next_wait(try_number),
+                )  # fmt: skip
+            else:
+                self.log.error(
+                    "COMPENSATION FAILED: could not undo step %r after %d tries (%s)",
+                    self.undoes, try_number, exc,
+                )  # fmt: skip
             raise
         metrics.compensation(self.undoes, True, time.monotonic() - started)
         return result
+
+    def _next_wait(self, try_number: int) -> str:
+        """When Airflow retries (``TaskInstance.next_retry_datetime``): ``retry_delay *
+        multiplier**(try-1)`` to twice that, capped at ``max_retry_delay``."""
+        delay = self.retry_delay.total_seconds()
+        multiplier = self.retry_exponential_backoff or 1.0
+        low = delay * multiplier ** (try_number - 1) if multiplier != 1 else delay
+        high = 2 * low if multiplier != 1 else low
+        if self.max_retry_delay is not None:
+            cap = (
+                self.max_retry_delay.total_seconds()
+                if hasattr(self.max_retry_delay, "total_seconds")
+                else float(self.max_retry_delay)
+            )
+            low, high = min(low, cap), min(high, cap)
+        return f"{low:.0f} s" if high - low < 1 else f"{low:.0f} to {high:.0f} s (backoff)"
 
 
 class SagaOutcomeOperator(BaseOperator):

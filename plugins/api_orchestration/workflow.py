@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api_orchestration.errors import ConfigurationError, did_you_mean
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.policy import BreakerPolicy, CompensationRetry, RateLimit, RetryPolicy
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
@@ -26,7 +26,12 @@ def result(step: str, path: str = "") -> str:
 
 @dataclass(frozen=True)
 class Call:
-    """An HTTP request; every string in it is a Jinja template (conf, params, upstream results)."""
+    """An HTTP request; every string in it is a Jinja template (conf, params, upstream results).
+
+    ``idempotency_key`` (a template) makes a business id the unit of idempotency, for example
+    ``"order-{{ params.order_id }}-charge"``: the same order triggered twice sends the same key, so
+    the API acts once. Default: a key derived from the DAG, run, task and map index (per run).
+    """
 
     method: str
     path: str
@@ -34,6 +39,7 @@ class Call:
     query: dict[str, Any] | None = None
     headers: dict[str, str] | None = None
     conn_id: str | None = None
+    idempotency_key: str | None = None
 
     def __post_init__(self) -> None:
         method = str(self.method).upper()
@@ -42,6 +48,14 @@ class Call:
         object.__setattr__(self, "method", method)
         if not isinstance(self.path, str) or not self.path:
             raise ConfigurationError("Call", "path", self.path, "must be a non-empty string like /orders")
+        key = self.idempotency_key
+        if key is not None and not (isinstance(key, str) and key.strip()):
+            raise ConfigurationError(
+                "Call",
+                "idempotency_key",
+                key,
+                "must be a non-empty string (a template such as order-{{ params.order_id }}-charge) or None",
+            )
 
 
 @dataclass(frozen=True)
@@ -106,6 +120,7 @@ class Step:
     depends_on: tuple[str, ...] = ()
     when: str | None = None  # JMESPath over {"conf": ..., "params": ..., "results": {step: result}}
     compensate: Call | None = None
+    compensation_retry: CompensationRetry | None = None  # how long ``compensate`` keeps trying
     fallback: Call | None = None  # called instead when the call fails for good; the result says so
     key: str | None = None  # the limiter and breaker key (default: the connection id)
     merge: tuple[str, ...] = ()
@@ -130,6 +145,7 @@ class Workflow:
     breaker: BreakerPolicy | None = None
     timeout: float = 30.0
     output: str | None = None  # the step whose result is the workflow's final output
+    compensation_retry: CompensationRetry = field(default_factory=CompensationRetry)
 
     def step(self, name: str) -> Step:
         return next(s for s in self.steps if s.name == name)
@@ -166,6 +182,21 @@ class Workflow:
             if s.compensate and (s.fan_out or s.bulk or s.merge):
                 raise ConfigurationError(
                     where, "compensate", s.compensate, "is supported on single-call steps only", step=step
+                )
+            key = s.call.idempotency_key if s.call else None
+            if key and s.bulk:
+                raise ConfigurationError(
+                    where, "call.idempotency_key", key,
+                    "is not supported on bulk steps (each item's key is <task key>-<index>)", step=step,
+                )  # fmt: skip
+            if key and s.fan_out and "item" not in key:
+                raise ConfigurationError(
+                    where, "call.idempotency_key", key,
+                    "must use {{ item }} in a fan-out step, so each item has its own key", step=step,
+                )  # fmt: skip
+            if s.compensation_retry is not None and s.compensate is None:
+                raise ConfigurationError(
+                    where, "compensation_retry", s.compensation_retry, "needs a compensate call", step=step
                 )
             for param, refs in (("depends_on", s.depends_on), ("merge", s.merge)):
                 for ref in refs:

@@ -150,7 +150,7 @@ def _strings(call: CallSpec) -> Iterator[tuple[str, str]]:
             for i, v in enumerate(value):
                 yield from walk(v, (*path, i))
 
-    for field in ("path", "conn_id", "headers", "query", "json"):
+    for field in ("path", "conn_id", "headers", "query", "json", "idempotency_key"):
         yield from walk(getattr(call, "body" if field == "json" else field), (field,))
 
 

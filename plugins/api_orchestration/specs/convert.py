@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pendulum
 
 from api_orchestration.errors import ConfigurationError
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.policy import BreakerPolicy, CompensationRetry, RateLimit, RetryPolicy
 from api_orchestration.specs.model import CallSpec, StepSpec, WorkflowSpec
 from api_orchestration.specs.problems import Problem, shown
 from api_orchestration.workflow import Bulk, Call, FanOut, Step, Workflow
@@ -39,12 +39,16 @@ def to_workflow(spec: WorkflowSpec, dag_id: str) -> tuple[Workflow | None, list[
     retry = _policy(c, "defaults.retry", RetryPolicy, d.retry) or RetryPolicy()
     rate_limit = _policy(c, "defaults.rate_limit", RateLimit, d.rate_limit)
     breaker = _policy(c, "defaults.breaker", BreakerPolicy, d.breaker)
+    compensation_retry = (
+        _policy(c, "defaults.compensation_retry", CompensationRetry, d.compensation_retry)
+        or CompensationRetry()
+    )
     steps = [_step(c, f"steps[{i}]", s) for i, s in enumerate(spec.steps)]
     if c.problems:
         return None, c.problems
     wf = Workflow(
         dag_id, tuple(s for s in steps if s), conn_id=d.conn_id, retry=retry, rate_limit=rate_limit,
-        breaker=breaker, timeout=d.timeout, output=spec.output,
+        breaker=breaker, timeout=d.timeout, output=spec.output, compensation_retry=compensation_retry,
     )  # fmt: skip
     try:
         wf.validate()
@@ -101,7 +105,7 @@ def _call(c: _Collector, path: str, spec: CallSpec | None) -> Call | None:
         return None
     return c.make(
         path, Call, spec.method, spec.path, json=spec.body, query=spec.query, headers=spec.headers,
-        conn_id=spec.conn_id,
+        conn_id=spec.conn_id, idempotency_key=spec.idempotency_key,
     )  # fmt: skip
 
 
@@ -110,7 +114,9 @@ def _step(c: _Collector, path: str, s: StepSpec) -> Step | None:
     bulk = s.bulk and c.make(f"{path}.bulk", Bulk, **s.bulk.model_dump())
     return c.make(
         path, Step, s.name, call=_call(c, f"{path}.call", s.call), depends_on=tuple(s.depends_on), when=s.when,
-        compensate=_call(c, f"{path}.compensate", s.compensate), fallback=_call(c, f"{path}.fallback", s.fallback),
+        compensate=_call(c, f"{path}.compensate", s.compensate),
+        compensation_retry=_policy(c, f"{path}.compensation_retry", CompensationRetry, s.compensation_retry),
+        fallback=_call(c, f"{path}.fallback", s.fallback),
         key=s.key, merge=tuple(s.merge), fan_out=fan_out, bulk=bulk, output=s.output,
         retry=_policy(c, f"{path}.retry", RetryPolicy, s.retry),
         rate_limit=_policy(c, f"{path}.rate_limit", RateLimit, s.rate_limit),

@@ -90,6 +90,20 @@ class CallSpec(_Spec):
     )
     query: dict[str, Any] | None = Field(None, description="query-string parameters")
     body: Any = Field(None, alias="json", description="JSON body (any YAML value; strings are templates)")
+    idempotency_key: str | None = Field(
+        None,
+        description="Idempotency-Key template, e.g. order-{{ params.order_id }}-charge: a business id "
+        "makes the same order act once however often it is triggered (default: one key per run)",
+    )
+
+
+class CompensationRetrySpec(_Spec):
+    """How long a compensation keeps trying: Airflow task retries with exponential backoff."""
+
+    retries: int | None = Field(None, description="task retries after the first try (8)")
+    delay: float | None = Field(None, description="seconds before the first retry (5)")
+    multiplier: float | None = Field(None, description="growth of the wait per retry, >= 1 (2)")
+    max_delay: float | None = Field(None, description="cap on one wait, seconds (120)")
 
 
 class _ItemsSpec(_Spec):
@@ -125,6 +139,9 @@ class StepSpec(_Spec):
     )
     when: str | None = Field(None, description="JMESPath over conf, params and results; false skips the step")
     compensate: CallSpec | None = Field(None, description="the call that undoes this step (saga)")
+    compensation_retry: CompensationRetrySpec | None = Field(
+        None, description="how long compensate keeps trying (default: defaults.compensation_retry)"
+    )
     fallback: CallSpec | None = Field(None, description="called instead when the call fails for good")
     key: str | None = Field(None, description="limiter and breaker key (default: the connection id)")
     merge: list[str] = Field(
@@ -151,6 +168,9 @@ class DefaultsSpec(_Spec):
     rate_limit: RateLimitSpec | None = None
     breaker: BreakerSpec | None = None
     timeout: float = Field(30.0, description="read timeout, seconds")
+    compensation_retry: CompensationRetrySpec | None = Field(
+        None, description="how long compensations keep trying (default: about 9 minutes)"
+    )
 
 
 class WorkflowSpec(_Spec):
