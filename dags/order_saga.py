@@ -11,7 +11,7 @@ conf: ``{"order_id": "o-1", "amount_cents": 1250, "skus": ["SKU-1"], "address": 
 The order id is the unit of idempotency: each step sends ``Idempotency-Key: order-<order_id>-<step>``,
 so the same order triggered twice is charged, reserved and shipped once (the second run gets the
 first run's answers replayed). Params are bounded (amount 1 to 100,000,000 cents, order ids of at
-most 64 letters, digits and ``._:-``): an out-of-range value is refused when the run is triggered.
+most 64 letters, digits and ``_.:-``): an out-of-range value is refused when the run is triggered.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from airflow.sdk import Param
 from api_orchestration import BreakerPolicy, Call, RateLimit, RetryPolicy, Step, Workflow, build
 
 ORDER = "{{ params.order_id or run_id }}"
-ORDER_ID_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._:-]{0,63})?$"
+ORDER_ID_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9_.:-]{0,63})?$"
 MAX_AMOUNT_CENTS = 100_000_000  # one million in the currency: a sane bound, refused above at trigger
 # The business id as the dedup key of each step (empty order_id: the run id, so one key per run).
 KEY = "order-{{ params.order_id or run_id }}-"

@@ -159,6 +159,20 @@ def test_api_needs_airflow_credentials_and_reset_needs_op(backend, demo, server,
     )
 
 
+def _form_tokens(html: str) -> tuple[str, dict[str, str]]:
+    """The page's Refresh token and its reset tokens by breaker key."""
+    refresh = re.search(r'action="[^"]*/">\s*<input type="hidden" name="token" value="([^"]+)"', html).group(
+        1
+    )
+    resets = dict(
+        re.findall(
+            r'action="[^"]*/breakers/([^"/]+)/reset">\s*<input type="hidden" name="token" value="([^"]+)"',
+            html,
+        )
+    )
+    return refresh, resets
+
+
 def test_page_redirects_to_login_and_its_forms_carry_a_token(backend, demo, server, auth):
     make_state(backend, demo)
     anonymous = requests.get(f"{server}/", allow_redirects=False, timeout=10)
@@ -173,7 +187,8 @@ def test_page_redirects_to_login_and_its_forms_carry_a_token(backend, demo, serv
     assert f'data-next-half-open="{opened_until}"' in html
     assert re.search(r'<tr data-limiter="slow">.*?data-used="1">1 / 1<', html, re.S)
     assert re.search(r'<tr data-limiter="partner">.*?<b>paused</b> until', html, re.S)
-    token = re.search(r'name="token" value="([^"]+)"', html).group(1)
+    refresh, resets = _form_tokens(html)
+    assert set(resets) == {"payments", "users"}
 
     viewer_page = requests.get(
         f"{server}/", headers={"Authorization": f"Bearer {auth('viewer')}"}, timeout=10
@@ -184,12 +199,67 @@ def test_page_redirects_to_login_and_its_forms_carry_a_token(backend, demo, serv
     assert (
         requests.post(form, cookies={"_token": auth("admin")}, timeout=10).status_code == 401
     )  # no form token
-    after = requests.post(form, data={"token": token}, timeout=10)  # what the sandboxed iframe sends
+    after = requests.post(form, data={"token": resets["payments"]}, timeout=10)  # what the iframe sends
     assert after.status_code == 200 and "Breaker &#39;payments&#39; reset to closed by admin." in after.text
     assert '<tr data-breaker="payments" data-state="closed">' in after.text
     assert backend.breaker_status("payments")["state"] == "closed"
-    refreshed = requests.post(f"{server}/", data={"token": token}, timeout=10)
+    refreshed = requests.post(f"{server}/", data={"token": refresh}, timeout=10)
     assert refreshed.status_code == 200 and 'data-breaker="users"' in refreshed.text
+
+
+def test_form_tokens_can_only_do_what_they_were_minted_for(backend, demo, server, auth):
+    """A reset form token resets its own breaker and nothing else: not another breaker, not the
+    JSON API, not Airflow's API; it expires; a forged or altered one is refused."""
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from airflow.api_fastapi.core_api.security import resolve_user_from_token
+    from fastapi import HTTPException
+
+    from api_orchestration.status import form_token
+    from api_orchestration.status.form_token import FormAction
+
+    make_state(backend, demo)
+    refresh, resets = _form_tokens(
+        requests.get(f"{server}/", cookies={"_token": auth("admin")}, timeout=10).text
+    )
+    payments = resets["payments"]
+
+    def reset(key: str, token: str) -> int:
+        return requests.post(f"{server}/breakers/{key}/reset", data={"token": token}, timeout=10).status_code
+
+    assert reset("users", payments) == 403  # bound to the breaker it was minted for
+    assert reset("payments", refresh) == 403  # a Refresh token cannot reset
+    tampered = payments.replace(payments.split(":")[1], payments.split(":")[1][:-2] + "xx")
+    assert reset("payments", tampered) == 403
+    forged = form_token.mint(
+        SimpleAuthManagerUser(username="admin", role="admin"), FormAction.RESET, "payments"
+    )
+    forged = f"{forged.rsplit(':', 1)[0]}:{'A' * 43}"
+    assert reset("payments", forged) == 403
+    expired = form_token.mint(
+        SimpleAuthManagerUser(username="admin", role="admin"), FormAction.RESET, "payments", seconds=-1
+    )
+    assert reset("payments", expired) == 401
+    viewer_token = form_token.mint(
+        SimpleAuthManagerUser(username="vic", role="viewer"), FormAction.RESET, "payments"
+    )
+    assert reset("payments", viewer_token) == 403  # permissions are checked again on use
+    assert backend.breaker_status("payments")["state"] == "open"
+
+    # not an API credential: neither the status JSON API nor Airflow's own auth accept it
+    bearer = {"Authorization": f"Bearer {payments}"}
+    assert requests.get(f"{server}/api/status", headers=bearer, timeout=10).status_code == 403
+    assert (
+        requests.post(f"{server}/api/breakers/payments/reset", headers=bearer, timeout=10).status_code == 403
+    )
+    with pytest.raises(HTTPException) as refused:
+        import asyncio
+
+        asyncio.run(resolve_user_from_token(payments))
+    assert refused.value.status_code == 403
+    assert backend.breaker_status("payments")["state"] == "open"
+
+    assert reset("payments", payments) == 200
+    assert backend.breaker_status("payments")["state"] == "closed"
 
 
 def test_redis_snapshot_reads_only_its_own_prefix(redis_available):

@@ -12,16 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-# The embedded SQLite metadata DB under bursts (``[database] sql_alchemy_connect_args``, an import
-# path): wait up to 60 s for a lock (pysqlite's busy timeout; the default is 5 s) instead of failing
-# with "database is locked". Airflow already puts SQLite in WAL mode on every connection
-# (airflow.utils.orm_event_handlers), so readers never block the one writer.
-SQLITE_BUSY_TIMEOUT_SECONDS = 60
-SQLITE_CONNECT_ARGS: dict[str, float] = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
-_SQLITE_SETTINGS = {
-    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "devtools.airflow_env.SQLITE_CONNECT_ARGS",
-    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "devtools.airflow_env.SQLITE_CONNECT_ARGS",
-}
+from devtools.sqlite_metadata import sqlite_settings
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin"
@@ -62,7 +53,9 @@ def airflow_env(
 
     Precedence: caller's ``os.environ`` < the settings below < ``extra``. A ``None`` value in
     ``extra`` removes that variable. ``extra["PYTHONPATH"]`` replaces the computed PYTHONPATH.
-    Side effect: creates ``home`` and writes the ``admin``/``admin`` passwords file into it.
+    With a SQLite metadata DB, the settings of :func:`devtools.sqlite_metadata.sqlite_settings` are
+    added unless already set. Side effect: creates ``home`` and writes the ``admin``/``admin``
+    passwords file into it.
     """
     home = Path(home).resolve()
     home.mkdir(parents=True, exist_ok=True)
@@ -118,7 +111,7 @@ def airflow_env(
             env.pop(key, None)
         else:
             env[key] = str(value)
-    if env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite"):
-        for key, value in _SQLITE_SETTINGS.items():
+    if env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite"):  # the embedded metadata DB
+        for key, value in sqlite_settings().items():
             env.setdefault(key, value)
     return env

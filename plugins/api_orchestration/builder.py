@@ -24,7 +24,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from api_orchestration.operators.bulk import BulkHttpOperator
 from api_orchestration.operators.step import StepOperator, items_from
-from api_orchestration.saga import CompensationOperator, SagaOutcomeOperator, record_failure, saga_failed
+from api_orchestration.saga import CompensationOperator, SagaOutcomeOperator, SagaStepOperator, saga_failed
 from api_orchestration.workflow import Call, FanOut, Step, Workflow, allowed_failures
 
 
@@ -105,8 +105,8 @@ def _step_task(wf: Workflow, step: Step, dag: DAG, saga: bool) -> tuple[Any, Any
         key = f"{step.key or step.fallback.conn_id or wf.conn_id}:fallback"
         kwargs["fallback"] = {**_call_kwargs(wf, step.fallback), "breaker_key": key}
     if step.fan_out is None:
-        extra = {"on_failure_callback": record_failure} if saga else {}
-        task = StepOperator(task_id=step.name, dag=dag, **kwargs, **extra)
+        operator = SagaStepOperator if saga else StepOperator  # a saga step records its failure
+        task = operator(task_id=step.name, dag=dag, **kwargs)
         return task, task
     fan_out = step.fan_out
     if isinstance(fan_out.over, str):

@@ -8,8 +8,10 @@ Wiring (done by :func:`api_orchestration.builder.build`)::
 - ``saga_check`` (a ShortCircuitOperator) waits for every step (ALL_DONE, not ONE_FAILED: parallel
   siblings may still be running). If none failed it skips everything downstream at once, so the happy
   path launches no compensation task at all; otherwise the chain runs.
-- A failing step's ``on_failure_callback`` records what failed (step, error, try) as the XCom
-  ``saga_failure`` of that step.
+- A failing step (:class:`SagaStepOperator`) records what failed (step, error, try) as the XCom
+  ``saga_failure`` of that step, inside its own task. Not in an ``on_failure_callback``: when a task
+  dies outside its runner Airflow runs that callback in the dag-processor, and a run whose conf the
+  dag-processor cannot serialize (an integer above 2**64) crashed it.
 - Each ``undo_<step>`` (ALL_DONE, so one failed compensation does not stop the others) compensates
   if its step completed or
   may have had an effect (a timeout, a 5xx, a task killed or marked failed), and skips if the step
@@ -34,6 +36,7 @@ from api_orchestration import metrics
 from api_orchestration.errors import CircuitOpenError, ConfigurationError, PermanentHttpStatusError
 from api_orchestration.idempotency import task_key
 from api_orchestration.operators.http import ResilientHttpOperator
+from api_orchestration.operators.step import StepOperator
 from api_orchestration.policy import CompensationRetry
 from api_orchestration.status.sagas import record_saga_outcome
 
@@ -43,9 +46,10 @@ NO_EFFECT_ERRORS = (PermanentHttpStatusError, CircuitOpenError, ConfigurationErr
 RECORD_KEY = "saga_failure"
 
 
-def record_failure(context: Context) -> None:
-    """``on_failure_callback`` of saga steps: record what failed, for compensations and the outcome."""
-    ti, error = context["ti"], context.get("exception")
+def record_failure(context: Context, error: BaseException | None = None) -> None:
+    """Record what failed, for compensations and the outcome (also usable as an ``on_failure_callback``)."""
+    ti = context["ti"]
+    error = error if error is not None else context.get("exception")
     ti.xcom_push(
         key=RECORD_KEY,
         value={
@@ -56,6 +60,28 @@ def record_failure(context: Context) -> None:
             "no_effect": isinstance(error, NO_EFFECT_ERRORS),
         },
     )
+
+
+class SagaStepOperator(StepOperator):
+    """A saga's forward step: a :class:`StepOperator` that records its failure before failing."""
+
+    def execute(self, context: Context) -> Any:
+        try:
+            return super().execute(context)
+        except AirflowSkipException:
+            raise
+        except Exception as exc:
+            record_failure(context, exc)
+            raise
+
+    def execute_resume(self, context: Context, event: Any = None, attempt: int = 1) -> Any:
+        try:
+            return super().execute_resume(context, event, attempt)
+        except AirflowSkipException:
+            raise
+        except Exception as exc:
+            record_failure(context, exc)
+            raise
 
 
 def saga_failed(saga_steps: Sequence[str], **context: Any) -> bool:

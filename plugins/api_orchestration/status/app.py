@@ -9,8 +9,10 @@ needs ``PUT`` on pools (op and up).
 
 The page is rendered on the server and needs no JavaScript, because the Airflow UI shows it in a
 sandboxed iframe (scripts off, and the frame's own requests carry no cookie). Its buttons are
-forms that post a short-lived JWT minted for the signed-in user (``FORM_TOKEN_SECONDS``), which
-also makes them immune to cross-site request forgery.
+forms that post a form token (:mod:`~api_orchestration.status.form_token`): HMAC-signed, valid
+``FORM_TOKEN_SECONDS``, bound to the signed-in user and to one action (refresh the page, or reset
+one named breaker), refused by Airflow's own API. That also makes them immune to cross-site request
+forgery.
 
 Routes (relative to the mount):
 
@@ -36,11 +38,13 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from api_orchestration import metrics
 from api_orchestration.state import StateBackend, get_backend
+from api_orchestration.status import form_token
+from api_orchestration.status.form_token import FORM_TOKEN_SECONDS, FormAction
 from api_orchestration.status.views import breaker_view, collect_status, limiter_view
 
 logger = logging.getLogger(__name__)
 MOUNT = "/api-orchestration"
-FORM_TOKEN_SECONDS = 600
+__all__ = ["FORM_TOKEN_SECONDS", "MOUNT", "create_app"]
 RESOURCE = "pools"  # the auth-manager resource whose permissions guard breakers and limiters
 _templates = Environment(
     loader=FileSystemLoader(Path(__file__).with_name("templates")),
@@ -61,13 +65,10 @@ async def _user_from_request(request: Request) -> Any:
     return await get_user(request, None, await bearer_scheme(request))
 
 
-async def _user_from_form(request: Request) -> Any:
-    """The JWT posted by the page's forms (minted for the user who loaded the page)."""
-    from airflow.api_fastapi.core_api.security import resolve_user_from_token
-
+async def _user_from_form(request: Request, action: FormAction, key: str = "") -> Any:
+    """The user whose form token (minted when they loaded the page) was posted for ``action``."""
     form = await request.form()
-    token = form.get("token")
-    return await resolve_user_from_token(token if isinstance(token, str) else None)
+    return form_token.verify(form.get("token"), action, key)
 
 
 def _allowed(user: Any, method: str) -> bool:
@@ -195,18 +196,16 @@ def create_app(backend: StateBackend | Callable[[], StateBackend] | None = None)
 
     # -- the page ----------------------------------------------------------------------------------
     async def page(request: Request, user: Any, message: str = "", code: int = 200) -> HTMLResponse:
-        from airflow.api_fastapi.app import get_auth_manager
-
         _require(user, "GET")
         data = await run_in_threadpool(collect_status, store(), 20)
-        token = get_auth_manager().generate_jwt(user, expiration_time_in_seconds=FORM_TOKEN_SECONDS)
         html = _templates.get_template("status.html").render(
             **data,
             base=request.scope.get("root_path", "") or MOUNT,
             quote=lambda k: quote(k, safe=""),
             user=_username(user),
             can_reset=_allowed(user, "PUT"),
-            token=token,
+            token=form_token.mint(user, FormAction.VIEW),
+            reset_token=lambda key: form_token.mint(user, FormAction.RESET, key),
             message=message,
         )
         return HTMLResponse(html, status_code=code, headers={"Cache-Control": "no-store"})
@@ -226,11 +225,11 @@ def create_app(backend: StateBackend | Callable[[], StateBackend] | None = None)
 
     @app.post("/", response_class=HTMLResponse)
     async def page_refresh(request: Request) -> HTMLResponse:
-        return await page(request, await page_user(_user_from_form(request)))
+        return await page(request, await page_user(_user_from_form(request, FormAction.VIEW)))
 
     @app.post("/breakers/{key:path}/reset", response_class=HTMLResponse)
     async def page_reset(key: str, request: Request) -> HTMLResponse:
-        user = await _user_from_form(request)  # 401/403 without the page's token
+        user = await _user_from_form(request, FormAction.RESET, key)  # 401/403 without its form token
         _require(user, "PUT")
         await run_in_threadpool(_reset, key, user)
         return await page(request, user, message=f"Breaker {key!r} reset to closed by {_username(user)}.")
