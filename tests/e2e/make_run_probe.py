@@ -101,9 +101,15 @@ class Burst:
 
 
 def trigger_burst(
-    client: AirflowRestClient, dag_id: str, runs: int, conf_of, prefix: str, workers: int = 8
+    client: AirflowRestClient, dag_id: str, runs: int, conf_of, prefix: str, workers: int = 1
 ) -> Burst:
-    """Trigger ``runs`` runs as fast as ``workers`` threads can; count HTTP answers."""
+    """Trigger ``runs`` runs back to back (``workers`` at a time); count HTTP answers.
+
+    One at a time by default, like a script or a webhook relay. On the embedded SQLite, concurrent
+    mutating REST calls can still wait on each other for the whole busy timeout: Airflow's audit log
+    (``action_logging``, an async dependency) writes with a blocking session on the api-server's
+    event loop, while another request's thread holds the write lock until its session's teardown,
+    which needs that loop. Use PostgreSQL for concurrent API clients."""
     burst = Burst()
     token = client.token()
 
@@ -168,6 +174,7 @@ def main() -> None:
     parser.add_argument("--base-url", default="http://localhost:8080")
     parser.add_argument("--dag", default="order_saga")
     parser.add_argument("--settle", type=float, default=1800)
+    parser.add_argument("--workers", type=int, default=1, help="concurrent trigger requests")
     args = parser.parse_args()
     client = AirflowRestClient(args.base_url, "admin", "admin")
     client.unpause(args.dag)
@@ -178,6 +185,7 @@ def main() -> None:
         args.runs,
         lambda i: {"order_id": f"{prefix}{i}", "skus": ["OUT-OF-STOCK"] if i % 4 == 0 else ["SKU-1"]},
         prefix,
+        workers=args.workers,
     )
     print(burst.summary(), flush=True)
     settle(client, args.dag, burst, prefix, args.settle)

@@ -254,6 +254,13 @@ def test_status_page_in_a_headless_browser(airflow, demo_server, store, saga_run
 
         # reset from the page (a form posting the page's short-lived token, as inside the frame)
         browser.open(f"{airflow.base_url}/api-orchestration/")
+        form_token = browser.evaluate("document.querySelector('[data-reset=\"payments\"]').form.token.value")
+        assert form_token.startswith("apiorch-form:")  # a reset-only form token, not an API token
+        bearer = {"Authorization": f"Bearer {form_token}"}
+        for path in ("/api/v2/dags", "/api/v2/pools", "/api-orchestration/api/status"):
+            refused = requests.get(f"{airflow.base_url}{path}", headers=bearer, timeout=10)
+            assert refused.status_code in (401, 403), (path, refused.status_code)
+        assert store.breaker_status("payments")["state"] == "open"
         browser.click_and_wait('[data-reset="payments"]')
         browser.screenshot(ARTIFACTS / "ui-status-after-reset.png")
         assert browser.evaluate("document.getElementById('message').innerText") == (
