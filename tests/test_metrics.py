@@ -88,11 +88,7 @@ def test_calls_send_statsd_metrics(demo, tmp_path):
 
     assert count("api_orchestration.call.ok.flaky") == 1
     assert count("api_orchestration.call.retry.flaky") == 1
-    attempts = [
-        line
-        for line in lines
-        if line.startswith("airflow.api_orchestration.call.attempt.flaky:")
-    ]
+    attempts = [line for line in lines if line.startswith("airflow.api_orchestration.call.attempt.flaky:")]
     assert len(attempts) == 2 and all(re.fullmatch(r".*:\d+\.\d+\|ms", a) for a in attempts), attempts
     waits = [float(line.split(":")[1].split("|")[0]) for line in lines if ".limiter.wait.slow:" in line]
     assert len(waits) == 1 and 150 < waits[0] < 260, lines  # ms: one slot of 1.02 s / 5

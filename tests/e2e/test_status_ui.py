@@ -203,12 +203,8 @@ def test_the_worker_records_the_saga_outcome_and_sends_metrics(airflow, saga_run
         line.startswith("airflow.api_orchestration.compensation.duration.charge_payment:")
         for line in statsd.lines
     )
-    assert (
-        statsd.count("airflow.api_orchestration.call.ok.payments") == 2
-    )  # the charge and the refund
-    assert (
-        statsd.count("airflow.api_orchestration.call.failed.inventory") == 1
-    )  # 409, not retried
+    assert statsd.count("airflow.api_orchestration.call.ok.payments") == 2  # the charge and the refund
+    assert statsd.count("airflow.api_orchestration.call.failed.inventory") == 1  # 409, not retried
 
 
 def test_status_page_in_a_headless_browser(airflow, demo_server, store, saga_run):
