@@ -122,7 +122,7 @@ class Step:
 
 @dataclass(frozen=True)
 class Workflow:
-    """A named set of steps and defaults; :meth:`validate` checks it, ``builder.build`` renders it."""
+    """A named set of steps and defaults; :meth:`validate` checks it, ``workflows.build.build`` renders it."""
 
     name: str
     steps: tuple[Step, ...]
