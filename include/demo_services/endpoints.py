@@ -44,9 +44,18 @@ def echo(request: Request, state: DemoState) -> Response:
 
 
 def status(request: Request, state: DemoState) -> Response:
-    """Answer the status code from the path; 429/503 carry ``?retry_after`` verbatim."""
+    """Answer the status code from the path; 429/503 carry ``?retry_after`` verbatim.
+
+    ``?detail_bytes=N`` adds a ``detail`` of N characters (for clients that truncate error bodies).
+    """
     code = _status_code(request.params["code"], "status code")
-    return Response(code, {"status": code}, _retry_after(code, request.query.get("retry_after")))
+    body: dict[str, object] = {"status": code}
+    detail_bytes = request.int_query("detail_bytes", 0, minimum=0)
+    if detail_bytes:
+        body["detail"] = ("the server explains the error at length. " * (detail_bytes // 41 + 1))[
+            :detail_bytes
+        ]
+    return Response(code, body, _retry_after(code, request.query.get("retry_after")))
 
 
 def delay(request: Request, state: DemoState) -> Response:
