@@ -55,6 +55,12 @@ from api_orchestration.resilience.ratelimit_headers import (
 NOW = 1_800_000_000.0  # a fixed clock (2027-01-15)
 
 
+def early_in_window(seconds: int, need: float) -> None:
+    """Wait until at least ``need`` seconds remain in the current fixed window of ``seconds`` (windows align to the epoch)."""
+    while seconds - time.time() % seconds < need:
+        time.sleep(0.02)
+
+
 # --- rate-limit headers: plain inputs ---------------------------------------------------------
 
 
@@ -102,8 +108,15 @@ def test_a_throttle_without_timing_waits_the_default_minute() -> None:
     pause = pause_for(info, now=NOW)
     assert (pause.seconds, pause.reason) == (60.0, PauseReason.THROTTLED)
     assert pause_for(info, now=NOW, default_wait=5).seconds == 5.0
-    forbidden = parse_rate_limit({}, status=403, now=NOW)  # a plain permission error is no rate limit
-    assert not is_rate_limited(forbidden) and not pause_for(forbidden, now=NOW)
+    forbidden = parse_rate_limit({}, status=403, now=NOW, body='{"message": "Resource not accessible"}')
+    assert not is_rate_limited(forbidden) and not pause_for(forbidden, now=NOW)  # a plain permission error
+    secondary = parse_rate_limit(
+        {"x-ratelimit-remaining": "4000"},
+        status=403,
+        now=NOW,
+        body='{"message": "You have exceeded a secondary rate limit"}',
+    )
+    assert is_rate_limited(secondary) and pause_for(secondary, now=NOW).reason is PauseReason.THROTTLED
 
 
 def test_ietf_structured_fields_with_two_windows() -> None:
@@ -528,6 +541,8 @@ def test_rate_limit_headers_of_the_demo(demo) -> None:
         ],
     }
     requests.post(f"{demo.url}/admin/ratelimits", json=policy, timeout=5).raise_for_status()
+    early_in_window(3600, 5)
+    early_in_window(1, 0.6)
     with requests.Session() as session:
         answers = [session.get(f"{demo.url}/limits/ietf/acme/x", timeout=5) for _ in range(3)]
         time.sleep(1.05)

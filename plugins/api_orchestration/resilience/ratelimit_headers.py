@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
+from typing import Any
 
 EPOCH_THRESHOLD = 1_000_000_000  # a reset value above this is an epoch time, below it seconds from now
 DEFAULT_WAIT_SECONDS = 60.0  # GitHub: "wait at least one minute" when no header says how long
@@ -79,6 +80,7 @@ class RateLimitInfo:
     resource: str | None = None
     retry_after_at: float | None = None  # absolute epoch from Retry-After
     status: int | None = None
+    body_says_rate_limit: bool = False  # the error body mentions a rate limit (GitHub's secondary 403s)
 
     @property
     def tightest(self) -> QuotaWindow | None:
@@ -329,33 +331,52 @@ def _shopify(h: _Headers) -> QuotaWindow | None:
     return QuotaWindow("shopify", limit, None, max(limit - used, 0), None)
 
 
+_RATE_LIMIT_WORDS = re.compile(r"rate[ _-]?limit|too many requests|throttl", re.IGNORECASE)
+
+
 def parse_rate_limit(
-    headers: Mapping[str, str], *, status: int | None = None, now: float | None = None
+    headers: Mapping[str, str],
+    *,
+    status: int | None = None,
+    now: float | None = None,
+    body: str | None = None,
 ) -> RateLimitInfo:
-    """The rate-limit state ``headers`` announce (``style`` NONE when they announce nothing)."""
+    """The rate-limit state ``headers`` announce (``style`` NONE when they announce nothing).
+
+    ``body`` (the start of an error body, optional) lets a 403 that only *says* it is a rate limit
+    (GitHub's secondary limit without ``retry-after``) count as one."""
     now = time.time() if now is None else now
     h = _Headers(headers)
+    says = bool(body and status is not None and status >= 400 and _RATE_LIMIT_WORDS.search(body))
     retry_after_at = parse_retry_after(h.get("retry-after"), now)
+    common: dict[str, Any] = {
+        "retry_after_at": retry_after_at,
+        "status": status,
+        "body_says_rate_limit": says,
+    }
     ietf = _ietf(h, now)
     if ietf is not None:
         style, windows = ietf
-        return RateLimitInfo(style, windows, retry_after_at=retry_after_at, status=status)
+        return RateLimitInfo(style, windows, **common)
     x = _x_ratelimit(h, now)
     if x is not None:
         window, used, resource = x
-        return RateLimitInfo(HeaderStyle.X_RATELIMIT, (window,), used, resource, retry_after_at, status)
+        return RateLimitInfo(HeaderStyle.X_RATELIMIT, (window,), used, resource, **common)
     shopify = _shopify(h)
     if shopify is not None:
-        return RateLimitInfo(HeaderStyle.SHOPIFY, (shopify,), retry_after_at=retry_after_at, status=status)
-    return RateLimitInfo(HeaderStyle.NONE, retry_after_at=retry_after_at, status=status)
+        return RateLimitInfo(HeaderStyle.SHOPIFY, (shopify,), **common)
+    return RateLimitInfo(HeaderStyle.NONE, **common)
 
 
 def is_rate_limited(info: RateLimitInfo) -> bool:
-    """Was this answer a refusal for rate limiting? A 429; or a 403 with ``Retry-After`` or an exhausted
-    window (GitHub's primary and secondary limits). A 403 without either is a plain permission error."""
+    """Was this answer a refusal for rate limiting? A 429; or a 403 with ``Retry-After``, an exhausted
+    window or a body that says so (GitHub's primary and secondary limits). Any other 403 is a plain
+    permission error."""
     if info.status == 429:
         return True
-    return info.status == 403 and (info.retry_after_at is not None or info.exhausted)
+    return info.status == 403 and (
+        info.retry_after_at is not None or info.exhausted or info.body_says_rate_limit
+    )
 
 
 def pause_for(
