@@ -379,6 +379,12 @@ def test_keys_are_account_wide_and_a_reuse_with_other_parameters_is_rejected(api
     # a compensation with its own key works
     undo = api.post("/payments/refunds", {"order_id": "o-1"}, key="same:compensate")
     assert undo.status_code == 201 and order_totals(api, "o-1")["net_cents"] == 0
+    keys = api.get("/admin/idempotency").json()["keys"]
+    assert [(k["account"], k["key"], k["request"], k["status"]) for k in keys] == [
+        ("inventory", "same", "POST /inventory/reservations", 201),
+        ("payments", "same", "POST /payments/charges", 201),
+        ("payments", "same:compensate", "POST /payments/refunds", 201),
+    ]
 
 
 def test_json_parameters_are_compared_by_value(api: Api) -> None:

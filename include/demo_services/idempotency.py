@@ -13,7 +13,7 @@
   ``idempotency_error`` (Stripe's choice; the IETF draft says 422) and is not saved.
 - A request arriving while the first with its key is still **in flight** answers **409**
   ``idempotency_key_in_use``, not saved: retry it later.
-- Saved keys are pruned after ``KEY_TTL_SECONDS`` (24 h). Only POST honours keys: the wrapper is
+- ``GET /admin/idempotency`` lists the live keys. Saved keys are pruned after ``KEY_TTL_SECONDS`` (24 h). Only POST honours keys: the wrapper is
   used on POST routes, and a key sent on GET or DELETE elsewhere has no effect.
 """
 
@@ -28,7 +28,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from demo_services.routing import ApiError, Handler, Request, Response
+from demo_services.routing import ApiError, Handler, Request, Response, Route
 from demo_services.state import DemoState
 
 REPLAY_HEADER = "Idempotent-Replayed"
@@ -161,3 +161,13 @@ def idempotent(handler: Handler) -> Handler:
         return response
 
     return wrapper
+
+
+def admin_idempotency(request: Request, state: DemoState) -> Response:
+    """``GET /admin/idempotency``: every live key with its account, first request and saved status."""
+    return Response(200, {"keys": state.extension(IdempotencyStore).listing()})
+
+
+ADMIN_ROUTES: tuple[Route, ...] = (
+    Route("/admin/idempotency", admin_idempotency, frozenset({"GET"}), record=False),
+)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from demo_services import (
     exports,
+    idempotency,
     inventory,
     notifications,
     oauth,
@@ -35,6 +36,7 @@ ADMIN_ROUTES: tuple[Route, ...] = (
     Route("/admin/faults", admin_clear_faults, DELETE, record=False),
     *notifications.ADMIN_ROUTES,
     *users.ADMIN_ROUTES,
+    *idempotency.ADMIN_ROUTES,
     *oauth.ADMIN_ROUTES,
     *ratelimits.ADMIN_ROUTES,
     *exports.ADMIN_ROUTES,
