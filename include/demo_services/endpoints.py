@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import time
+from http import HTTPStatus
 
 from demo_services import participants
 from demo_services.routing import ApiError, Request, Response, Route, Router
@@ -17,6 +18,7 @@ from demo_services.state import DemoState
 
 MAX_DELAY = 30.0
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
+_PHRASES = frozenset(s.value for s in HTTPStatus)
 _TRUE = frozenset({"1", "true", "yes", "on"})
 GET = frozenset({"GET"})
 POST = frozenset({"POST"})
@@ -44,9 +46,22 @@ def echo(request: Request, state: DemoState) -> Response:
 
 
 def status(request: Request, state: DemoState) -> Response:
-    """Answer the status code from the path; 429/503 carry ``?retry_after`` verbatim."""
+    """Answer the status code from the path; 429/503 carry ``?retry_after`` verbatim.
+
+    Error statuses answer ``{"status", "error", "detail"}``; ``?detail_bytes=N`` makes ``detail`` N
+    characters long (for clients that truncate error bodies).
+    """
     code = _status_code(request.params["code"], "status code")
-    return Response(code, {"status": code}, _retry_after(code, request.query.get("retry_after")))
+    body: dict[str, object] = {"status": code}
+    if code >= 400:
+        body["error"] = HTTPStatus(code).phrase if code in _PHRASES else "error"
+        body["detail"] = f"the demo API answered {code} because /status/{code} was requested"
+    detail_bytes = request.int_query("detail_bytes", 0, minimum=0)
+    if detail_bytes and code >= 400:
+        body["detail"] = ("the server explains the error at length. " * (detail_bytes // 41 + 1))[
+            :detail_bytes
+        ]
+    return Response(code, body, _retry_after(code, request.query.get("retry_after")))
 
 
 def delay(request: Request, state: DemoState) -> Response:
