@@ -62,6 +62,9 @@ class StateBackendError(ApiOrchestrationError):
     """The shared state store failed; the call is refused rather than let through unguarded."""
 
     def __init__(self, url: str, operation: str, cause: BaseException | str) -> None:
+        from api_orchestration.redact import redact_url  # the URL is shown: no password in it
+
+        url = redact_url(url)
         self.url, self.operation, self.cause = url, operation, cause
         super().__init__(
             f"state backend {url} failed during {operation}: {cause}. "

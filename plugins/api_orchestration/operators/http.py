@@ -16,7 +16,14 @@ from api_orchestration.call import DeferralNeeded, Guard, ResilientCaller
 from api_orchestration.errors import ConfigurationError, ResponseCheckError
 from api_orchestration.idempotency import DEFAULT_HEADER, task_key
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
-from api_orchestration.redact import redact_url
+from api_orchestration.redact import (
+    connection_secrets,
+    mask_secrets,
+    redact_url,
+    register_secrets,
+    request_secrets,
+)
+from api_orchestration.rendering import SandboxedTemplates
 from api_orchestration.state import get_backend
 from api_orchestration.templating import UpstreamResults
 
@@ -39,7 +46,7 @@ def _check_type(owner: str, param: str, value: Any, types: type | tuple[type, ..
         raise ConfigurationError(owner, param, value, expected)
 
 
-class ResilientHttpOperator(BaseOperator):
+class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
     """Call an HTTP API through an Airflow HTTP Connection, guarded by a shared rate limiter and
     circuit breaker, with in-task retries (exponential backoff, full jitter, ``Retry-After``) and an
     idempotency key that is the same for every retry of the task instance.
@@ -62,6 +69,10 @@ class ResilientHttpOperator(BaseOperator):
     :param response_check: ``f(response) -> bool``; False fails the task.
     :param response_filter: ``f(response) -> value`` pushed to XCom (default: JSON or text).
     :param state_url: override ``[api_orchestration] state_url`` for this task.
+
+    Templates render in a sandbox (:mod:`api_orchestration.rendering`); with native rendering a
+    template that is one expression keeps its value's type. Secret-looking request values and the
+    connection's credentials are masked in logs, rendered fields and the XCom value.
     """
 
     template_fields: Sequence[str] = (
@@ -172,12 +183,13 @@ class ResilientHttpOperator(BaseOperator):
             session, guard, timeout=self.timeout, send_options=hook.merged_extra, log=self.log
         )
 
-    def _do_render_template_fields(
-        self, parent: Any, template_fields: Any, context: Context, *args: Any, **kwargs: Any
-    ) -> None:
+    def before_rendering(self, context: Context) -> None:
         # ``{{ results.<step> }}``: upstream results, pulled only when a template reads them
         context.setdefault("results", UpstreamResults(context["ti"]))  # type: ignore[typeddict-item]
-        super()._do_render_template_fields(parent, template_fields, context, *args, **kwargs)
+
+    def after_rendering(self, context: Context) -> None:
+        # masked in the rendered fields Airflow stores next, and in logs from now on
+        register_secrets(request_secrets(self.endpoint, self.query, self.headers, self.json))
 
     # -- execution ------------------------------------------------------------------------------
     def execute(self, context: Context) -> Any:
@@ -190,6 +202,7 @@ class ResilientHttpOperator(BaseOperator):
 
     def _run(self, context: Context, first_attempt: int) -> Any:
         hook = HttpHook(method=self.method, http_conn_id=self.http_conn_id, auth_type=self.auth_type)
+        register_secrets(connection_secrets(hook.get_connection(self.http_conn_id)))
         caller = self._caller(hook)
         try:
             response = caller.call(
@@ -220,4 +233,5 @@ class ResilientHttpOperator(BaseOperator):
                 method=self.method,
                 url=redact_url(self.endpoint),
             )
-        return (self.response_filter or default_response_filter)(response)
+        # an echoed credential never reaches XCom: the connection's and the request's are masked
+        return mask_secrets((self.response_filter or default_response_filter)(response))

@@ -68,12 +68,10 @@ class StepOperator(ResilientHttpOperator):
         )
         self._when = jmespath.compile(when) if when else None
 
-    def _do_render_template_fields(
-        self, parent: Any, template_fields: Any, context: Context, *args: Any, **kwargs: Any
-    ) -> None:
+    def before_rendering(self, context: Context) -> None:
         # both paths (plain and mapped tasks) render through here; a mapped task's item is set by now
         context["item"] = self.item  # type: ignore[typeddict-unknown-key]
-        super()._do_render_template_fields(parent, template_fields, context, *args, **kwargs)
+        super().before_rendering(context)
 
     def execute(self, context: Context) -> Any:
         if self._when is not None and not self._when.search(step_inputs(context, self.inputs)):

@@ -16,6 +16,7 @@ import redis
 from api_orchestration import breaker as brk
 from api_orchestration.errors import StateBackendError
 from api_orchestration.policy import BreakerPolicy, RateLimit
+from api_orchestration.redact import redact_url
 from api_orchestration.state import redis_scripts
 from api_orchestration.state.base import Admission, Batch, StateBackend, Transition, Verdict
 
@@ -71,11 +72,8 @@ class RedisBackend(StateBackend):
 
     @property
     def safe_url(self) -> str:
-        parts = urlsplit(self.url)
-        netloc = parts.hostname or ""
-        if parts.port:
-            netloc += f":{parts.port}"
-        return urlunsplit(parts._replace(netloc=netloc))
+        """The URL without user-info and with ``?password=`` (and other secret-looking values) masked."""
+        return redact_url(self.url)
 
     # -- admissions: one call, or a batch of calls, per script call ------------------------------
     def admit_many(

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from api_orchestration import ratelimit as rl
+from api_orchestration.redact import redact_url
 from api_orchestration.state.base import StateBackend
 
 _LIMITER_FIELDS = [f.name for f in fields(rl.LimiterRecord)]
@@ -112,15 +112,8 @@ def limiter_view(key: str, raw: dict[str, Any], now: float) -> dict[str, Any]:
 
 
 def redact_state_url(url: str) -> str:
-    """The state URL without a password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    netloc = f"{parts.username or ''}:***@{netloc}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The state URL without user-info and with secret-looking query values (``password``) masked."""
+    return redact_url(url)
 
 
 def collect_status(backend: StateBackend, sagas: int = 20) -> dict[str, Any]:
