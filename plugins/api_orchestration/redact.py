@@ -26,6 +26,9 @@ CREDENTIAL_NAME = re.compile(
     r"private[-_]?key|client[-_]?secret|cookie|session|credentials?|signature)($|[-_])",
     re.IGNORECASE,
 )
+# query parameters whose value is registered as a secret (narrower than SECRET_PARAM, which only
+# masks URLs in log lines: registering ``?sort_key=updated_at`` would mask "updated_at" everywhere)
+_SECRET_QUERY_NAMES = frozenset({"key", "sig", "code"})
 _AUTH_SCHEME = re.compile(r"^\s*(bearer|basic|token|digest)\s+(\S+)\s*$", re.IGNORECASE)
 
 
@@ -62,16 +65,18 @@ def _credentials_in(value: Any) -> Iterator[str]:
             yield from _credentials_in(v)
 
 
+def _is_secret_query(name: str) -> bool:
+    return bool(CREDENTIAL_NAME.search(name)) or name.lower() in _SECRET_QUERY_NAMES
+
+
 def request_secrets(endpoint: Any, query: Any = None, headers: Any = None, body: Any = None) -> list[str]:
     """Secret-looking values of a request: query values named like secrets (in the endpoint's query
     string or ``query``), credential headers and body fields named like credentials."""
     found: list[str] = []
     if isinstance(endpoint, str) and "?" in endpoint:
-        found += [v for k, v in parse_qsl(urlsplit(endpoint).query) if SECRET_PARAM.search(k)]
+        found += [v for k, v in parse_qsl(urlsplit(endpoint).query) if _is_secret_query(k)]
     if isinstance(query, dict):
-        found += [
-            str(v) for k, v in query.items() if SECRET_PARAM.search(str(k)) and isinstance(v, str | int)
-        ]
+        found += [str(v) for k, v in query.items() if _is_secret_query(str(k)) and isinstance(v, str | int)]
     found += _credentials_in(headers)
     found += _credentials_in(body)
     return found

@@ -11,6 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from api_orchestration.errors import CircuitOpenError, HttpCallError
 from api_orchestration.operators.http import ResilientHttpOperator, default_response_filter
+from api_orchestration.redact import register_secrets, request_secrets
 
 
 def step_inputs(context: Context, steps: Sequence[str]) -> dict[str, Any]:
@@ -72,6 +73,14 @@ class StepOperator(ResilientHttpOperator):
         # both paths (plain and mapped tasks) render through here; a mapped task's item is set by now
         context["item"] = self.item  # type: ignore[typeddict-unknown-key]
         super().before_rendering(context)
+
+    def after_rendering(self, context: Context) -> None:
+        super().after_rendering(context)
+        if self.fallback:
+            fb = self.fallback
+            register_secrets(
+                request_secrets(fb.get("endpoint"), fb.get("query"), fb.get("headers"), fb.get("json"))
+            )
 
     def execute(self, context: Context) -> Any:
         if self._when is not None and not self._when.search(step_inputs(context, self.inputs)):
