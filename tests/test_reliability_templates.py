@@ -468,7 +468,6 @@ def test_secret_query_values_are_masked_in_rendered_fields_but_sent(demo):
 def test_state_urls_are_redacted_in_errors_and_on_the_status_page():
     from api_orchestration import ConfigurationError, StateBackendError
     from api_orchestration.state import backend_for_url
-    from api_orchestration.status.views import redact_state_url
 
     url = "redis://:hunter2-pass@127.0.0.1:1/0?password=hunter2-pass&prefix=rel:"
     backend = backend_for_url(url)
@@ -477,12 +476,36 @@ def test_state_urls_are_redacted_in_errors_and_on_the_status_page():
     shown = str(caught.value)
     assert "hunter2" not in shown and "password=***" in shown and "127.0.0.1:1" in shown, shown
     assert "hunter2" not in caught.value.url
+    # what the status page and its API show (collect_status: "state_url": backend.safe_url)
     for raw in (url, "redis://user:hunter2-pass@redis:6379/1", "rediss://redis/1?password=hunter2-pass"):
-        assert "hunter2" not in redact_state_url(raw), redact_state_url(raw)
-    assert redact_state_url("redis://redis:6379/1?prefix=apiorch:") == "redis://redis:6379/1?prefix=apiorch:"
+        assert "hunter2" not in backend_for_url(raw).safe_url, backend_for_url(raw).safe_url
+    assert (
+        backend_for_url("redis://redis:6379/1?prefix=apiorch:").safe_url
+        == "redis://redis:6379/1?prefix=apiorch:"
+    )
+    # and an error built from a raw URL anywhere else
+    assert "hunter2" not in str(StateBackendError(url, "admit", "refused"))
     with pytest.raises(ConfigurationError) as bad:
         backend_for_url("mongodb://u:hunter2-pass@h/?password=hunter2-pass")
     assert "hunter2" not in str(bad.value)
+
+
+@pytest.mark.parametrize("dag_id", ["order_saga", "order_saga_spec"])
+def test_the_order_saga_keeps_ids_and_statuses_in_xcom_not_order_data(demo, dag_id):
+    from airflow.dag_processing.dagbag import DagBag
+
+    address = f"{uuid.uuid4().hex[:8]} Secret Lane"
+    conf = {"order_id": f"o-{dag_id}", "amount_cents": 1250, "skus": ["SKU-1"], "address": address}
+    run = DagBag().get_dag(dag_id).test(run_conf=conf)
+    assert run.state == "success", _states(run)
+    assert _xcom(run, "charge_payment") == {
+        "charge_id": _xcom(run, "charge_payment")["charge_id"],
+        "status": "charged",
+    }
+    assert _xcom(run, "reserve_inventory")["status"] == "reserved"
+    assert set(_xcom(run, "create_shipment")) == {"shipment_id", "status"}
+    stored = json.dumps([_xcom(run, t) for t in ("charge_payment", "reserve_inventory", "create_shipment")])
+    assert address not in stored and "SKU-1" not in stored
 
 
 # -- compat contract: the private Airflow parts api_orchestration.compat relies on ---------------
@@ -509,14 +532,14 @@ def test_compat_the_masker_pattern_masks_registered_secrets_by_value():
 
 def test_compat_every_field_renders_through_the_hook_with_the_runner_environment_replaced():
     """Airflow's task runner passes the DAG's environment (native: not sandboxed); plain and mapped
-    tasks both render through ``_do_render_template_fields``, which RenderHooks intercepts."""
+    tasks both render through ``_do_render_template_fields``, which TemplateContextMixin intercepts."""
     from airflow.sdk import DAG, BaseOperator
 
-    from api_orchestration.compat import RenderHooks
+    from api_orchestration.compat import TemplateContextMixin
 
     seen: list[tuple[str, str]] = []
 
-    class Probe(RenderHooks, BaseOperator):
+    class Probe(TemplateContextMixin, BaseOperator):
         template_fields = ("value",)
 
         def __init__(self, value, **kw):
@@ -528,7 +551,7 @@ def test_compat_every_field_renders_through_the_hook_with_the_runner_environment
 
             return jinja2.sandbox.SandboxedEnvironment()
 
-        def before_rendering(self, context):
+        def template_context(self, context):
             seen.append(("before", self.task_id))
 
         def render_template(self, content, context, jinja_env=None, seen_oids=None):

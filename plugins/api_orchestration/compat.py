@@ -1,24 +1,56 @@
-"""Every use of a private part of Airflow, in one place.
+"""The one place that touches other libraries' private parts. Each has a contract test
+(tests/test_compat.py; the template and masker ones: ``test_compat_*`` in
+tests/test_reliability_templates.py) that fails loudly when an upgrade changes it.
 
-Each item below is checked by a contract test (``tests/test_reliability_templates.py``, the
-``test_compat_*`` tests) that fails loudly when an Airflow upgrade changes it:
-
-- ``airflow.sdk.definitions._internal.templater.FILTERS``: Airflow's template filters (``ds``, ``ts``,
-  ...), so our sandboxed environment offers the same filters as Airflow's own.
-- ``Templater._do_render_template_fields(parent, template_fields, context, jinja_env, seen_oids)``:
-  the one method both a plain task (``BaseOperator.render_template_fields``) and a mapped one
-  (``MappedOperator.render_template_fields``, on the unmapped task) render their fields through,
-  with the environment the task runner passes in (the DAG's: *not* sandboxed when the DAG renders
-  native objects). :class:`RenderHooks` replaces that environment with the operator's own and
-  runs hooks before and after rendering.
-- ``SecretsMasker.replacer``: the compiled pattern of every secret registered with
-  ``airflow.sdk.log.mask_secret`` (connection passwords, sensitive Variables, what we register), so
-  an XCom value can be masked by value exactly as log lines are.
+- Airflow ``BaseOperator._do_render_template_fields(parent, template_fields, context, jinja_env,
+  seen_oids)``: the one method every templated field of a task is rendered through, plain
+  (``BaseOperator.render_template_fields``) or mapped (``MappedOperator.render_template_fields``, on
+  the unmapped task), with the environment the task runner passes in: the DAG's, which is *not*
+  sandboxed when the DAG renders native objects. :class:`TemplateContextMixin` adds variables
+  there, renders with the operator's own ``get_template_env()`` instead, and calls
+  ``after_rendering`` before Airflow stores the rendered fields.
+- Airflow ``airflow.sdk.definitions._internal.templater.FILTERS``: Airflow's template filters
+  (``ds``, ``ts``, ...), so our sandboxed environment offers the same ones.
+- Airflow's secrets masker ``SecretsMasker.replacer`` (``airflow.sdk._shared.secrets_masker``): the
+  compiled pattern of every secret registered with ``airflow.sdk.log.mask_secret``, so an XCom value
+  is masked by value exactly as log lines are.
+- providers-http ``HttpHook.merged_extra``: the connection's extras as the hook merged them
+  (``allow_redirects`` and friends), read after ``get_conn``.
+- providers-http ``HttpAsyncHook.aget_connection``: overridden so ``config()`` (base URL,
+  credentials, headers, options read from the connection) runs in a plain event loop of a task.
+- aiohttp ``ClientSession._retry_connection``: off, so aiohttp never silently re-sends an admitted
+  request on a dropped keep-alive connection (aiohttp's own test client sets it the same way).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+import aiohttp
+from airflow.providers.http.hooks.http import HttpAsyncHook, HttpHook
+
+
+class TemplateContextMixin:
+    """Operators that add variables to their templates' context define ``template_context(context)``;
+    ``after_rendering(context)`` sees the rendered fields; every field renders in the operator's
+    ``get_template_env()``, whatever environment Airflow passes in."""
+
+    def template_context(self, context: Any) -> None:
+        """Add variables to ``context`` before the templated fields are rendered."""
+
+    def after_rendering(self, context: Any) -> None:
+        """Look at the rendered fields (before Airflow stores them as the task's rendered fields)."""
+
+    def _do_render_template_fields(
+        self, parent: Any, template_fields: Any, context: Any, jinja_env: Any, seen_oids: set[int]
+    ) -> None:
+        if parent is self:
+            self.template_context(context)
+        own_env = self.get_template_env()  # type: ignore[attr-defined]
+        super()._do_render_template_fields(parent, template_fields, context, own_env, seen_oids)  # type: ignore[misc]
+        if parent is self:
+            self.after_rendering(context)
 
 
 def airflow_template_filters() -> dict[str, Any]:
@@ -37,23 +69,24 @@ def mask_registered_secrets(text: str) -> str:
     return replacer.sub("***", text) if replacer is not None else text
 
 
-class RenderHooks:
-    """Mixin for operators: render every templated field with ``self.get_template_env()``, whatever
-    environment Airflow passes in, and call ``before_rendering(context)`` / ``after_rendering(context)``
-    around it (plain and mapped tasks alike)."""
+def merged_extra(hook: HttpHook) -> dict[str, Any]:
+    """The connection extras ``hook.get_conn()`` merged (call it after ``get_conn``)."""
+    return dict(getattr(hook, "merged_extra", None) or {})
 
-    def before_rendering(self, context: Any) -> None:
-        """Add to the template context (called before the fields are rendered)."""
 
-    def after_rendering(self, context: Any) -> None:
-        """Look at the rendered fields (called before Airflow stores them as rendered fields)."""
+class _SyncFetchAsyncHook(HttpAsyncHook):
+    """``HttpAsyncHook`` whose connection is fetched as ``HttpHook`` fetches it (the event loop it
+    runs in belongs to this task alone, so the synchronous fetch blocks nothing)."""
 
-    def _do_render_template_fields(
-        self, parent: Any, template_fields: Any, context: Any, jinja_env: Any, seen_oids: set[int]
-    ) -> None:
-        if parent is self:
-            self.before_rendering(context)
-        own_env = self.get_template_env()  # type: ignore[attr-defined]
-        super()._do_render_template_fields(parent, template_fields, context, own_env, seen_oids)  # type: ignore[misc]
-        if parent is self:
-            self.after_rendering(context)
+    async def aget_connection(self, conn_id: str) -> Any:  # type: ignore[override]
+        return self.get_connection(conn_id)
+
+
+def async_connection_config(method: str, conn_id: str) -> Any:
+    """``HttpAsyncHook.config()`` for ``conn_id``: ``base_url``, ``headers``, ``auth``, ``extra_options``."""
+    return asyncio.run(_SyncFetchAsyncHook(method=method, http_conn_id=conn_id).config())
+
+
+def no_silent_resend(session: aiohttp.ClientSession) -> None:
+    """Turn off aiohttp's resend of a request whose keep-alive connection dropped (no public switch)."""
+    session._retry_connection = False

@@ -27,7 +27,7 @@ from jinja2 import nodes
 from jinja2.nativetypes import NativeCodeGenerator
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
-from api_orchestration.compat import RenderHooks, airflow_template_filters
+from api_orchestration.compat import TemplateContextMixin, airflow_template_filters
 
 __all__ = [
     "SandboxedNativeEnvironment",
@@ -101,7 +101,7 @@ def render_string(env: jinja2.Environment, text: str, context: Any, *, native: b
         return env.handle_exception()
 
 
-class SandboxedTemplates(RenderHooks):
+class SandboxedTemplates(TemplateContextMixin):
     """Mixin for operators (before ``BaseOperator``): every templated field renders in
     :func:`template_environment`, natively when the operator or its DAG asks for native objects."""
 

@@ -16,8 +16,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from api_orchestration.compat import mask_registered_secrets
-
 SECRET_PARAM = re.compile(r"(key|token|secret|passw|pwd|auth|signature|sig|credential|session)", re.I)
 # header, body and connection-extra names that hold credentials (narrower than query parameters:
 # an Idempotency-Key header is not a secret)
@@ -106,6 +104,8 @@ def register_secrets(values: Iterable[str]) -> None:
 
 def mask_secrets(value: Any) -> Any:
     """``value`` with every registered secret replaced by ``***`` in its strings (dict keys kept)."""
+    from api_orchestration.compat import mask_registered_secrets  # Airflow's masker, loaded when used
+
     if isinstance(value, str):
         return mask_registered_secrets(value)
     if isinstance(value, dict):
