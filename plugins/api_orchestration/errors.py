@@ -80,6 +80,11 @@ class StateBackendError(ApiOrchestrationError):
             "reachable or change [api_orchestration] state_url."
         )
 
+    @property
+    def cause_text(self) -> str:
+        """What failed, without the claim about calls (for a failure after a call was made)."""
+        return f"state backend {self.url} failed during {self.operation}: {self.cause}"
+
     def after_calls(self, calls_made: int) -> StateBackendError:
         """The same failure, said of a call that had already sent ``calls_made`` attempts."""
         return StateBackendError(self.url, self.operation, self.cause, calls_made) if calls_made else self

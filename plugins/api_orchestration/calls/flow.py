@@ -293,7 +293,7 @@ def _report(
     try:
         transition = yield Report(verdict, urgent)
     except StateBackendError as exc:
-        events.publish(VerdictNotRecorded(guard.breaker_key or guard.limit_key, calls, str(exc)))
+        events.publish(VerdictNotRecorded(guard.breaker_key or guard.limit_key, calls, exc.cause_text))
         return
     _transition(guard, events, transition)
 

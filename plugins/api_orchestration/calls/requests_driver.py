@@ -111,7 +111,7 @@ class ResilientCaller:
             self._transition(self.guard.backend.record(verdict))
         except StateBackendError as exc:
             self.events.publish(
-                VerdictNotRecorded(self.guard.breaker_key or self.guard.limit_key, 1, str(exc))
+                VerdictNotRecorded(self.guard.breaker_key or self.guard.limit_key, 1, exc.cause_text)
             )
 
     # -- the commands -----------------------------------------------------------------------------
@@ -148,7 +148,7 @@ class ResilientCaller:
         except StateBackendError as exc:
             if verdict is not None:
                 self.events.publish(
-                    VerdictNotRecorded(self.guard.breaker_key or self.guard.limit_key, 1, str(exc))
+                    VerdictNotRecorded(self.guard.breaker_key or self.guard.limit_key, 1, exc.cause_text)
                 )
             raise
         self.round_trip = min(self.round_trip, time.monotonic() - sent)

@@ -100,6 +100,7 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         tolerate_failures: float = 0,
         rate_limit: RateLimit | None = None,
         rate_limit_key: str | None = None,
+        max_in_flight: int | None = None,
         breaker: BreakerPolicy | None = None,
         breaker_key: str | None = None,
         retry: RetryPolicy | None = None,
@@ -125,7 +126,7 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         self.json, self.query, self.headers, self.inputs = json, query, headers, tuple(inputs)
         self.concurrency, self.tolerate_failures = concurrency, tolerate_failures
         self.rate_limit, self.breaker, self.retry = rate_limit, breaker, retry or RetryPolicy()
-        self.rate_limit_key, self.breaker_key = rate_limit_key, breaker_key
+        self.rate_limit_key, self.breaker_key, self.max_in_flight = rate_limit_key, breaker_key, max_in_flight
         self.timeout, self.select, self.state_url, self.engine = timeout, select, state_url, engine
 
     def _rows(
@@ -163,7 +164,7 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         guard = Guard(
             backend=get_backend(self.state_url), limit_key=self.rate_limit_key or self.http_conn_id,
             rate_limit=self.rate_limit, breaker_key=self.breaker_key or self.http_conn_id, breaker=self.breaker,
-            retry=self.retry, max_sleep=3600.0,
+            retry=self.retry, max_sleep=3600.0, max_in_flight=self.max_in_flight,
         )  # fmt: skip
         base_key = task_key(ti)
         select = jmespath.compile(self.select) if self.select else None

@@ -61,6 +61,7 @@ def _policies(wf: Workflow, step: Step) -> dict[str, Any]:
         "retry": step.retry or wf.retry,
         "rate_limit": step.rate_limit or wf.rate_limit,
         "breaker": step.breaker or wf.breaker,
+        "max_in_flight": step.max_in_flight or wf.max_in_flight,
         "timeout": (min(10.0, timeout), timeout),
     }
 
