@@ -9,8 +9,10 @@
 - connection extras: the README's ``AIRFLOW_CONN_...`` JSON with ``{"Authorization": "Bearer ..."}``
   reaches a demo endpoint that checks the header;
 - secrets: the connection's credentials are masked in the XCom value (an echo of them), secret
-  query values in the rendered fields, and state URLs in errors and on the status page;
-- compat contract: the private Airflow parts ``api_orchestration.compat`` relies on.
+  query values in the rendered fields, and state URLs in errors and on the status page.
+
+The contracts with Airflow's private parts that the sandbox and the masking rely on are in
+tests/test_compat.py.
 """
 
 from __future__ import annotations
@@ -506,74 +508,3 @@ def test_the_order_saga_keeps_ids_and_statuses_in_xcom_not_order_data(demo, dag_
     assert set(_xcom(run, "create_shipment")) == {"shipment_id", "status"}
     stored = json.dumps([_xcom(run, t) for t in ("charge_payment", "reserve_inventory", "create_shipment")])
     assert address not in stored and "SKU-1" not in stored
-
-
-# -- compat contract: the private Airflow parts api_orchestration.compat relies on ---------------
-
-
-def test_compat_airflow_template_filters_are_there():
-    from api_orchestration.compat import airflow_template_filters
-
-    filters = airflow_template_filters()
-    assert {"ds", "ds_nodash", "ts", "ts_nodash", "ts_nodash_with_tz"} <= set(filters)
-    assert filters["ds"](pendulum.datetime(2026, 3, 4)) == "2026-03-04"
-
-
-def test_compat_the_masker_pattern_masks_registered_secrets_by_value():
-    from airflow.sdk.log import mask_secret
-
-    from api_orchestration.compat import mask_registered_secrets
-
-    secret = f"s3cret-{uuid.uuid4().hex[:8]}"
-    assert mask_registered_secrets(f"x {secret} y") == f"x {secret} y"
-    mask_secret(secret)
-    assert mask_registered_secrets(f"x {secret} y") == "x *** y"
-
-
-def test_compat_every_field_renders_through_the_hook_with_the_runner_environment_replaced():
-    """Airflow's task runner passes the DAG's environment (native: not sandboxed); plain and mapped
-    tasks both render through ``_do_render_template_fields``, which TemplateContextMixin intercepts."""
-    from airflow.sdk import DAG, BaseOperator
-
-    from api_orchestration.compat import TemplateContextMixin
-
-    seen: list[tuple[str, str]] = []
-
-    class Probe(TemplateContextMixin, BaseOperator):
-        template_fields = ("value",)
-
-        def __init__(self, value, **kw):
-            super().__init__(**kw)
-            self.value = value
-
-        def get_template_env(self, dag=None):
-            import jinja2.sandbox
-
-            return jinja2.sandbox.SandboxedEnvironment()
-
-        def template_context(self, context):
-            seen.append(("before", self.task_id))
-
-        def render_template(self, content, context, jinja_env=None, seen_oids=None):
-            seen.append(("env", type(jinja_env).__name__))
-            return super().render_template(content, context, jinja_env, seen_oids)
-
-        def after_rendering(self, context):
-            seen.append(("after", self.value))
-
-    with DAG("rel_compat_probe", schedule=None, start_date=START, render_template_as_native_obj=True) as dag:
-        plain = Probe(task_id="plain", value="{{ 1 + 1 }}")
-    runner_env = dag.get_template_env()
-    assert type(runner_env).__name__ == "NativeEnvironment"  # the reason for all this
-    plain.render_template_fields({"x": 1}, jinja_env=runner_env)
-    assert seen == [("before", "plain"), ("env", "SandboxedEnvironment"), ("after", 2)]
-    # the mapped path: MappedOperator.render_template_fields -> unmapped._do_render_template_fields
-    import inspect
-
-    from airflow.sdk.definitions.mappedoperator import MappedOperator
-
-    source = inspect.getsource(MappedOperator.render_template_fields)
-    assert "unmapped_task._do_render_template_fields(" in source
-    assert set(inspect.signature(BaseOperator._do_render_template_fields).parameters) == {
-        "self", "parent", "template_fields", "context", "jinja_env", "seen_oids",
-    }  # fmt: skip

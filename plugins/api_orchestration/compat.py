@@ -1,6 +1,5 @@
 """The one place that touches other libraries' private parts. Each has a contract test
-(tests/test_compat.py; the template and masker ones: ``test_compat_*`` in
-tests/test_reliability_templates.py) that fails loudly when an upgrade changes it.
+(tests/test_compat.py) that fails loudly when an upgrade changes it.
 
 - Airflow ``BaseOperator._do_render_template_fields(parent, template_fields, context, jinja_env,
   seen_oids)``: the one method every templated field of a task is rendered through, plain
