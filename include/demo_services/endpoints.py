@@ -1,4 +1,4 @@
-"""Core endpoints: echo, status, delay, flaky, rate-limited, health and the admin call log.
+"""Core endpoints: echo, a bearer-protected echo, status, delay, flaky, rate-limited, health and the admin call log.
 
 ``ROUTES`` is the core route table; ``default_router()`` adds the business participant services
 (:mod:`demo_services.participants`) after it.
@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import math
 import time
@@ -20,6 +21,8 @@ MAX_DELAY = 30.0
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
 _PHRASES = frozenset(s.value for s in HTTPStatus)
 _TRUE = frozenset({"1", "true", "yes", "on"})
+# the bearer token ``/secure/...`` accepts (a demo value, not a secret of any real system)
+DEMO_TOKEN = "demo-secret-token"
 GET = frozenset({"GET"})
 POST = frozenset({"POST"})
 
@@ -43,6 +46,22 @@ def echo(request: Request, state: DemoState) -> Response:
             "idempotency_key": request.idempotency_key,
         },
     )
+
+
+def secure(request: Request, state: DemoState) -> Response:
+    """``/echo`` behind a bearer token (RFC 6750): 401 with ``WWW-Authenticate`` without
+    ``Authorization: Bearer DEMO_TOKEN``, ``error="invalid_token"`` when the token is wrong."""
+    given = request.headers.get("authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        challenge = 'Bearer realm="demo"'
+        return Response(401, {"error": "unauthorized", "detail": "send Authorization: Bearer <token>"},
+                        {"WWW-Authenticate": challenge})  # fmt: skip
+    if not hmac.compare_digest(token.strip().encode(), DEMO_TOKEN.encode()):
+        challenge = 'Bearer realm="demo", error="invalid_token"'
+        return Response(401, {"error": "invalid_token", "detail": "the bearer token is not valid"},
+                        {"WWW-Authenticate": challenge})  # fmt: skip
+    return echo(request, state)
 
 
 def status(request: Request, state: DemoState) -> Response:
@@ -143,6 +162,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/admin/calls", admin_calls, GET, record=False),
     Route("/admin/reset", admin_reset, POST, record=False),
     Route("/echo/<rest:path>", echo),
+    Route("/secure/<rest:path>", secure),
     Route("/status/<code>", status),
     Route("/delay/<seconds>", delay),
     Route("/flaky/<key>", flaky),

@@ -65,6 +65,9 @@ class StateBackendError(ApiOrchestrationError):
     effect); N, N earlier attempts were sent (their effect is unknown) and no further one was."""
 
     def __init__(self, url: str, operation: str, cause: BaseException | str, calls_made: int = 0) -> None:
+        from api_orchestration.redaction import redact_url  # the URL is shown: no password in it
+
+        url = redact_url(url)
         self.url, self.operation, self.cause, self.calls_made = url, operation, cause, calls_made
         what = (
             "No call was made (fail closed)"

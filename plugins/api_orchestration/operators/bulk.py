@@ -1,7 +1,7 @@
 """``BulkHttpOperator``: many calls in one task, concurrently, through the shared limiter and breaker.
 
 10,000 calls should not become 10,000 task instances. Each item's request is rendered from the
-templates in a sandboxed Jinja environment with Airflow's task context (``params``, ``run_id``,
+templates in the sandboxed native environment (:mod:`api_orchestration.rendering`) with Airflow's task context (``params``, ``run_id``,
 ``ds``, ``dag_run``, ...), ``results.<step>`` (upstream results), ``item`` and ``index``, and ``conf``
 as a shortcut for ``dag_run.conf``; a template that is exactly ``{{ expression }}`` keeps its native
 type. Results go to a JSON-lines file (one line per
@@ -21,7 +21,6 @@ import jmespath
 from airflow.providers.http.hooks.http import HttpHook
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
-from jinja2.sandbox import SandboxedEnvironment
 
 from api_orchestration import compat
 from api_orchestration.calls.aiohttp_driver import options_from_connection
@@ -34,18 +33,16 @@ from api_orchestration.operators.step import items_from
 from api_orchestration.operators.templates import UpstreamResults, referenced_results
 from api_orchestration.paths import data_path
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy, allowed_failures
+from api_orchestration.rendering import SandboxedNativeEnvironment, SandboxedTemplates
 from api_orchestration.state import get_backend
 
-_ENV = SandboxedEnvironment()
+_ENV = SandboxedNativeEnvironment()
 ENGINES = ("async", "threads")
 
 
 @functools.lru_cache(maxsize=256)
 def _compiled(text: str) -> Callable[..., Any]:
     """``text`` compiled once per task (not once per item)."""
-    stripped = text.strip()
-    if stripped.startswith("{{") and stripped.endswith("}}") and stripped.count("{{") == 1:
-        return _ENV.compile_expression(stripped[2:-2].strip())
     return _ENV.from_string(text).render
 
 
@@ -71,7 +68,7 @@ def join_url(base_url: str, endpoint: str) -> str:
     return (base_url or "") + (endpoint or "")
 
 
-class BulkHttpOperator(BaseOperator):
+class BulkHttpOperator(SandboxedTemplates, BaseOperator):
     """Call ``endpoint`` once per item of ``items``, ``concurrency`` calls at a time.
 
     :param items: a list, or a JMESPath over ``{"conf", "params", "results"}`` (``inputs`` names the
