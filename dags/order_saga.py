@@ -44,6 +44,7 @@ WORKFLOW = Workflow(
             ),
             compensate=Call("POST", "/payments/refunds", json={"order_id": ORDER}),
             key="payments",
+            output="{charge_id: charge_id, status: status}",  # XCom keeps what is needed, no order data
         ),
         Step(
             "reserve_inventory",
@@ -56,6 +57,7 @@ WORKFLOW = Workflow(
             depends_on=("charge_payment",),
             compensate=Call("POST", "/inventory/releases", json={"order_id": ORDER}),
             key="inventory",
+            output="{reservation_id: reservation_id, status: status}",
         ),
         Step(
             "create_shipment",
@@ -68,6 +70,7 @@ WORKFLOW = Workflow(
             depends_on=("reserve_inventory",),
             compensate=Call("POST", "/shipping/cancellations", json={"order_id": ORDER}),
             key="shipping",
+            output="{shipment_id: shipment_id, status: status}",  # not the customer's address
         ),
     ),
 )

@@ -23,13 +23,22 @@ from api_orchestration import (
     Workflow,
     build,
 )
+from api_orchestration.operators.saga import CompensationOperator, SagaStepOperator
 from api_orchestration.policy import CompensationRetry
-from api_orchestration.saga import CompensationOperator, SagaStepOperator
 from api_orchestration.specs import load_text
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 FAST = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.02)
+
+
+@pytest.fixture(autouse=True)
+def closed_breakers():
+    """order_saga's breakers closed: an earlier test may have opened "payments" (a service down)."""
+    from api_orchestration.state import get_backend
+
+    for key in ("payments", "inventory", "shipping"):
+        get_backend().breaker_reset(key)
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ from devtools.airflow_env import ADMIN_PASSWORD, ADMIN_USER, PASSWORDS_FILE_NAME
 from devtools.processes import Watchdog, die_with_parent, drain_session, signal_session
 
 COMPONENTS: tuple[str, ...] = tuple(c.name for c in deployment.CORE_COMPONENTS)
+EXECUTION_API_SERVER = "api-server-execution"  # the second api-server on SQLite (LocalAirflow.start)
 # Health-endpoint section -> (process whose log explains it, heartbeat field).
 _HEALTH_SECTIONS: dict[str, tuple[str, str | None]] = {
     "metadatabase": ("api-server", None),
@@ -157,6 +158,7 @@ class LocalAirflow:
         self._log_files: dict[str, IO[bytes]] = {}
         self._started_at: datetime | None = None
         self.startup_seconds: float | None = None
+        self.execution_port: int | None = None  # a separate Execution API server (SQLite), see start()
 
     @classmethod
     def distributed(
@@ -233,6 +235,7 @@ class LocalAirflow:
         t0 = time.monotonic()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.env = airflow_env(self.home, port=self.port, extra=self._extra_with_log_ports())
+        self._split_execution_api()
         atexit.register(self.stop)
         try:
             self._migrate()
@@ -241,6 +244,7 @@ class LocalAirflow:
             for name in self._plan:
                 self._spawn(name)
             self.wait_healthy(self.startup_timeout)
+            self._wait_execution_api(self.startup_timeout - (time.monotonic() - t0))
             if self.workers:
                 remaining = self.startup_timeout - (time.monotonic() - t0)
                 self.worker_nodes = self.wait_workers_ready(max(10.0, remaining))
@@ -255,7 +259,11 @@ class LocalAirflow:
         plan: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {}
         for component in deployment.CORE_COMPONENTS:
             port = ("--port", str(self.port)) if component is deployment.API_SERVER else ()
-            plan[component.name] = ((*component.args, *port), {})
+            apps = ("--apps", "core") if component is deployment.API_SERVER and self.execution_port else ()
+            plan[component.name] = ((*component.args, *port, *apps), {})
+        if self.execution_port:
+            args = (*deployment.API_SERVER.args, "--apps", "execution", "--port", str(self.execution_port))
+            plan[EXECUTION_API_SERVER] = (args, {})
         for name in self.workers:
             args = (
                 *deployment.WORKER.args,
@@ -271,6 +279,39 @@ class LocalAirflow:
             }
             plan[self.worker_process(name)] = (args, env)
         return plan
+
+    def _split_execution_api(self) -> None:
+        """On the embedded SQLite, serve the Execution API (what task processes call) from a second
+        api-server process (``--apps execution``), the UI and REST API from the first (``--apps core``).
+
+        In one process, Airflow's audit log of a REST call (``action_logging``: an async dependency
+        writing through a blocking session on the event loop) waits for SQLite's write lock while a
+        task's Execution API call in a worker thread holds it until its session's teardown, which
+        needs that same event loop: both wait out the whole busy timeout, then fail with "database
+        is locked" (HTTP 500 for the trigger, a failed task for the other). In two processes the
+        lock holder never needs the blocked loop."""
+        self.execution_port = None
+        if not self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite"):
+            return
+        if "AIRFLOW__CORE__EXECUTION_API_SERVER_URL" in self.extra_env:
+            return  # the caller decides where the Execution API is
+        self.execution_port = free_port()
+        self.env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = (
+            f"http://localhost:{self.execution_port}/execution/"
+        )
+
+    def _wait_execution_api(self, timeout: float) -> None:
+        if not self.execution_port:
+            return
+        deadline = time.monotonic() + max(timeout, 10.0)
+        while not port_in_use(self.execution_port):
+            self.check_processes()
+            if time.monotonic() >= deadline:
+                log = self.log_path(EXECUTION_API_SERVER)
+                raise AirflowStartError(
+                    f"the Execution API server is not listening on {self.execution_port}; tail of {log}:\n{tail(log)}"
+                )
+            time.sleep(0.5)
 
     def _extra_with_log_ports(self) -> dict[str, str | None]:
         """Give the worker/triggerer log servers free ports unless configured (8793/8794 may be taken)."""
@@ -460,8 +501,8 @@ class LocalAirflow:
         goes last so that components shutting down can still report task states to it.
         """
         procs, self.processes = self.processes, {}
-        first = [p for name, p in procs.items() if name != "api-server"]
-        last = [p for name, p in procs.items() if name == "api-server"]
+        first = [p for name, p in procs.items() if not name.startswith("api-server")]
+        last = [p for name, p in procs.items() if name.startswith("api-server")]
         for batch in (first, last):
             for proc in batch:
                 if proc.poll() is None:

@@ -289,3 +289,8 @@ class CompensationRetry:
             "retry_exponential_backoff": self.multiplier if self.multiplier != 1 else 0,
             "max_retry_delay": timedelta(seconds=self.max_delay),
         }
+
+
+def allowed_failures(tolerate: float, total: int) -> float:
+    """How many of ``total`` items may fail: ``tolerate`` is a count (>= 1) or a fraction (< 1)."""
+    return tolerate if tolerate >= 1 else tolerate * total

@@ -16,7 +16,7 @@ from api_orchestration.errors import ConfigurationError
 from api_orchestration.policy import BreakerPolicy, CompensationRetry, RateLimit, RetryPolicy
 from api_orchestration.specs.model import CallSpec, StepSpec, WorkflowSpec
 from api_orchestration.specs.problems import Problem, shown
-from api_orchestration.workflow import Bulk, Call, FanOut, Step, Workflow
+from api_orchestration.workflows.model import Bulk, Call, FanOut, Step, Workflow
 
 T = TypeVar("T")
 
@@ -48,7 +48,8 @@ def to_workflow(spec: WorkflowSpec, dag_id: str) -> tuple[Workflow | None, list[
         return None, c.problems
     wf = Workflow(
         dag_id, tuple(s for s in steps if s), conn_id=d.conn_id, retry=retry, rate_limit=rate_limit,
-        breaker=breaker, timeout=d.timeout, output=spec.output, compensation_retry=compensation_retry,
+        breaker=breaker, timeout=d.timeout, max_in_flight=d.max_in_flight, output=spec.output,
+        compensation_retry=compensation_retry,
     )  # fmt: skip
     try:
         wf.validate()
@@ -121,4 +122,5 @@ def _step(c: _Collector, path: str, s: StepSpec) -> Step | None:
         retry=_policy(c, f"{path}.retry", RetryPolicy, s.retry),
         rate_limit=_policy(c, f"{path}.rate_limit", RateLimit, s.rate_limit),
         breaker=_policy(c, f"{path}.breaker", BreakerPolicy, s.breaker), timeout=s.timeout,
+        max_in_flight=s.max_in_flight,
     )  # fmt: skip

@@ -1,6 +1,6 @@
 """Sagas: compensations that undo, in reverse order, exactly the steps that completed.
 
-Wiring (done by :func:`api_orchestration.builder.build`)::
+Wiring (done by :func:`api_orchestration.workflows.build.build`)::
 
     step_a >> step_b >> step_c            (the forward steps; any shape)
     [all steps] >> saga_check >> undo_c >> undo_b >> undo_a >> saga_outcome   (all trigger_rule ALL_DONE)
@@ -15,9 +15,11 @@ Wiring (done by :func:`api_orchestration.builder.build`)::
 - Each ``undo_<step>`` (ALL_DONE, so one failed compensation does not stop the others) compensates
   if its step completed or
   may have had an effect (a timeout, a 5xx, a task killed or marked failed), and skips if the step
-  provably had none (a 4xx answer, an open circuit, never started). It reuses the step's idempotency
-  key, so undoing twice is harmless, and keeps trying for minutes (:class:`CompensationRetry`:
-  Airflow retries with exponential backoff), logging each failed try and when the next one is due.
+  provably had none (a 4xx answer, an open circuit, a store down before any request, never
+  started). Its idempotency key is its own, derived from the step's (``<step key>:compensate``), so
+  undoing twice is harmless and a server that saves results per key never answers the undo with the
+  step's saved result. It keeps trying for minutes (:class:`CompensationRetry`: Airflow retries with
+  exponential backoff), logging each failed try and when the next one is due.
 - ``saga_outcome`` is the leaf: it fails the run when the saga rolled back (so nobody mistakes a
   rolled-back order for a success) and names anything that could not be undone.
 """
@@ -33,17 +35,32 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from api_orchestration import metrics
-from api_orchestration.errors import CircuitOpenError, ConfigurationError, PermanentHttpStatusError
-from api_orchestration.idempotency import task_key
-from api_orchestration.operators.http import ResilientHttpOperator
+from api_orchestration.calls.idempotency import request_key, task_key
+from api_orchestration.errors import (
+    CircuitOpenError,
+    ConfigurationError,
+    PermanentHttpStatusError,
+    StateBackendError,
+)
+from api_orchestration.operators.http import CallSpec, ResilientHttpOperator
+from api_orchestration.operators.resume import Resume
 from api_orchestration.operators.step import StepOperator
 from api_orchestration.policy import CompensationRetry
-from api_orchestration.status.sagas import record_saga_outcome
+from api_orchestration.state.sagas import record_saga_outcome
 
 logger = logging.getLogger(__name__)
 FAILED = ("failed", "upstream_failed")
 NO_EFFECT_ERRORS = (PermanentHttpStatusError, CircuitOpenError, ConfigurationError)
 RECORD_KEY = "saga_failure"
+COMPENSATE = "compensate"
+
+
+def had_no_effect(error: BaseException | None) -> bool:
+    """Whether a step's error proves it changed nothing: a 4xx, an open circuit, a bad argument, or
+    a store that failed before any request was sent."""
+    if isinstance(error, StateBackendError):
+        return error.calls_made == 0
+    return isinstance(error, NO_EFFECT_ERRORS)
 
 
 def record_failure(context: Context, error: BaseException | None = None) -> None:
@@ -57,7 +74,7 @@ def record_failure(context: Context, error: BaseException | None = None) -> None
             "error": str(error)[:500] if error else "marked failed",
             "error_type": type(error).__name__ if error else None,
             "try": ti.try_number,
-            "no_effect": isinstance(error, NO_EFFECT_ERRORS),
+            "no_effect": had_no_effect(error),
         },
     )
 
@@ -74,9 +91,9 @@ class SagaStepOperator(StepOperator):
             record_failure(context, exc)
             raise
 
-    def execute_resume(self, context: Context, event: Any = None, attempt: int = 1) -> Any:
+    def execute_resume(self, context: Context, event: Any = None, attempt: int = 1, **kwargs: Any) -> Any:
         try:
-            return super().execute_resume(context, event, attempt)
+            return super().execute_resume(context, event, attempt, **kwargs)
         except AirflowSkipException:
             raise
         except Exception as exc:
@@ -131,10 +148,10 @@ class CompensationOperator(ResilientHttpOperator):
         self.undoes, self.saga_steps = undoes, tuple(saga_steps)
         self.compensation_retry = compensation_retry
 
-    def _key(self, context: Context) -> str | None:
+    def own_key(self, context: Context) -> str | None:
         if isinstance(self.idempotency_key, str) and self.idempotency_key:
             return self.idempotency_key
-        return task_key(context["ti"], self.undoes)  # the step's own key
+        return request_key(task_key(context["ti"], self.undoes), COMPENSATE)  # never the step's own key
 
     def execute(self, context: Context) -> Any:
         states = _states(context, self.saga_steps)
@@ -154,23 +171,35 @@ class CompensationOperator(ResilientHttpOperator):
         if try_number > 1:
             self.log.warning("compensation retry: undoing %r, try %d of %d", self.undoes, try_number, tries)
         self.log.info("saga failed at %s: undoing %r", failed, self.undoes)
-        started = time.monotonic()
+        return super().execute(context)
+
+    def run_phase(self, context: Context, resume: Resume) -> Any:
+        self._started = time.monotonic()  # this try's part (a deferral starts a new one)
+        return super().run_phase(context, resume)
+
+    def on_call_failed(self, context: Context, phase: str, error: Exception) -> Any:
+        metrics.compensation(self.undoes, False, time.monotonic() - self._started)
+        try_number, tries = context["ti"].try_number, self.retries + 1
+        if try_number < tries:
+            self.log.warning(
+                "compensation of %r failed on try %d of %d (%s); retrying in %s",
+                self.undoes, try_number, tries, error, self._next_wait(try_number),
+            )  # fmt: skip
+        else:
+            self.log.error(
+                "COMPENSATION FAILED: could not undo step %r after %d tries (%s)",
+                self.undoes,
+                try_number,
+                error,
+            )
+        raise error
+
+    def on_call_succeeded(self, context: Context, phase: str, spec: CallSpec, response: Any) -> Any:
         try:
-            result = super().execute(context)
-        except Exception as exc:
-            metrics.compensation(self.undoes, False, time.monotonic() - started)
-            if try_number < tries:
-                self.log.warning(
-                    "compensation of %r failed on try %d of %d (%s); retrying in %s",
-                    self.undoes, try_number, tries, exc, self._next_wait(try_number),
-                )  # fmt: skip
-            else:
-                self.log.error(
-                    "COMPENSATION FAILED: could not undo step %r after %d tries (%s)",
-                    self.undoes, try_number, exc,
-                )  # fmt: skip
-            raise
-        metrics.compensation(self.undoes, True, time.monotonic() - started)
+            result = super().on_call_succeeded(context, phase, spec, response)
+        except Exception as error:
+            return self.on_call_failed(context, phase, error)
+        metrics.compensation(self.undoes, True, time.monotonic() - self._started)
         return result
 
     def _next_wait(self, try_number: int) -> str:
