@@ -177,6 +177,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="concurrent trigger requests")
     args = parser.parse_args()
     client = AirflowRestClient(args.base_url, "admin", "admin")
+    client.wait_for_dag(args.dag, timeout=300)
     client.unpause(args.dag)
     prefix = f"burst_{int(time.time())}_"
     burst = trigger_burst(
