@@ -13,6 +13,10 @@ gives them:
 - ``[core] parallelism`` 8 (default 32): at most 8 task processes at once, each writing its state
   through the api-server, instead of 32 on a laptop's few cores.
 
+And :class:`devtools.cluster.LocalAirflow` serves the Execution API from a second api-server process
+on SQLite (see ``LocalAirflow._split_execution_api``): in one process, a REST call's audit-log write
+blocked the event loop waiting for a lock held by a task's request, whose release needed that loop.
+
 Tried and rejected: ``BEGIN IMMEDIATE`` for every transaction (through Airflow's
 ``create_metadata_engine`` hook). Airflow opens a second connection while a session's transaction is
 open (``airflow db migrate``, the scheduler), which then waits for its own process's lock.
