@@ -6,7 +6,7 @@ into the same model. Validation errors name the workflow, the step and the field
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from api_orchestration.errors import ConfigurationError, did_you_mean
@@ -125,7 +125,7 @@ class Workflow:
     name: str
     steps: tuple[Step, ...]
     conn_id: str = "http_default"
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry: RetryPolicy | None = None  # None: the connection's (resilient_http), else RetryPolicy()
     rate_limit: RateLimit | None = None
     breaker: BreakerPolicy | None = None
     timeout: float = 30.0

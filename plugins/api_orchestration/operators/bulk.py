@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import jmespath
-from airflow.providers.http.hooks.http import HttpAsyncHook, HttpHook
+from airflow.providers.http.hooks.http import HttpAsyncHook
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 from jinja2.sandbox import SandboxedEnvironment
 
 from api_orchestration.acall import options_from_connection
 from api_orchestration.call import Guard
+from api_orchestration.connections import ResilientHttpHook, connection_policies
+from api_orchestration.connections.hook import without_policy_fields
 from api_orchestration.errors import ConfigurationError
 from api_orchestration.home import data_path
 from api_orchestration.idempotency import task_key
@@ -78,7 +80,7 @@ class _ConnectionConfig(HttpAsyncHook):
     on this event loop, so the synchronous fetch blocks nothing)."""
 
     async def aget_connection(self, conn_id: str) -> Any:  # type: ignore[override]
-        return self.get_connection(conn_id)
+        return without_policy_fields(self.get_connection(conn_id))
 
 
 class BulkHttpOperator(BaseOperator):
@@ -137,7 +139,7 @@ class BulkHttpOperator(BaseOperator):
         )
         self.json, self.query, self.headers, self.inputs = json, query, headers, tuple(inputs)
         self.concurrency, self.tolerate_failures = concurrency, tolerate_failures
-        self.rate_limit, self.breaker, self.retry = rate_limit, breaker, retry or RetryPolicy()
+        self.rate_limit, self.breaker, self.retry = rate_limit, breaker, retry  # None: the connection's
         self.rate_limit_key, self.breaker_key = rate_limit_key, breaker_key
         self.timeout, self.select, self.state_url, self.engine = timeout, select, state_url, engine
 
@@ -152,11 +154,11 @@ class BulkHttpOperator(BaseOperator):
         by the providers-http hook of that engine."""
         common = {"guard": guard, "concurrency": self.concurrency, "timeout": self.timeout, "log": self.log}
         if self.engine == "threads":
-            hook = HttpHook(method=self.method, http_conn_id=self.http_conn_id)
+            hook = ResilientHttpHook(method=self.method, http_conn_id=self.http_conn_id)
             hook.get_conn()  # resolves the connection: base URL
 
             def sessions() -> Any:
-                return HttpHook(method=self.method, http_conn_id=self.http_conn_id).get_conn()
+                return ResilientHttpHook(method=self.method, http_conn_id=self.http_conn_id).get_conn()
 
             return call_concurrently(
                 count, request(hook.base_url), sessions=sessions, select=select, **common
@@ -173,10 +175,13 @@ class BulkHttpOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         items = self._items(context)
         ti = context["ti"]
+        policies = connection_policies(self.http_conn_id).under(
+            rate_limit=self.rate_limit, breaker=self.breaker, retry=self.retry
+        )  # the DAG's own policies win over the connection's
         guard = Guard(
             backend=get_backend(self.state_url), limit_key=self.rate_limit_key or self.http_conn_id,
-            rate_limit=self.rate_limit, breaker_key=self.breaker_key or self.http_conn_id, breaker=self.breaker,
-            retry=self.retry, max_sleep=3600.0,
+            rate_limit=policies.rate_limit, breaker_key=self.breaker_key or self.http_conn_id,
+            breaker=policies.breaker, retry=policies.retry or RetryPolicy(), max_sleep=3600.0,
         )  # fmt: skip
         base_key = task_key(ti)
         select = jmespath.compile(self.select) if self.select else None

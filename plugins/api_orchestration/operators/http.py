@@ -13,6 +13,7 @@ from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 from airflow.sdk import BaseOperator, Context
 
 from api_orchestration.call import DeferralNeeded, Guard, ResilientCaller
+from api_orchestration.connections import ResilientHttpHook, connection_policies
 from api_orchestration.errors import ConfigurationError, ResponseCheckError
 from api_orchestration.idempotency import DEFAULT_HEADER, task_key
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
@@ -140,7 +141,7 @@ class ResilientHttpOperator(BaseOperator):
         self.timeout = timeout
         self.rate_limit, self.rate_limit_key = rate_limit, rate_limit_key
         self.breaker, self.breaker_key = breaker, breaker_key
-        self.retry = retry or RetryPolicy()
+        self.retry = retry  # None: the connection's, else RetryPolicy()
         self.idempotency_key, self.idempotency_header = idempotency_key, idempotency_header
         self.max_sleep, self.on_circuit_open = float(max_sleep), on_circuit_open
         self.response_check, self.response_filter = response_check, response_filter
@@ -158,13 +159,16 @@ class ResilientHttpOperator(BaseOperator):
 
     def _caller(self, hook: HttpHook) -> ResilientCaller:
         session = hook.get_conn(extra_options=self.extra_options)
+        policies = connection_policies(self.http_conn_id).under(
+            rate_limit=self.rate_limit, breaker=self.breaker, retry=self.retry
+        )  # the DAG's own policies win over the connection's
         guard = Guard(
             backend=get_backend(self.state_url),
             limit_key=self.rate_limit_key or self.http_conn_id,
-            rate_limit=self.rate_limit,
+            rate_limit=policies.rate_limit,
             breaker_key=self.breaker_key or self.http_conn_id,
-            breaker=self.breaker,
-            retry=self.retry,
+            breaker=policies.breaker,
+            retry=policies.retry or RetryPolicy(),
             max_sleep=self.max_sleep,
             on_circuit_open=self.on_circuit_open,
         )
@@ -189,7 +193,7 @@ class ResilientHttpOperator(BaseOperator):
         return self._run(context, first_attempt=attempt)
 
     def _run(self, context: Context, first_attempt: int) -> Any:
-        hook = HttpHook(method=self.method, http_conn_id=self.http_conn_id, auth_type=self.auth_type)
+        hook = ResilientHttpHook(method=self.method, http_conn_id=self.http_conn_id, auth_type=self.auth_type)
         caller = self._caller(hook)
         try:
             response = caller.call(

@@ -36,7 +36,7 @@ class _Collector:
 def to_workflow(spec: WorkflowSpec, dag_id: str) -> tuple[Workflow | None, list[Problem]]:
     c = _Collector()
     d = spec.defaults
-    retry = _policy(c, "defaults.retry", RetryPolicy, d.retry) or RetryPolicy()
+    retry = _policy(c, "defaults.retry", RetryPolicy, d.retry)
     rate_limit = _policy(c, "defaults.rate_limit", RateLimit, d.rate_limit)
     breaker = _policy(c, "defaults.breaker", BreakerPolicy, d.breaker)
     steps = [_step(c, f"steps[{i}]", s) for i, s in enumerate(spec.steps)]
