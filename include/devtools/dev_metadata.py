@@ -1,10 +1,10 @@
 """Make the checkout's package discoverable as the installed provider would be, without installing it.
 
-Airflow finds providers (the ``resilient_http`` connection type, ``@task.resilient_http``) and
-plugins through entry points, that is through distribution metadata on ``sys.path``. This writes
+Airflow finds providers (the ``resilient_http`` connection type, ``@task.resilient_http``)
+through entry points, that is through distribution metadata on ``sys.path``. This writes
 ``plugins/<name>-<version>.dist-info`` (``METADATA`` and ``entry_points.txt``, from pyproject.toml;
 git-ignored) next to the package, so every process that imports ``api_orchestration`` from
-``plugins/`` (``make run``, the tests) sees the same entry points as a ``pip install`` of the
+``plugins/`` (``make run``, the tests) sees the same provider as a ``pip install`` of the
 wheel gives. Nothing is installed into the virtualenv. Run by ``make install`` and by the tests'
 conftest; idempotent (rewrites only on change).
 
@@ -20,6 +20,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGINS = ROOT / "plugins"
+# Only the provider: plugins/api_orchestration_plugin.py registers the status page in a checkout.
+# An entry point would load it once per sys.path entry holding this metadata, and a checkout's
+# processes often have plugins/ on sys.path twice (PYTHONPATH and Airflow's plugins folder).
+GROUPS = ("apache_airflow_provider",)
 
 
 def _project() -> dict:
@@ -36,6 +40,8 @@ def _files() -> dict[str, str]:
     metadata = f"Metadata-Version: 2.1\nName: {p['name']}\nVersion: {p['version']}\nSummary: {p['description']}\n"
     lines = []
     for group, eps in p.get("entry-points", {}).items():
+        if group not in GROUPS:
+            continue
         lines.append(f"[{group}]")
         lines += [f"{name} = {value}" for name, value in eps.items()]
         lines.append("")
