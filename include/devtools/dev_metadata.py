@@ -37,7 +37,9 @@ def dist_info_dir() -> Path:
 
 def _files() -> dict[str, str]:
     p = _project()
-    metadata = f"Metadata-Version: 2.1\nName: {p['name']}\nVersion: {p['version']}\nSummary: {p['description']}\n"
+    metadata = (
+        f"Metadata-Version: 2.1\nName: {p['name']}\nVersion: {p['version']}\nSummary: {p['description']}\n"
+    )
     lines = []
     for group, eps in p.get("entry-points", {}).items():
         if group not in GROUPS:
@@ -57,7 +59,9 @@ def write() -> Path:
     """Write the metadata (removing any other version's); return its directory."""
     target = dist_info_dir()
     files = _files()
-    if target.is_dir() and all((target / n).is_file() and (target / n).read_text() == t for n, t in files.items()):
+    if target.is_dir() and all(
+        (target / n).is_file() and (target / n).read_text() == t for n, t in files.items()
+    ):
         return target
     remove()
     target.mkdir()

@@ -86,11 +86,27 @@ class _ConnectionConfig(HttpAsyncHook):
 class BulkHttpOperator(BaseOperator):
     """Call ``endpoint`` once per item of ``items``, ``concurrency`` calls at a time.
 
-    :param items: a list, or a JMESPath over ``{"conf", "params", "results"}`` (``inputs`` names the
-        upstream steps it may read).
-    :param endpoint, method, json, query, headers: per-item templates (``{{ item }}``, ``{{ index }}``,
-        the task context, ``{{ results.<step> }}``, ``{{ conf }}`` for ``dag_run.conf``).
+    Per-item templates (``endpoint``, ``json``, ``query``, ``headers``) see ``{{ item }}``,
+    ``{{ index }}``, the task context, ``{{ results.<step> }}`` and ``{{ conf }}`` (``dag_run.conf``).
+
+    :param items: a list, or a JMESPath over ``{"conf", "params", "results"}``.
+    :param endpoint: path under the connection's base URL (a per-item template).
+    :param method: HTTP method of every call.
+    :param http_conn_id: Airflow Connection (``resilient_http`` or ``http``) (templated).
+    :param json: JSON body (a per-item template).
+    :param query: query-string parameters (a per-item template).
+    :param headers: extra request headers (a per-item template).
+    :param inputs: the upstream steps ``items`` may read as ``results.<step>``.
+    :param concurrency: calls in flight at once (1 to 256).
     :param tolerate_failures: how many items may fail (a count, or a fraction when < 1).
+    :param rate_limit: :class:`~api_orchestration.RateLimit`; default: the connection's, else none.
+    :param rate_limit_key: default: the connection id.
+    :param breaker: :class:`~api_orchestration.BreakerPolicy`; default: the connection's, else none.
+    :param breaker_key: default: the connection id.
+    :param retry: :class:`~api_orchestration.RetryPolicy`; default: the connection's, else ``RetryPolicy()``.
+    :param timeout: seconds, or ``(connect, read)``, per call.
+    :param select: JMESPath applied to each JSON response to form the row's result.
+    :param state_url: override ``[api_orchestration] state_url`` for this task.
     :param engine: ``"async"`` (default): one asyncio event loop over aiohttp, the connection read
         by ``HttpAsyncHook``, admissions batched into one store operation; ``"threads"``:
         ``concurrency`` threads with ``requests`` sessions from ``HttpHook``, one store operation

@@ -47,14 +47,21 @@ class ResilientHttpOperator(BaseOperator):
 
     :param endpoint: path appended to the connection's base URL (templated).
     :param method: HTTP method.
-    :param http_conn_id: Airflow Connection (type ``http``) with host, credentials and headers.
-    :param json: JSON body (templated). ``data``: form body or raw text (templated).
-    :param query: query-string parameters (templated; ``params`` is Airflow's DAG params). ``headers``: extra headers (templated).
+    :param http_conn_id: Airflow Connection (type ``resilient_http`` or ``http``) with host, credentials
+        and headers (templated).
+    :param json: JSON body (templated).
+    :param data: form body or raw text (templated); not together with ``json``.
+    :param query: query-string parameters (templated; ``params`` is Airflow's DAG params).
+    :param headers: extra request headers (templated; credentials belong in the connection).
     :param timeout: seconds, or ``(connect, read)``; default ``(10, 60)``.
-    :param rate_limit: :class:`RateLimit` shared by every task using ``rate_limit_key``.
+    :param rate_limit: :class:`RateLimit` shared by every task using ``rate_limit_key``; default:
+        the connection's (a ``resilient_http`` connection's form fields), else none.
     :param rate_limit_key: default: the connection id.
-    :param breaker: :class:`BreakerPolicy` shared by every task using ``breaker_key`` (default: the connection id).
-    :param retry: :class:`RetryPolicy` for retries inside one task try.
+    :param breaker: :class:`BreakerPolicy` shared by every task using ``breaker_key``; default: the
+        connection's, else none.
+    :param breaker_key: default: the connection id.
+    :param retry: :class:`RetryPolicy` for retries inside one task try; default: the connection's,
+        else ``RetryPolicy()``.
     :param idempotency_key: ``None`` (default): derived from dag, run, task and map index for
         POST/PUT/PATCH/DELETE; a string (templated) to set it; ``False`` to send none.
     :param idempotency_header: header name, default ``Idempotency-Key``.
@@ -62,6 +69,9 @@ class ResilientHttpOperator(BaseOperator):
     :param on_circuit_open: ``"fail"`` (raise :class:`CircuitOpenError`) or ``"defer"`` until half-open.
     :param response_check: ``f(response) -> bool``; False fails the task.
     :param response_filter: ``f(response) -> value`` pushed to XCom (default: JSON or text).
+    :param extra_options: request options passed to ``HttpHook.get_conn`` (``verify``, ``proxies``, ...).
+    :param auth_type: the ``requests`` auth class for the connection's login and password
+        (default: HTTP Basic).
     :param state_url: override ``[api_orchestration] state_url`` for this task.
     """
 
