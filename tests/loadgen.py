@@ -105,7 +105,7 @@ def run_bulk(args: dict) -> dict:
     import requests
 
     from api_orchestration import BreakerPolicy, Guard, RateLimit, RetryPolicy, backend_for_url
-    from api_orchestration.operators.engines import call_concurrently_async
+    from api_orchestration.calls.engines import call_concurrently_async
 
     backend = backend_for_url(args["state_url"])
     guard = Guard(

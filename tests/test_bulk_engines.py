@@ -12,7 +12,7 @@ import requests
 from fleet import window_stats
 
 from api_orchestration import BreakerPolicy, ConfigurationError, Guard, RateLimit, RetryPolicy
-from api_orchestration.operators.engines import call_concurrently, call_concurrently_async
+from api_orchestration.calls.engines import call_concurrently, call_concurrently_async
 
 FAST = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05)
 

@@ -24,7 +24,7 @@ from api_orchestration import (
     parse_retry_after,
 )
 from api_orchestration.errors import ApiOrchestrationError
-from api_orchestration.redact import redact_url
+from api_orchestration.redaction import redact_url
 
 FAST = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05)
 

@@ -13,7 +13,7 @@ import pytest
 import requests
 from test_dags import _register, _states
 
-from api_orchestration.idempotency import task_key
+from api_orchestration.calls.idempotency import task_key
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 START = pendulum.datetime(2026, 1, 1, tz="UTC")

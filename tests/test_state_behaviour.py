@@ -8,7 +8,7 @@ import time
 import pytest
 
 from api_orchestration import BreakerPolicy, ConfigurationError, RateLimit, StateBackendError, backend_for_url
-from api_orchestration.breaker import HOLD_SECONDS
+from api_orchestration.resilience.breaker import HOLD_SECONDS
 from api_orchestration.state import Verdict
 from api_orchestration.state.base import NO_WAIT_LIMIT as NO_LIMIT
 

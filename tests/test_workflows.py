@@ -7,8 +7,8 @@ import pytest
 from test_dags import _register, _states
 
 from api_orchestration import ConfigurationError, RetryPolicy
-from api_orchestration.builder import build
-from api_orchestration.workflow import Call, FanOut, Step, Workflow, result
+from api_orchestration.workflows.build import build
+from api_orchestration.workflows.model import Call, FanOut, Step, Workflow, result
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 

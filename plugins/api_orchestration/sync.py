@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from api_orchestration.call import ResilientCaller
-from api_orchestration.home import data_path
+from api_orchestration.calls.requests_driver import ResilientCaller
+from api_orchestration.paths import data_path
 
 
 def sync_window(context: Any, default_hours: float = 24.0) -> tuple[dt.datetime, dt.datetime]:

@@ -43,7 +43,7 @@ from fleet import window_stats  # noqa: E402
 from run_bench import table  # noqa: E402
 
 from api_orchestration import Guard, RateLimit, RetryPolicy, backend_for_url  # noqa: E402
-from api_orchestration.operators.engines import call_concurrently, call_concurrently_async  # noqa: E402
+from api_orchestration.calls.engines import call_concurrently, call_concurrently_async  # noqa: E402
 
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 QUIET = logging.getLogger("bench.quiet")

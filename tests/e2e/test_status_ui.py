@@ -193,18 +193,22 @@ def test_the_worker_records_the_saga_outcome_and_sends_metrics(airflow, saga_run
 
     deadline = time.monotonic() + 10  # UDP: give the last datagrams a moment
     while (
-        statsd.count("airflow.api_orchestration.saga.rolled_back.order_saga") < 1
+        statsd.count("airflow.api_orchestration.operators.saga.rolled_back.order_saga") < 1
         and time.monotonic() < deadline
     ):
         time.sleep(0.2)
-    assert statsd.count("airflow.api_orchestration.saga.rolled_back.order_saga") == 1
+    assert statsd.count("airflow.api_orchestration.operators.saga.rolled_back.order_saga") == 1
     assert statsd.count("airflow.api_orchestration.compensation.ok.charge_payment") == 1
     assert any(
         line.startswith("airflow.api_orchestration.compensation.duration.charge_payment:")
         for line in statsd.lines
     )
-    assert statsd.count("airflow.api_orchestration.call.ok.payments") == 2  # the charge and the refund
-    assert statsd.count("airflow.api_orchestration.call.failed.inventory") == 1  # 409, not retried
+    assert (
+        statsd.count("airflow.api_orchestration.calls.requests_driver.ok.payments") == 2
+    )  # the charge and the refund
+    assert (
+        statsd.count("airflow.api_orchestration.calls.requests_driver.failed.inventory") == 1
+    )  # 409, not retried
 
 
 def test_status_page_in_a_headless_browser(airflow, demo_server, store, saga_run):

@@ -3,11 +3,11 @@ shared limiter and breaker from ``async`` TaskFlow code (``@task.resilient_http`
 ``async def``).
 
 :class:`AsyncGuardedClient` opens an aiohttp session configured from the Airflow connection (as
-``HttpAsyncHook`` reads it), an :class:`~api_orchestration.admission.AdmissionQueue` (admissions of
+``HttpAsyncHook`` reads it), an :class:`~api_orchestration.calls.batching.AdmissionQueue` (admissions of
 concurrent calls batched into one store operation) and an
-:class:`~api_orchestration.acall.AsyncCaller`: the same attempt flow, retries, idempotency keys and
+:class:`~api_orchestration.calls.aiohttp_driver.AsyncCaller`: the same attempt flow, retries, idempotency keys and
 log lines as the bulk operator's async engine. Replies are read in full
-(:class:`~api_orchestration.acall.Reply`: ``status_code``, ``headers``, ``text``, ``json()``).
+(:class:`~api_orchestration.calls.aiohttp_driver.Reply`: ``status_code``, ``headers``, ``text``, ``json()``).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 
 from airflow.providers.http.hooks.http import HttpAsyncHook
 
-from api_orchestration.acall import AsyncCaller, Reply, new_session, options_from_connection
-from api_orchestration.admission import AdmissionQueue
-from api_orchestration.call import Guard, lease_seconds
+from api_orchestration.calls.aiohttp_driver import AsyncCaller, Reply, new_session, options_from_connection
+from api_orchestration.calls.batching import AdmissionQueue
+from api_orchestration.calls.requests_driver import Guard, lease_seconds
 from api_orchestration.calls.session import UNSAFE_METHODS, IdempotencyKeys
 from api_orchestration.connections import connection_policies
 from api_orchestration.connections.hook import without_policy_fields

@@ -21,10 +21,10 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from api_orchestration.call import Guard, ResilientCaller
+from api_orchestration import Guard, ResilientCaller
+from api_orchestration.calls.idempotency import DEFAULT_HEADER
 from api_orchestration.connections import ResilientHttpHook, connection_policies
 from api_orchestration.errors import HttpStatusError
-from api_orchestration.idempotency import DEFAULT_HEADER
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
 from api_orchestration.state import get_backend
 

@@ -31,8 +31,8 @@ from typing import Any
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, task_decorator_factory
 
+from api_orchestration.calls.idempotency import task_key
 from api_orchestration.errors import ConfigurationError
-from api_orchestration.idempotency import task_key
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
 
 

@@ -24,20 +24,20 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 from jinja2.sandbox import SandboxedEnvironment
 
-from api_orchestration.acall import options_from_connection
-from api_orchestration.call import Guard
+from api_orchestration.calls.aiohttp_driver import options_from_connection
+from api_orchestration.calls.engines import call_concurrently, call_concurrently_async
+from api_orchestration.calls.idempotency import task_key
+from api_orchestration.calls.requests_driver import Guard
 from api_orchestration.connections import ResilientHttpHook, connection_policies
 from api_orchestration.connections.hook import without_policy_fields
 from api_orchestration.errors import ConfigurationError
-from api_orchestration.home import data_path
-from api_orchestration.idempotency import task_key
-from api_orchestration.operators.engines import call_concurrently, call_concurrently_async
 from api_orchestration.operators.http import UNSAFE_METHODS
 from api_orchestration.operators.step import items_from
+from api_orchestration.paths import data_path
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
 from api_orchestration.state import get_backend
-from api_orchestration.templating import UpstreamResults, referenced_results
-from api_orchestration.workflow import allowed_failures
+from api_orchestration.workflows.model import allowed_failures
+from api_orchestration.workflows.templating import UpstreamResults, referenced_results
 
 _ENV = SandboxedEnvironment()
 ENGINES = ("async", "threads")

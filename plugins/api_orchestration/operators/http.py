@@ -12,14 +12,14 @@ from airflow.providers.http.hooks.http import HttpHook
 from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 from airflow.sdk import BaseOperator, Context
 
-from api_orchestration.call import DeferralNeeded, Guard, ResilientCaller
+from api_orchestration.calls.idempotency import DEFAULT_HEADER, task_key
+from api_orchestration.calls.requests_driver import DeferralNeeded, Guard, ResilientCaller
 from api_orchestration.connections import ResilientHttpHook, connection_policies
 from api_orchestration.errors import ConfigurationError, ResponseCheckError
-from api_orchestration.idempotency import DEFAULT_HEADER, task_key
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
-from api_orchestration.redact import redact_url
+from api_orchestration.redaction import redact_url
 from api_orchestration.state import get_backend
-from api_orchestration.templating import UpstreamResults
+from api_orchestration.workflows.templating import UpstreamResults
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")

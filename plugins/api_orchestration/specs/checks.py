@@ -12,7 +12,7 @@ from croniter import croniter
 from api_orchestration.errors import did_you_mean
 from api_orchestration.specs.model import CallSpec, StepSpec, WorkflowSpec
 from api_orchestration.specs.problems import Problem, field_path
-from api_orchestration.templating import result_reference_problem, template_problems
+from api_orchestration.workflows.templating import result_reference_problem, template_problems
 
 PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
 PARAM_KEYS = frozenset(

@@ -16,7 +16,7 @@ from api_orchestration.errors import ConfigurationError
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
 from api_orchestration.specs.model import CallSpec, StepSpec, WorkflowSpec
 from api_orchestration.specs.problems import Problem, shown
-from api_orchestration.workflow import Bulk, Call, FanOut, Step, Workflow
+from api_orchestration.workflows.model import Bulk, Call, FanOut, Step, Workflow
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ import os
 import threading
 
 from api_orchestration.errors import ConfigurationError
-from api_orchestration.home import airflow_home
+from api_orchestration.paths import airflow_home
 from api_orchestration.state.base import Admission, Batch, StateBackend, Transition, Verdict
 
 __all__ = [

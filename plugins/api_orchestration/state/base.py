@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from api_orchestration.breaker import BreakerDecision
 from api_orchestration.policy import BreakerPolicy, RateLimit
+from api_orchestration.resilience.breaker import BreakerDecision
 
 NO_WAIT_LIMIT = float("inf")
 

@@ -13,9 +13,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
-from api_orchestration import breaker as brk
 from api_orchestration.errors import StateBackendError
 from api_orchestration.policy import BreakerPolicy, RateLimit
+from api_orchestration.resilience import breaker as brk
 from api_orchestration.state import redis_scripts
 from api_orchestration.state.base import Admission, Batch, StateBackend, Transition, Verdict
 

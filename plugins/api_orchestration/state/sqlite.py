@@ -17,10 +17,10 @@ from contextlib import contextmanager, suppress
 from dataclasses import fields
 from typing import Any
 
-from api_orchestration import breaker as brk
-from api_orchestration import ratelimit as rl
 from api_orchestration.errors import ConfigurationError, StateBackendError
 from api_orchestration.policy import BreakerPolicy, RateLimit
+from api_orchestration.resilience import breaker as brk
+from api_orchestration.resilience import limiter as rl
 from api_orchestration.state.base import Admission, Batch, StateBackend, Transition, Verdict
 
 SCHEMA_VERSION = 3  # bump on any change: older state is dropped (it is only rate and breaker state)

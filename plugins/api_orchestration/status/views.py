@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from api_orchestration import ratelimit as rl
+from api_orchestration.resilience import limiter as rl
 from api_orchestration.state.base import StateBackend
 
 _LIMITER_FIELDS = [f.name for f in fields(rl.LimiterRecord)]

@@ -1,6 +1,6 @@
 """The typed workflow model: steps, calls, modes and compensations, validated before any DAG exists.
 
-Python DAG authors build it directly (see :mod:`api_orchestration.builder`); YAML specs are parsed
+Python DAG authors build it directly (see :mod:`api_orchestration.workflows.build`); YAML specs are parsed
 into the same model. Validation errors name the workflow, the step and the field.
 """
 

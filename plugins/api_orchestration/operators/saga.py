@@ -1,6 +1,6 @@
 """Sagas: compensations that undo, in reverse order, exactly the steps that completed.
 
-Wiring (done by :func:`api_orchestration.builder.build`)::
+Wiring (done by :func:`api_orchestration.workflows.build.build`)::
 
     step_a >> step_b >> step_c            (the forward steps; any shape)
     [all steps] >> saga_check >> undo_c >> undo_b >> undo_a >> saga_outcome   (all trigger_rule ALL_DONE)
@@ -31,10 +31,10 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from api_orchestration import metrics
+from api_orchestration.calls.idempotency import task_key
 from api_orchestration.errors import CircuitOpenError, ConfigurationError, PermanentHttpStatusError
-from api_orchestration.idempotency import task_key
 from api_orchestration.operators.http import ResilientHttpOperator
-from api_orchestration.status.sagas import record_saga_outcome
+from api_orchestration.state.sagas import record_saga_outcome
 
 logger = logging.getLogger(__name__)
 FAILED = ("failed", "upstream_failed")

@@ -1,13 +1,13 @@
-"""The two engines of bulk mode: many calls through one :class:`~api_orchestration.call.Guard`.
+"""The two engines of bulk mode: many calls through one :class:`~api_orchestration.calls.requests_driver.Guard`.
 
 Both take ``request(i)`` (call i's ``method``, ``url`` and keyword arguments) and yield one row per
 call, in order: ``{"index", "ok": True, "status", "result"}`` or ``{"index", "ok": False, "error"}``.
 
 - :func:`call_concurrently_async` (the default): ``concurrency`` calls in flight on one asyncio
   event loop over aiohttp, admitted in batches (one store operation per batch, see
-  :mod:`api_orchestration.admission`). Measured at about 2,000 POSTs/s on a 2-core machine.
+  :mod:`api_orchestration.calls.batching`). Measured at about 2,000 POSTs/s on a 2-core machine.
 - :func:`call_concurrently`: ``concurrency`` threads, each with a ``requests.Session`` and a
-  :class:`~api_orchestration.call.ResilientCaller` (one store operation per call). ``requests`` in
+  :class:`~api_orchestration.calls.requests_driver.ResilientCaller` (one store operation per call). ``requests`` in
   threads tops out near 700 calls/s there, whatever the store.
 """
 
@@ -24,9 +24,9 @@ from typing import Any
 import aiohttp
 import requests
 
-from api_orchestration.acall import AsyncCaller, new_session
-from api_orchestration.admission import AdmissionQueue
-from api_orchestration.call import Guard, ResilientCaller, lease_seconds
+from api_orchestration.calls.aiohttp_driver import AsyncCaller, new_session
+from api_orchestration.calls.batching import AdmissionQueue
+from api_orchestration.calls.requests_driver import Guard, ResilientCaller, lease_seconds
 from api_orchestration.errors import ApiOrchestrationError
 from api_orchestration.operators.http import default_response_filter
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import requests
 
-from api_orchestration import breaker as brk
 from api_orchestration import metrics
 from api_orchestration.errors import (
     CallTimeoutError,
@@ -24,8 +23,9 @@ from api_orchestration.errors import (
     TransportError,
 )
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
-from api_orchestration.redact import redact_url
-from api_orchestration.retry import (
+from api_orchestration.redaction import redact_url
+from api_orchestration.resilience import breaker as brk
+from api_orchestration.resilience.outcome import (
     Outcome,
     classify_exception,
     classify_status,

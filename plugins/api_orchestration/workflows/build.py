@@ -1,4 +1,4 @@
-"""Render a validated :class:`~api_orchestration.workflow.Workflow` as an Airflow DAG.
+"""Render a validated :class:`~api_orchestration.workflows.model.Workflow` as an Airflow DAG.
 
 Each step becomes a task named after it, so the graph shows the workflow's shape:
 
@@ -23,9 +23,14 @@ from airflow.sdk import DAG, TriggerRule
 from airflow.sdk.exceptions import AirflowFailException
 
 from api_orchestration.operators.bulk import BulkHttpOperator
+from api_orchestration.operators.saga import (
+    CompensationOperator,
+    SagaOutcomeOperator,
+    record_failure,
+    saga_failed,
+)
 from api_orchestration.operators.step import StepOperator, items_from
-from api_orchestration.saga import CompensationOperator, SagaOutcomeOperator, record_failure, saga_failed
-from api_orchestration.workflow import Call, FanOut, Step, Workflow, allowed_failures
+from api_orchestration.workflows.model import Call, FanOut, Step, Workflow, allowed_failures
 
 
 def _call_kwargs(wf: Workflow, call: Call) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """The resilient call path on asyncio and aiohttp, for many concurrent calls in one task.
 
-The same steps, semantics and log lines as :class:`~api_orchestration.call.ResilientCaller`:
+The same steps, semantics and log lines as :class:`~api_orchestration.calls.requests_driver.ResilientCaller`:
 admission (limiter slot and breaker permit), the attempt, its verdict, retries with backoff or
 ``Retry-After`` (a 429 pauses the key for every worker). Admissions and verdicts go through an
-:class:`~api_orchestration.admission.AdmissionQueue`, which batches them into one store operation.
+:class:`~api_orchestration.calls.batching.AdmissionQueue`, which batches them into one store operation.
 Sessions come from :func:`new_session`, which turns off aiohttp's silent resend of an idempotent
 request on a dropped keep-alive connection: every request on the wire has been admitted.
 """
@@ -23,10 +23,9 @@ import aiohttp
 import requests.utils
 from yarl import URL
 
-from api_orchestration import breaker as brk
 from api_orchestration import metrics
-from api_orchestration.admission import AdmissionQueue
-from api_orchestration.call import (
+from api_orchestration.calls.batching import AdmissionQueue
+from api_orchestration.calls.requests_driver import (
     Attempt,
     DeferralNeeded,
     _Waits,
@@ -36,8 +35,9 @@ from api_orchestration.call import (
     redacted_error,
     retry_after_of,
 )
-from api_orchestration.redact import redact_url
-from api_orchestration.retry import classify_exception, classify_status, may_retry_method
+from api_orchestration.redaction import redact_url
+from api_orchestration.resilience import breaker as brk
+from api_orchestration.resilience.outcome import classify_exception, classify_status, may_retry_method
 
 logger = logging.getLogger(__name__)
 MAX_RESLOTS = 3  # new slots a late call may take before it goes anyway (and says so)
@@ -119,7 +119,7 @@ def options_from_connection(extra_options: Mapping[str, Any] | None, base_url: s
 
 
 class AsyncCaller:
-    """Makes calls on an aiohttp session under the queue's :class:`~api_orchestration.call.Guard`."""
+    """Makes calls on an aiohttp session under the queue's :class:`~api_orchestration.calls.requests_driver.Guard`."""
 
     def __init__(
         self,

@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
-from api_orchestration import breaker as brk
-from api_orchestration.call import Guard, log_transition
+from api_orchestration.calls.requests_driver import Guard, log_transition
+from api_orchestration.resilience import breaker as brk
 from api_orchestration.state.base import Admission, Batch, Verdict
 
 logger = logging.getLogger(__name__)
