@@ -100,6 +100,10 @@ def test_public_api_is_exactly_all():
         "status",
         "acall",
         "admission",
+        "resilience",
+        "paths",
+        "workflows",
+        "redaction",
         "calls",  # the provider's subpackages, bound when imported (connections, clients, decorator)
         "connections",
         "decorators",
