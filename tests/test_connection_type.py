@@ -215,3 +215,34 @@ def test_hook_reads_the_connection_without_the_policy_fields(demo, monkeypatch):
     set_connection(monkeypatch, "conn_hook", demo.port, {"rate_limit_permits": 3, "X-Team": "t"})
     session = ResilientHttpHook(method="GET", http_conn_id="conn_hook").get_conn()
     assert session.headers["X-Team"] == "t" and "rate_limit_permits" not in session.headers
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_workflows_and_specs_take_the_connections_policies_unless_they_set_their_own(demo, monkeypatch):
+    from api_orchestration import Call, Step, Workflow, build
+    from api_orchestration.specs import load_text
+
+    fast = {"retry_max_attempts": 5, "retry_base_delay": 0.01, "retry_max_delay": 0.02}
+    set_connection(monkeypatch, "conn_wf", demo.port, fast)
+    wf = Workflow(
+        "conn_policy_workflow",
+        conn_id="conn_wf",
+        steps=(
+            Step("inherits", Call("GET", "/flaky/wf-a?fail=3")),
+            Step(
+                "own", Call("GET", "/flaky/wf-b?fail=3"), retry=RetryPolicy(max_attempts=2, base_delay=0.01)
+            ),
+        ),
+    )
+    dag = build(wf, schedule=None, start_date=START)
+    spec = load_text(
+        "dag_id: conn_policy_spec\ndefaults: {conn_id: conn_wf}\n"
+        "steps:\n  - name: inherits\n    call: {path: /flaky/spec-a?fail=3}\n",
+        "conn_policy_spec.yaml",
+    ).dag
+    for d in (dag, spec):
+        _register(d)
+    assert _states(dag.test()) == {"inherits": "success", "own": "failed"}
+    assert _states(spec.test()) == {"inherits": "success"}
+    paths = demo.calls()["paths"]
+    assert (paths["/flaky/wf-a"], paths["/flaky/wf-b"], paths["/flaky/spec-a"]) == (4, 2, 4)
