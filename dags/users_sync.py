@@ -15,7 +15,8 @@ import pendulum
 from airflow.providers.http.hooks.http import HttpHook
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param, task
 
-from api_orchestration import Guard, RateLimit, ResilientCaller, RetryPolicy, get_backend
+from api_orchestration import Guard, RateLimit, ResilientCaller, RetryPolicy
+from api_orchestration.state import get_backend
 from api_orchestration.sync import fetch_all, sync_window, upsert
 
 CONN = "demo_api"

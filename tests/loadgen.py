@@ -38,7 +38,8 @@ def _ready_then_wait_for_start() -> float:
 def run_limiter(args: dict) -> dict:
     import requests
 
-    from api_orchestration import RateLimit, backend_for_url
+    from api_orchestration import RateLimit
+    from api_orchestration.state import backend_for_url
 
     backend = backend_for_url(args["state_url"])
     limit = RateLimit(args["permits"], args["per_seconds"], burst=args.get("burst", 1))
@@ -104,8 +105,9 @@ def run_breaker(args: dict) -> dict:
 def run_bulk(args: dict) -> dict:
     import requests
 
-    from api_orchestration import BreakerPolicy, Guard, RateLimit, RetryPolicy, backend_for_url
+    from api_orchestration import BreakerPolicy, Guard, RateLimit, RetryPolicy
     from api_orchestration.calls.engines import call_concurrently_async
+    from api_orchestration.state import backend_for_url
 
     backend = backend_for_url(args["state_url"])
     guard = Guard(

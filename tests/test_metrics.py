@@ -21,8 +21,7 @@ CALLS = textwrap.dedent(
     """
     import sys
     import requests
-    from api_orchestration import (BreakerPolicy, CircuitOpenError, Guard, HttpStatusError, RateLimit,
-                                   ResilientCaller, RetryPolicy)
+    from api_orchestration import BreakerPolicy, CircuitOpenError, Guard, HttpStatusError, RateLimit, ResilientCaller, RetryPolicy
     from api_orchestration.state import backend_for_url
 
     demo, state = sys.argv[1:3]
@@ -87,21 +86,17 @@ def test_calls_send_statsd_metrics(demo, tmp_path):
             int(line.split(":")[1].split("|")[0]) for line in lines if line.startswith(f"airflow.{name}:")
         )
 
-    assert count("api_orchestration.calls.requests_driver.ok.flaky") == 1
-    assert count("api_orchestration.calls.requests_driver.retry.flaky") == 1
-    attempts = [
-        line
-        for line in lines
-        if line.startswith("airflow.api_orchestration.calls.requests_driver.attempt.flaky:")
-    ]
+    assert count("api_orchestration.call.ok.flaky") == 1
+    assert count("api_orchestration.call.retry.flaky") == 1
+    attempts = [line for line in lines if line.startswith("airflow.api_orchestration.call.attempt.flaky:")]
     assert len(attempts) == 2 and all(re.fullmatch(r".*:\d+\.\d+\|ms", a) for a in attempts), attempts
     waits = [float(line.split(":")[1].split("|")[0]) for line in lines if ".limiter.wait.slow:" in line]
     assert len(waits) == 1 and 150 < waits[0] < 260, lines  # ms: one slot of 1.02 s / 5
-    assert count("api_orchestration.calls.requests_driver.failed.down") == 2
-    assert count("api_orchestration.resilience.breaker.open.down") == 1
-    assert count("api_orchestration.resilience.breaker.rejected.down") == 1
+    assert count("api_orchestration.call.failed.down") == 2
+    assert count("api_orchestration.breaker.open.down") == 1
+    assert count("api_orchestration.breaker.rejected.down") == 1
     assert count("api_orchestration.limiter.paused.partner") == 1
-    assert count("api_orchestration.calls.requests_driver.ok.partner") == 1
+    assert count("api_orchestration.call.ok.partner") == 1
     assert all(line.startswith("airflow.api_orchestration.") for line in lines), lines
 
 

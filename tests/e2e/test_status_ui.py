@@ -158,11 +158,11 @@ def test_reset_is_refused_without_airflow_auth_and_works_with_it(airflow, demo_s
     assert requests.post(reset, timeout=10).status_code == 401
     assert requests.post(reset, headers={"Authorization": "Bearer not-a-jwt"}, timeout=10).status_code == 403
     assert viewer.request("POST", "/api-orchestration/api/breakers/payments/reset").status_code == 403
-    assert store.breaker_status("payments")["state"] == "open"
+    assert store.breaker_status("payments").state == "open"
 
     seen = viewer.request("GET", "/api-orchestration/api/breakers/payments").json()  # viewers may read
     assert seen["state"] == "open" and seen["next_half_open_at"] == iso(
-        store.breaker_status("payments")["opened_until"]
+        store.breaker_status("payments").opened_until
     )
 
     done = admin.request("POST", "/api-orchestration/api/breakers/payments/reset")
@@ -171,7 +171,7 @@ def test_reset_is_refused_without_airflow_auth_and_works_with_it(airflow, demo_s
         and done.json()["by"] == "admin"
         and done.json()["breaker"]["state"] == "closed"
     )
-    assert store.breaker_status("payments")["state"] == "closed"
+    assert store.breaker_status("payments").state == "closed"
     demo_server.reset()  # payments up again: the next call goes through
     assert (
         call(store, "payments", f"{demo_server.url}/payments/health", breaker=PAYMENTS_BREAKER).status_code
@@ -193,22 +193,18 @@ def test_the_worker_records_the_saga_outcome_and_sends_metrics(airflow, saga_run
 
     deadline = time.monotonic() + 10  # UDP: give the last datagrams a moment
     while (
-        statsd.count("airflow.api_orchestration.operators.saga.rolled_back.order_saga") < 1
+        statsd.count("airflow.api_orchestration.saga.rolled_back.order_saga") < 1
         and time.monotonic() < deadline
     ):
         time.sleep(0.2)
-    assert statsd.count("airflow.api_orchestration.operators.saga.rolled_back.order_saga") == 1
+    assert statsd.count("airflow.api_orchestration.saga.rolled_back.order_saga") == 1
     assert statsd.count("airflow.api_orchestration.compensation.ok.charge_payment") == 1
     assert any(
         line.startswith("airflow.api_orchestration.compensation.duration.charge_payment:")
         for line in statsd.lines
     )
-    assert (
-        statsd.count("airflow.api_orchestration.calls.requests_driver.ok.payments") == 2
-    )  # the charge and the refund
-    assert (
-        statsd.count("airflow.api_orchestration.calls.requests_driver.failed.inventory") == 1
-    )  # 409, not retried
+    assert statsd.count("airflow.api_orchestration.call.ok.payments") == 2  # the charge and the refund
+    assert statsd.count("airflow.api_orchestration.call.failed.inventory") == 1  # 409, not retried
 
 
 def test_status_page_in_a_headless_browser(airflow, demo_server, store, saga_run):
@@ -267,7 +263,7 @@ def test_status_page_in_a_headless_browser(airflow, demo_server, store, saga_run
             browser.evaluate("document.querySelector('tr[data-breaker=\"payments\"]').dataset.state")
             == "closed"
         )
-        assert store.breaker_status("payments")["state"] == "closed"
+        assert store.breaker_status("payments").state == "closed"
     finally:
         browser.close()
     assert Path(ARTIFACTS / "ui-status.png").stat().st_size > 10_000

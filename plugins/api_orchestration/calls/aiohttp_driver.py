@@ -1,11 +1,9 @@
-"""The resilient call path on asyncio and aiohttp, for many concurrent calls in one task.
+"""The attempt flow (:mod:`.flow`) carried out with asyncio and aiohttp: many concurrent calls in one task.
 
-The same steps, semantics and log lines as :class:`~api_orchestration.calls.requests_driver.ResilientCaller`:
-admission (limiter slot and breaker permit), the attempt, its verdict, retries with backoff or
-``Retry-After`` (a 429 pauses the key for every worker). Admissions and verdicts go through an
-:class:`~api_orchestration.calls.batching.AdmissionQueue`, which batches them into one store operation.
-Sessions come from :func:`new_session`, which turns off aiohttp's silent resend of an idempotent
-request on a dropped keep-alive connection: every request on the wire has been admitted.
+Admissions and verdicts go through an :class:`~api_orchestration.calls.batching.AdmissionQueue`,
+which batches the calls of one event loop into one store operation. Sessions come from
+:func:`new_session`, which turns off aiohttp's silent resend of an idempotent request on a dropped
+keep-alive connection: every request on the wire has been admitted.
 """
 
 from __future__ import annotations
@@ -23,24 +21,23 @@ import aiohttp
 import requests.utils
 from yarl import URL
 
-from api_orchestration import metrics
+from api_orchestration import compat
 from api_orchestration.calls.batching import AdmissionQueue
-from api_orchestration.calls.requests_driver import (
-    Attempt,
-    DeferralNeeded,
-    _Waits,
-    conclude,
-    note_granted,
-    on_refusal,
-    redacted_error,
-    retry_after_of,
+from api_orchestration.calls.flow import (
+    Admit,
+    CallInfo,
+    Command,
+    Pause,
+    Report,
+    Send,
+    Sent,
+    Sleep,
+    Stepper,
+    attempt_flow,
 )
 from api_orchestration.redaction import redact_url
-from api_orchestration.resilience import breaker as brk
-from api_orchestration.resilience.outcome import classify_exception, classify_status, may_retry_method
 
 logger = logging.getLogger(__name__)
-MAX_RESLOTS = 3  # new slots a late call may take before it goes anyway (and says so)
 
 
 @dataclass(frozen=True)
@@ -92,7 +89,7 @@ def new_session(
         headers=dict(headers or {}),
         auth=auth,
     )
-    session._retry_connection = False  # no public switch; aiohttp's own test client sets it too
+    compat.no_silent_resend(session)
     return session
 
 
@@ -119,7 +116,7 @@ def options_from_connection(extra_options: Mapping[str, Any] | None, base_url: s
 
 
 class AsyncCaller:
-    """Makes calls on an aiohttp session under the queue's :class:`~api_orchestration.calls.requests_driver.Guard`."""
+    """Makes calls on an aiohttp session under the queue's :class:`~api_orchestration.calls.guard.Guard`."""
 
     def __init__(
         self,
@@ -127,46 +124,11 @@ class AsyncCaller:
         admissions: AdmissionQueue,
         *,
         request_options: Mapping[str, Any] | None = None,
-        log: logging.Logger | logging.LoggerAdapter | None = None,
     ) -> None:
         self.session, self.admissions, self.guard = session, admissions, admissions.guard
+        self.events = admissions.events
         self.options = dict(request_options or {})
-        self.log = log or logger
         self._proxies: dict[str, str | None] = {}  # environment proxy per scheme://host, as requests reads it
-
-    async def _admit(self, attempt: int, waits: _Waits) -> tuple[brk.BreakerDecision | None, float, float]:
-        """The permit, the wait until the slot, and when the deciding store operation started."""
-        held = 0.0
-        while True:
-            admission, sent = await self.admissions.admit()
-            if admission.granted:
-                note_granted(self.guard, admission, held, waits, self.log)
-                return admission.breaker, admission.wait, sent
-            pause = on_refusal(self.guard, admission, attempt, held)
-            await asyncio.sleep(pause)
-            held += pause
-
-    async def _until_slot(self, wait: float, sent: float, attempt: int, waits: _Waits) -> None:
-        """Sleep until the slot, which lies between ``sent + wait`` and the answer's arrival plus
-        ``wait``. Every call is late by the steady part of the store's round trip; one later than
-        that by more than half the limit's margin (its process stalled: a busy machine, a long GC)
-        could share a window with calls whose slots are a whole window after its, so it takes a new
-        slot (keeping its breaker permit) instead of going out."""
-        limit, key = self.guard.rate_limit, self.guard.limit_key
-        for _ in range(MAX_RESLOTS):
-            if wait > 0:
-                await asyncio.sleep(wait)
-            late = time.monotonic() - sent - wait - self.admissions.round_trip
-            if limit is None or late <= limit.margin * limit.per_seconds / 2:
-                return
-            admission, sent = await self.admissions.admit(slot_only=True)
-            if not admission.granted:
-                on_refusal(self.guard, admission, attempt, 0.0)  # raises: only "defer" refuses a slot
-            wait = admission.wait
-            waits.add(wait, f"for a new slot on {key!r} (the first was missed by {late * 1000:.0f} ms)")
-        if wait > 0:
-            await asyncio.sleep(wait)
-        self.log.warning("limiter %r: slot missed %d times in a row, sending anyway", key, MAX_RESLOTS)
 
     def _proxy(self, target: URL) -> dict[str, Any]:
         if "proxy" in self.options:
@@ -177,14 +139,6 @@ class AsyncCaller:
             self._proxies[origin] = found.get(target.scheme) or found.get("all")
         proxy = self._proxies[origin]
         return {"proxy": proxy} if proxy else {}
-
-    async def _send(self, method: str, target: URL, headers: dict[str, str], body: dict[str, Any]) -> Reply:
-        options = {**self.options, **self._proxy(target)}
-        async with self.session.request(method, target, headers=headers, **body, **options) as resp:
-            content = await resp.read()
-            return Reply(
-                resp.status, resp.reason or "", resp.headers, content, str(resp.url), resp.charset or "utf-8"
-            )
 
     async def call(
         self,
@@ -198,9 +152,8 @@ class AsyncCaller:
         idempotency_key: str | None = None,
         idempotency_header: str = "Idempotency-Key",
     ) -> Reply:
-        """Make the call; return the successful reply or raise a typed error."""
+        """Make the call; return the successful reply or raise a typed error (or DeferralNeeded)."""
         method = method.upper()
-        g, policy = self.guard, self.guard.retry
         headers = dict(headers or {})
         if idempotency_key:
             headers[idempotency_header] = idempotency_key
@@ -210,48 +163,42 @@ class AsyncCaller:
         body: dict[str, Any] = {}
         if method not in ("GET", "HEAD"):
             body = {"data": data} if data is not None else {"json": json} if json is not None else {}
-        safe_url = redact_url(str(target))
-        retry_ok = may_retry_method(method, idempotency_key)
-        max_attempts = policy.max_attempts if retry_ok else 1
-        attempt, waits = 1, _Waits()
-        while True:
-            permit, wait, sent = await self._admit(attempt, waits)
-            reply: Reply | None = None
-            error: Exception | None = None
+        options = {**self.options, **self._proxy(target)}
+        info = CallInfo(method, redact_url(str(target)), idempotency_key, (str(target), target.raw_path_qs))
+        request = self.admissions.request
+        stepper = Stepper(attempt_flow(info, self.guard, request, self.events, time.monotonic))
+        command = stepper.start()
+        while command is not None:
             try:
-                await self._until_slot(wait, sent, attempt, waits)
-                started = time.perf_counter()
-                try:
-                    reply = await self._send(method, target, headers, body)
-                    outcome = classify_status(reply.status_code, policy)
-                except TimeoutError as exc:  # aiohttp's timeouts are TimeoutErrors
-                    error, outcome = exc, classify_exception(True, policy)
-                except aiohttp.ClientError as exc:
-                    error, outcome = exc, classify_exception(False, policy)
-            except BaseException:  # cancelled mid-call: the effect is unknown, count a failure
-                self.admissions.record(permit, True)
-                raise
-            elapsed = time.perf_counter() - started
-            metrics.attempt(g.limit_key, elapsed)
-            a = Attempt(
-                method, safe_url, attempt, max_attempts, retry_ok, elapsed, waits, outcome, reply, error
-            )
-            self.admissions.record(permit, a.breaker_failure(g))  # before the retry's admission
-            retry_after = await self._retry_after(reply)
-            error_text = redacted_error(error, (str(target), target.raw_path_qs))
-            step = conclude(a, g, self.log, retry_after, error_text)
-            if step is None:
-                return reply  # type: ignore[return-value]
-            delay, why = step
-            attempt, waits = attempt + 1, _Waits()
-            if delay > g.max_sleep:
-                raise DeferralNeeded(delay, why, attempt)
-            await asyncio.sleep(delay)
-            waits.add(delay, f"for {why}")
+                result = await self._execute(command, method, target, headers, {**body, **options})
+            except BaseException as exc:
+                command = stepper.fail(exc)
+            else:
+                command = stepper.ok(result)
+        return stepper.result  # type: ignore[return-value]
 
-    async def _retry_after(self, reply: Reply | None) -> float | None:
-        seconds, pause = retry_after_of(reply, self.guard.retry)
-        if pause:
-            await self.admissions.pause(seconds)  # type: ignore[arg-type]
-            metrics.limiter_paused(self.guard.limit_key)
-        return seconds
+    async def _execute(
+        self, command: Command, method: str, target: URL, headers: dict[str, str], options: dict[str, Any]
+    ) -> Any:
+        if isinstance(command, Send):
+            started = time.perf_counter()
+            try:
+                async with self.session.request(method, target, headers=headers, **options) as resp:
+                    content = await resp.read()
+            except (TimeoutError, aiohttp.ClientError) as exc:  # aiohttp's timeouts are TimeoutErrors
+                return Sent(None, exc, isinstance(exc, TimeoutError), time.perf_counter() - started)
+            reply = Reply(
+                resp.status, resp.reason or "", resp.headers, content, str(resp.url), resp.charset or "utf-8"
+            )
+            return Sent(reply, None, False, time.perf_counter() - started)
+        if isinstance(command, Admit):
+            return await self.admissions.admit(slot_only=command.slot_only)
+        if isinstance(command, Sleep):
+            await asyncio.sleep(command.seconds)
+            return None
+        if isinstance(command, Report):
+            self.admissions.record(command.verdict)  # before the next admission asked for
+            return None
+        if isinstance(command, Pause):
+            return await self.admissions.pause(command.seconds)
+        raise TypeError(f"unknown command {command!r}")

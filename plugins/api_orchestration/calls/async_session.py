@@ -15,24 +15,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from airflow.providers.http.hooks.http import HttpAsyncHook
-
+from api_orchestration import compat
 from api_orchestration.calls.aiohttp_driver import AsyncCaller, Reply, new_session, options_from_connection
 from api_orchestration.calls.batching import AdmissionQueue
-from api_orchestration.calls.requests_driver import Guard, lease_seconds
+from api_orchestration.calls.events import default_events
+from api_orchestration.calls.guard import Guard, lease_seconds
 from api_orchestration.calls.session import UNSAFE_METHODS, IdempotencyKeys
 from api_orchestration.connections import connection_policies
-from api_orchestration.connections.hook import without_policy_fields
 from api_orchestration.errors import HttpStatusError
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
 from api_orchestration.state import get_backend
-
-
-class _AsyncConfig(HttpAsyncHook):
-    """``HttpAsyncHook``'s reading of the connection, without the policy fields (not headers)."""
-
-    async def aget_connection(self, conn_id: str) -> Any:  # type: ignore[override]
-        return without_policy_fields(self.get_connection(conn_id))
 
 
 class AsyncGuardedClient:
@@ -72,13 +64,14 @@ class AsyncGuardedClient:
         self._caller: AsyncCaller | None = None
 
     async def __aenter__(self) -> AsyncGuardedClient:
-        config = await _AsyncConfig(method="GET", http_conn_id=self.conn_id).config()
+        config = await compat.connection_config("GET", self.conn_id)  # as HttpAsyncHook reads it
         self.base_url = config.base_url.rstrip("/")
         self._session = new_session(self.concurrency, self.timeout, headers=config.headers, auth=config.auth)
-        self._admissions = AdmissionQueue(self.guard, lease_seconds(self.timeout), log=self.log)
+        events = default_events(self.log, self.guard.listeners)
+        self._admissions = AdmissionQueue(self.guard, lease_seconds(self.timeout), events)
         self._caller = AsyncCaller(
             self._session, self._admissions,
-            request_options=options_from_connection(config.extra_options, config.base_url), log=self.log,
+            request_options=options_from_connection(config.extra_options, config.base_url),
         )  # fmt: skip
         return self
 

@@ -1,4 +1,4 @@
-"""The two engines of bulk mode: many calls through one :class:`~api_orchestration.calls.requests_driver.Guard`.
+"""The two engines of bulk mode: many calls through one :class:`~api_orchestration.calls.guard.Guard`.
 
 Both take ``request(i)`` (call i's ``method``, ``url`` and keyword arguments) and yield one row per
 call, in order: ``{"index", "ok": True, "status", "result"}`` or ``{"index", "ok": False, "error"}``.
@@ -26,9 +26,11 @@ import requests
 
 from api_orchestration.calls.aiohttp_driver import AsyncCaller, new_session
 from api_orchestration.calls.batching import AdmissionQueue
-from api_orchestration.calls.requests_driver import Guard, ResilientCaller, lease_seconds
+from api_orchestration.calls.events import default_events
+from api_orchestration.calls.guard import Guard, lease_seconds
+from api_orchestration.calls.requests_driver import ResilientCaller
+from api_orchestration.calls.responses import default_response_filter
 from api_orchestration.errors import ApiOrchestrationError
-from api_orchestration.operators.http import default_response_filter
 
 try:  # a faster event loop when installed (Airflow's uvicorn[standard] brings it)
     from uvloop import new_event_loop as _new_loop
@@ -124,11 +126,11 @@ def call_concurrently_async(
     rows: dict[int, Row] = {}
     with _frozen_heap(), asyncio.Runner(loop_factory=_new_loop) as runner:
         loop = runner.get_loop()
-        admissions = AdmissionQueue(guard, lease_seconds(timeout), log=log)
+        admissions = AdmissionQueue(guard, lease_seconds(timeout), default_events(log, guard.listeners))
 
         async def engine() -> None:
             async with new_session(concurrency, timeout, headers=headers, auth=auth) as session:
-                caller = AsyncCaller(session, admissions, request_options=request_options, log=log)
+                caller = AsyncCaller(session, admissions, request_options=request_options)
                 indices = iter(range(count))
 
                 async def worker() -> None:

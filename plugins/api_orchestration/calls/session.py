@@ -21,7 +21,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from api_orchestration import Guard, ResilientCaller
+from api_orchestration import Guard, ResilientCaller, compat
 from api_orchestration.calls.idempotency import DEFAULT_HEADER
 from api_orchestration.connections import ResilientHttpHook, connection_policies
 from api_orchestration.errors import HttpStatusError
@@ -133,6 +133,6 @@ def guarded_session(
         breaker_key=breaker_key or conn_id, breaker=policies.breaker, retry=policies.retry or RetryPolicy(),
         max_sleep=max_sleep,
     )  # fmt: skip
-    caller = ResilientCaller(inner, guard, timeout=timeout, send_options=hook.merged_extra, log=log)
+    caller = ResilientCaller(inner, guard, timeout=timeout, send_options=compat.merged_extra(hook), log=log)
     keys = IdempotencyKeys(idempotency_base) if idempotency_base else None
     return GuardedSession(caller, hook.base_url, keys)

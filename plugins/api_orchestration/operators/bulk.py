@@ -10,7 +10,6 @@ item: index, status, result or error); the task returns its path and the counts.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import time
@@ -19,25 +18,23 @@ from pathlib import Path
 from typing import Any
 
 import jmespath
-from airflow.providers.http.hooks.http import HttpAsyncHook
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 from jinja2.sandbox import SandboxedEnvironment
 
+from api_orchestration import compat
 from api_orchestration.calls.aiohttp_driver import options_from_connection
 from api_orchestration.calls.engines import call_concurrently, call_concurrently_async
+from api_orchestration.calls.guard import Guard
 from api_orchestration.calls.idempotency import task_key
-from api_orchestration.calls.requests_driver import Guard
 from api_orchestration.connections import ResilientHttpHook, connection_policies
-from api_orchestration.connections.hook import without_policy_fields
 from api_orchestration.errors import ConfigurationError
 from api_orchestration.operators.http import UNSAFE_METHODS
 from api_orchestration.operators.step import items_from
+from api_orchestration.operators.templates import UpstreamResults, referenced_results
 from api_orchestration.paths import data_path
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy, allowed_failures
 from api_orchestration.state import get_backend
-from api_orchestration.workflows.model import allowed_failures
-from api_orchestration.workflows.templating import UpstreamResults, referenced_results
 
 _ENV = SandboxedEnvironment()
 ENGINES = ("async", "threads")
@@ -72,15 +69,6 @@ def join_url(base_url: str, endpoint: str) -> str:
     if base_url and not base_url.endswith("/") and endpoint and not endpoint.startswith("/"):
         return f"{base_url}/{endpoint}"
     return (base_url or "") + (endpoint or "")
-
-
-class _ConnectionConfig(HttpAsyncHook):
-    """``HttpAsyncHook``'s reading of the connection (base URL, credentials, headers, extras) for
-    the asyncio engine, with the connection fetched as ``HttpHook`` fetches it (nothing else runs
-    on this event loop, so the synchronous fetch blocks nothing)."""
-
-    async def aget_connection(self, conn_id: str) -> Any:  # type: ignore[override]
-        return without_policy_fields(self.get_connection(conn_id))
 
 
 class BulkHttpOperator(BaseOperator):
@@ -179,7 +167,7 @@ class BulkHttpOperator(BaseOperator):
             return call_concurrently(
                 count, request(hook.base_url), sessions=sessions, select=select, **common
             )
-        config = asyncio.run(_ConnectionConfig(method=self.method, http_conn_id=self.http_conn_id).config())
+        config = compat.async_connection_config(self.method, self.http_conn_id)
         return call_concurrently_async(
             count, request(config.base_url), select=select, headers=config.headers, auth=config.auth,
             request_options=options_from_connection(config.extra_options, config.base_url), **common,

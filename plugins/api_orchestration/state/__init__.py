@@ -11,11 +11,25 @@ import threading
 
 from api_orchestration.errors import ConfigurationError
 from api_orchestration.paths import airflow_home
-from api_orchestration.state.base import Admission, Batch, StateBackend, Transition, Verdict
+from api_orchestration.state.base import (
+    Admission,
+    AdmissionRequest,
+    Batch,
+    BreakerStatus,
+    LimiterStatus,
+    Snapshot,
+    StateBackend,
+    Transition,
+    Verdict,
+)
 
 __all__ = [
     "Admission",
+    "AdmissionRequest",
     "Batch",
+    "BreakerStatus",
+    "LimiterStatus",
+    "Snapshot",
     "StateBackend",
     "Transition",
     "Verdict",

@@ -10,7 +10,8 @@ Each step becomes a task named after it, so the graph shows the workflow's shape
 - compensations -> a ``saga_check`` gate, ``undo_<step>`` tasks in reverse order and a ``saga_outcome``
   leaf (see ``saga``).
 
-Dependencies follow ``depends_on`` (and ``merge``). DAGs render templates as native objects, so
+Dependencies follow ``depends_on`` (and ``merge``). The workflow's ``output`` step becomes the DAG's
+result (Airflow's ``dag.add_result``: REST ``GET /api/v2/dags/{dag}/dagRuns/{run}/wait`` returns it). DAGs render templates as native objects, so
 ``result("user", "id")`` in a JSON body stays an int.
 """
 
@@ -147,6 +148,8 @@ def build(workflow: Workflow, **dag_kwargs: Any) -> DAG:
         ends[name] = (first, last)
     if saga:
         _wire_saga(wf, dag, ends)
+    if wf.output is not None:  # the run's result: GET .../dagRuns/{run}/wait returns it
+        dag.add_result(ends[wf.output][1].output)
     return dag
 
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from api_orchestration.errors import ConfigurationError, did_you_mean
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy, allowed_failures
 
+__all__ = ["Bulk", "Call", "FanOut", "Step", "Workflow", "allowed_failures", "result"]
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
@@ -214,11 +215,6 @@ class Workflow:
 
 def _positive(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < float("inf")
-
-
-def allowed_failures(tolerate: float, total: int) -> float:
-    """``tolerate`` is a count (>= 1) or a fraction of ``total`` (< 1)."""
-    return tolerate if tolerate >= 1 else tolerate * total
 
 
 def _find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
