@@ -128,14 +128,11 @@ def run(
     info = CallInfo(method, "http://h/x", key, ("http://h/x?token=s3cret",))
     flow = attempt_flow(info, g, g.admission_request(90.0), Events([recording]), script.clock, first_attempt)
     stepper = Stepper(flow)
-    command = stepper.start()
-    while command is not None:
+    while (command := stepper.next()) is not None:
         try:
-            value = script(command)
+            stepper.succeeded(script(command))
         except BaseException as exc:
-            command = stepper.fail(exc)
-        else:
-            command = stepper.ok(value)
+            stepper.failed(exc)
     return stepper.result, recording
 
 

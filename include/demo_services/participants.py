@@ -2,13 +2,28 @@
 
 Payments, inventory and shipping (effects in the :mod:`~demo_services.ledger`), users, posts and
 analytics, notifications, a ``GET /<service>/health`` per service, and ``/admin/ledger``,
-``/admin/faults``, ``/admin/notifications`` and ``/admin/users/<id>/touch``. Every service write
-honours ``Idempotency-Key``; ``POST /admin/reset`` clears all of it.
+``/admin/faults``, ``/admin/notifications`` and ``/admin/users/<id>/touch``; and the services
+modelled on real APIs' conventions: an OAuth2 server and protected API (:mod:`~demo_services.oauth`),
+per-tenant multi-window rate limits with GitHub/IETF headers (:mod:`~demo_services.ratelimits`),
+async export jobs (:mod:`~demo_services.exports`) and cacheable reference data
+(:mod:`~demo_services.reference`). Every service write honours ``Idempotency-Key`` as Stripe
+does (:mod:`~demo_services.idempotency`); ``POST /admin/reset`` clears all of it.
 """
 
 from __future__ import annotations
 
-from demo_services import inventory, notifications, payments, shipping, users
+from demo_services import (
+    exports,
+    idempotency,
+    inventory,
+    notifications,
+    oauth,
+    payments,
+    ratelimits,
+    reference,
+    shipping,
+    users,
+)
 from demo_services.common import DELETE, GET, POST
 from demo_services.faults import admin_clear_faults, admin_list_faults, admin_set_fault
 from demo_services.ledger import admin_ledger
@@ -21,6 +36,11 @@ ADMIN_ROUTES: tuple[Route, ...] = (
     Route("/admin/faults", admin_clear_faults, DELETE, record=False),
     *notifications.ADMIN_ROUTES,
     *users.ADMIN_ROUTES,
+    *idempotency.ADMIN_ROUTES,
+    *oauth.ADMIN_ROUTES,
+    *ratelimits.ADMIN_ROUTES,
+    *exports.ADMIN_ROUTES,
+    *reference.ADMIN_ROUTES,
 )
 
 ROUTES: tuple[Route, ...] = (
@@ -30,4 +50,8 @@ ROUTES: tuple[Route, ...] = (
     *shipping.ROUTES,
     *users.ROUTES,
     *notifications.ROUTES,
+    *oauth.ROUTES,
+    *ratelimits.ROUTES,
+    *exports.ROUTES,
+    *reference.ROUTES,
 )

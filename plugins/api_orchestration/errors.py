@@ -65,6 +65,9 @@ class StateBackendError(ApiOrchestrationError):
     effect); N, N earlier attempts were sent (their effect is unknown) and no further one was."""
 
     def __init__(self, url: str, operation: str, cause: BaseException | str, calls_made: int = 0) -> None:
+        from api_orchestration.redaction import redact_url  # the URL is shown: no password in it
+
+        url = redact_url(url)
         self.url, self.operation, self.cause, self.calls_made = url, operation, cause, calls_made
         what = (
             "No call was made (fail closed)"
@@ -76,6 +79,11 @@ class StateBackendError(ApiOrchestrationError):
             f"state backend {url} failed during {operation}: {cause}. {what}; check that the store is "
             "reachable or change [api_orchestration] state_url."
         )
+
+    @property
+    def cause_text(self) -> str:
+        """What failed, without the claim about calls (for a failure after a call was made)."""
+        return f"state backend {self.url} failed during {self.operation}: {self.cause}"
 
     def after_calls(self, calls_made: int) -> StateBackendError:
         """The same failure, said of a call that had already sent ``calls_made`` attempts."""

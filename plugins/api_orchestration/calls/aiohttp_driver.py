@@ -27,6 +27,7 @@ from api_orchestration.calls.flow import (
     Admit,
     CallInfo,
     Command,
+    HttpRequest,
     Pause,
     Report,
     Send,
@@ -140,41 +141,24 @@ class AsyncCaller:
         proxy = self._proxies[origin]
         return {"proxy": proxy} if proxy else {}
 
-    async def call(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        json: Any = None,
-        data: Any = None,
-        headers: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-        idempotency_header: str = "Idempotency-Key",
-    ) -> Reply:
+    async def call(self, r: HttpRequest) -> Reply:
         """Make the call; return the successful reply or raise a typed error (or DeferralNeeded)."""
-        method = method.upper()
-        headers = dict(headers or {})
-        if idempotency_key:
-            headers[idempotency_header] = idempotency_key
-        target = URL(url)
-        if params:
-            target = target.extend_query(query_pairs(params))
-        body: dict[str, Any] = {}
-        if method not in ("GET", "HEAD"):
-            body = {"data": data} if data is not None else {"json": json} if json is not None else {}
-        options = {**self.options, **self._proxy(target)}
-        info = CallInfo(method, redact_url(str(target)), idempotency_key, (str(target), target.raw_path_qs))
-        request = self.admissions.request
-        stepper = Stepper(attempt_flow(info, self.guard, request, self.events, time.monotonic))
-        command = stepper.start()
-        while command is not None:
+        target = URL(r.url).extend_query(query_pairs(r.params)) if r.params else URL(r.url)
+        body = {}
+        if r.has_body:
+            body = {"data": r.data} if r.data is not None else {"json": r.json} if r.json is not None else {}
+        options = {**body, **self.options, **self._proxy(target)}
+        info = CallInfo(
+            r.method, redact_url(str(target)), r.idempotency_key, (str(target), target.raw_path_qs)
+        )
+        stepper = Stepper(
+            attempt_flow(info, self.guard, self.admissions.request, self.events, time.monotonic)
+        )
+        while (command := stepper.next()) is not None:
             try:
-                result = await self._execute(command, method, target, headers, {**body, **options})
+                stepper.succeeded(await self._execute(command, r.method, target, r.all_headers, options))
             except BaseException as exc:
-                command = stepper.fail(exc)
-            else:
-                command = stepper.ok(result)
+                stepper.failed(exc)
         return stepper.result  # type: ignore[return-value]
 
     async def _execute(

@@ -80,7 +80,7 @@ class AdmissionQueue:
                 self._recorded((await self._operation(0, verdicts, slot_only=False))[1])
         except Exception as exc:
             key = self.guard.breaker_key or self.guard.limit_key
-            self.events.publish(VerdictNotRecorded(key, len(verdicts), str(exc)))
+            self.events.publish(VerdictNotRecorded(key, len(verdicts), getattr(exc, "cause_text", str(exc))))
         finally:
             self._executor.shutdown(wait=True)
 

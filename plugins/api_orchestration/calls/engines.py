@@ -27,6 +27,7 @@ import requests
 from api_orchestration.calls.aiohttp_driver import AsyncCaller, new_session
 from api_orchestration.calls.batching import AdmissionQueue
 from api_orchestration.calls.events import default_events
+from api_orchestration.calls.flow import HttpRequest
 from api_orchestration.calls.guard import Guard, lease_seconds
 from api_orchestration.calls.requests_driver import ResilientCaller
 from api_orchestration.calls.responses import default_response_filter
@@ -137,7 +138,7 @@ def call_concurrently_async(
                     for index in indices:
                         kwargs = request(index)
                         try:
-                            reply = await caller.call(kwargs.pop("method"), kwargs.pop("url"), **kwargs)
+                            reply = await caller.call(HttpRequest(**kwargs))
                             rows[index] = _row(index, reply, select)
                         except ApiOrchestrationError as exc:
                             rows[index] = _failed(index, exc)

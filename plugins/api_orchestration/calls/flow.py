@@ -15,7 +15,7 @@ the exception into the flow, so the flow decides (a call killed mid-request is r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +119,34 @@ class Pause:
 
 Command = Admit | Sleep | Send | Report | Pause
 Flow = Generator[Command, Any, Any]
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """One request as a driver sends it (``idempotency_key``, if any, goes in ``idempotency_header``)."""
+
+    method: str
+    url: str
+    params: Mapping[str, Any] | None = None
+    json: Any = None
+    data: Any = None
+    headers: Mapping[str, str] | None = None
+    idempotency_key: str | None = None
+    idempotency_header: str = "Idempotency-Key"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", self.method.upper())
+
+    @property
+    def all_headers(self) -> dict[str, str]:
+        headers = dict(self.headers or {})
+        if self.idempotency_key:
+            headers[self.idempotency_header] = self.idempotency_key
+        return headers
+
+    @property
+    def has_body(self) -> bool:
+        return self.method not in ("GET", "HEAD")
 
 
 @dataclass(frozen=True)
@@ -293,7 +321,7 @@ def _report(
     try:
         transition = yield Report(verdict, urgent)
     except StateBackendError as exc:
-        events.publish(VerdictNotRecorded(guard.breaker_key or guard.limit_key, calls, str(exc)))
+        events.publish(VerdictNotRecorded(guard.breaker_key or guard.limit_key, calls, exc.cause_text))
         return
     _transition(guard, events, transition)
 
@@ -340,24 +368,24 @@ def _error(
 
 
 class Stepper:
-    """Advances a flow for a driver: ``start()``, then ``ok(result)`` or ``fail(exc)`` per command.
-    Each returns the next command, or None when the flow is over (its value in ``result``)."""
+    """Advances a flow for a driver: ``next()`` gives the next command (None once the flow is over,
+    its value then in ``result``); the driver reports how the command went with ``succeeded`` or
+    ``failed`` (an exception is thrown into the flow, which decides)."""
 
     def __init__(self, flow: Flow) -> None:
         self._flow, self.result = flow, None
+        self._outcome: tuple[bool, Any] = (True, None)
 
-    def start(self) -> Command | None:
-        return self._advance(lambda: next(self._flow))
+    def succeeded(self, value: Any) -> None:
+        self._outcome = (True, value)
 
-    def ok(self, value: Any) -> Command | None:
-        return self._advance(lambda: self._flow.send(value))
+    def failed(self, error: BaseException) -> None:
+        self._outcome = (False, error)
 
-    def fail(self, exc: BaseException) -> Command | None:
-        return self._advance(lambda: self._flow.throw(exc))
-
-    def _advance(self, step: Callable[[], Command]) -> Command | None:
+    def next(self) -> Command | None:
+        ok, value = self._outcome
         try:
-            return step()
+            return self._flow.send(value) if ok else self._flow.throw(value)
         except StopIteration as done:
             self.result = done.value
             return None

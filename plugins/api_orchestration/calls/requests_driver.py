@@ -21,6 +21,7 @@ from api_orchestration.calls.flow import (
     CallInfo,
     Command,
     DeferralNeeded,
+    HttpRequest,
     Pause,
     Report,
     Send,
@@ -74,12 +75,9 @@ class ResilientCaller:
         first_attempt: int = 1,
     ) -> requests.Response:
         """Make the call; return the successful response or raise a typed error (or DeferralNeeded)."""
-        method = method.upper()
-        headers = dict(headers or {})
-        if idempotency_key:
-            headers[idempotency_header] = idempotency_key
-        body = {} if method in ("GET", "HEAD") else {"json": json, "data": data}
-        request = requests.Request(method, url, params=params, headers=headers, **body)
+        r = HttpRequest(method, url, params, json, data, headers, idempotency_key, idempotency_header)
+        body = {"json": r.json, "data": r.data} if r.has_body else {}
+        request = requests.Request(r.method, r.url, params=r.params, headers=r.all_headers, **body)
         return self.send(self.session.prepare_request(request), idempotency_key, first_attempt)
 
     def send(
@@ -89,16 +87,14 @@ class ResilientCaller:
         url = prepared.url or ""
         info = CallInfo(prepared.method or "GET", redact_url(url), idempotency_key, (url, prepared.path_url))
         settings = self._send_settings(url)  # before admission: nothing slow between slot and send
-        flow = attempt_flow(info, self.guard, self.request, self.events, time.monotonic, first_attempt)
-        stepper = Stepper(flow)
-        command = stepper.start()
-        while command is not None:
+        stepper = Stepper(
+            attempt_flow(info, self.guard, self.request, self.events, time.monotonic, first_attempt)
+        )
+        while (command := stepper.next()) is not None:
             try:
-                result = self._execute(command, prepared, settings)
+                stepper.succeeded(self._execute(command, prepared, settings))
             except BaseException as exc:
-                command = stepper.fail(exc)
-            else:
-                command = stepper.ok(result)
+                stepper.failed(exc)
         return stepper.result  # type: ignore[return-value]
 
     def flush(self) -> None:
@@ -111,7 +107,7 @@ class ResilientCaller:
             self._transition(self.guard.backend.record(verdict))
         except StateBackendError as exc:
             self.events.publish(
-                VerdictNotRecorded(self.guard.breaker_key or self.guard.limit_key, 1, str(exc))
+                VerdictNotRecorded(self.guard.breaker_key or self.guard.limit_key, 1, exc.cause_text)
             )
 
     # -- the commands -----------------------------------------------------------------------------
@@ -148,7 +144,7 @@ class ResilientCaller:
         except StateBackendError as exc:
             if verdict is not None:
                 self.events.publish(
-                    VerdictNotRecorded(self.guard.breaker_key or self.guard.limit_key, 1, str(exc))
+                    VerdictNotRecorded(self.guard.breaker_key or self.guard.limit_key, 1, exc.cause_text)
                 )
             raise
         self.round_trip = min(self.round_trip, time.monotonic() - sent)

@@ -21,8 +21,10 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from api_orchestration import Guard, ResilientCaller, compat
+from api_orchestration import compat
+from api_orchestration.calls.guard import Guard
 from api_orchestration.calls.idempotency import DEFAULT_HEADER
+from api_orchestration.calls.requests_driver import ResilientCaller
 from api_orchestration.connections import ResilientHttpHook, connection_policies
 from api_orchestration.errors import HttpStatusError
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy

@@ -1,7 +1,7 @@
 """``BulkHttpOperator``: many calls in one task, concurrently, through the shared limiter and breaker.
 
 10,000 calls should not become 10,000 task instances. Each item's request is rendered from the
-templates in a sandboxed Jinja environment with Airflow's task context (``params``, ``run_id``,
+templates in the sandboxed native environment (:mod:`api_orchestration.rendering`) with Airflow's task context (``params``, ``run_id``,
 ``ds``, ``dag_run``, ...), ``results.<step>`` (upstream results), ``item`` and ``index``, and ``conf``
 as a shortcut for ``dag_run.conf``; a template that is exactly ``{{ expression }}`` keeps its native
 type. Results go to a JSON-lines file (one line per
@@ -20,7 +20,6 @@ from typing import Any
 import jmespath
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
-from jinja2.sandbox import SandboxedEnvironment
 
 from api_orchestration import compat
 from api_orchestration.calls.aiohttp_driver import options_from_connection
@@ -34,18 +33,16 @@ from api_orchestration.operators.step import items_from
 from api_orchestration.operators.templates import UpstreamResults, referenced_results
 from api_orchestration.paths import data_path
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy, allowed_failures
+from api_orchestration.rendering import SandboxedNativeEnvironment, SandboxedTemplates
 from api_orchestration.state import get_backend
 
-_ENV = SandboxedEnvironment()
+_ENV = SandboxedNativeEnvironment()
 ENGINES = ("async", "threads")
 
 
 @functools.lru_cache(maxsize=256)
 def _compiled(text: str) -> Callable[..., Any]:
     """``text`` compiled once per task (not once per item)."""
-    stripped = text.strip()
-    if stripped.startswith("{{") and stripped.endswith("}}") and stripped.count("{{") == 1:
-        return _ENV.compile_expression(stripped[2:-2].strip())
     return _ENV.from_string(text).render
 
 
@@ -71,7 +68,7 @@ def join_url(base_url: str, endpoint: str) -> str:
     return (base_url or "") + (endpoint or "")
 
 
-class BulkHttpOperator(BaseOperator):
+class BulkHttpOperator(SandboxedTemplates, BaseOperator):
     """Call ``endpoint`` once per item of ``items``, ``concurrency`` calls at a time.
 
     Per-item templates (``endpoint``, ``json``, ``query``, ``headers``) see ``{{ item }}``,
@@ -89,6 +86,8 @@ class BulkHttpOperator(BaseOperator):
     :param tolerate_failures: how many items may fail (a count, or a fraction when < 1).
     :param rate_limit: :class:`~api_orchestration.RateLimit`; default: the connection's, else none.
     :param rate_limit_key: default: the connection id.
+    :param max_in_flight: the bulkhead: at most this many calls in flight under ``rate_limit_key``,
+        across all workers (default: no cap).
     :param breaker: :class:`~api_orchestration.BreakerPolicy`; default: the connection's, else none.
     :param breaker_key: default: the connection id.
     :param retry: :class:`~api_orchestration.RetryPolicy`; default: the connection's, else ``RetryPolicy()``.
@@ -119,6 +118,7 @@ class BulkHttpOperator(BaseOperator):
         tolerate_failures: float = 0,
         rate_limit: RateLimit | None = None,
         rate_limit_key: str | None = None,
+        max_in_flight: int | None = None,
         breaker: BreakerPolicy | None = None,
         breaker_key: str | None = None,
         retry: RetryPolicy | None = None,
@@ -144,7 +144,7 @@ class BulkHttpOperator(BaseOperator):
         self.json, self.query, self.headers, self.inputs = json, query, headers, tuple(inputs)
         self.concurrency, self.tolerate_failures = concurrency, tolerate_failures
         self.rate_limit, self.breaker, self.retry = rate_limit, breaker, retry  # None: the connection's
-        self.rate_limit_key, self.breaker_key = rate_limit_key, breaker_key
+        self.rate_limit_key, self.breaker_key, self.max_in_flight = rate_limit_key, breaker_key, max_in_flight
         self.timeout, self.select, self.state_url, self.engine = timeout, select, state_url, engine
 
     def _rows(
@@ -186,6 +186,7 @@ class BulkHttpOperator(BaseOperator):
             backend=get_backend(self.state_url), limit_key=self.rate_limit_key or self.http_conn_id,
             rate_limit=policies.rate_limit, breaker_key=self.breaker_key or self.http_conn_id,
             breaker=policies.breaker, retry=policies.retry or RetryPolicy(), max_sleep=3600.0,
+            max_in_flight=self.max_in_flight,
         )  # fmt: skip
         base_key = task_key(ti)
         select = jmespath.compile(self.select) if self.select else None

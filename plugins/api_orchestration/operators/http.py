@@ -27,7 +27,14 @@ from api_orchestration.errors import (
 from api_orchestration.operators.resume import Resume, ResumeTrigger
 from api_orchestration.operators.templates import UpstreamResults
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
-from api_orchestration.redaction import redact_url
+from api_orchestration.redaction import (
+    connection_secrets,
+    mask_secrets,
+    redact_url,
+    register_secrets,
+    request_secrets,
+)
+from api_orchestration.rendering import SandboxedTemplates
 from api_orchestration.state import get_backend
 
 __all__ = ["ResilientHttpOperator", "default_response_filter"]
@@ -57,7 +64,7 @@ class CallSpec:
     idempotency_key: str | None = None  # resolved: None sends none
 
 
-class ResilientHttpOperator(compat.TemplateContextMixin, BaseOperator):
+class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
     """Call an HTTP API through an Airflow HTTP Connection, guarded by a shared rate limiter and
     circuit breaker, with in-task retries (exponential backoff, full jitter, ``Retry-After``) and an
     idempotency key that is the same for every retry of the task instance.
@@ -91,6 +98,10 @@ class ResilientHttpOperator(compat.TemplateContextMixin, BaseOperator):
     :param extra_options: providers-http request options for ``HttpHook.get_conn``.
     :param auth_type: providers-http ``auth_type`` (default: HTTP basic from the connection's login).
     :param state_url: override ``[api_orchestration] state_url`` for this task.
+
+    Templates render in a sandbox (:mod:`api_orchestration.rendering`); with native rendering a
+    template that is one expression keeps its value's type. Secret-looking request values and the
+    connection's credentials are masked in logs, rendered fields and the XCom value.
     """
 
     template_fields: Sequence[str] = (
@@ -185,6 +196,10 @@ class ResilientHttpOperator(compat.TemplateContextMixin, BaseOperator):
         # ``{{ results.<step> }}``: upstream results, pulled only when a template reads them
         context.setdefault("results", UpstreamResults(context["ti"]))
 
+    def after_rendering(self, context: Any) -> None:
+        # masked in the rendered fields Airflow stores next, and in logs from now on
+        register_secrets(request_secrets(self.endpoint, self.query, self.headers, self.json))
+
     def own_key(self, context: Context) -> str | None:
         """This task's idempotency key (None: send none)."""
         if self.idempotency_key is False:
@@ -236,7 +251,8 @@ class ResilientHttpOperator(compat.TemplateContextMixin, BaseOperator):
                 method=spec.method,
                 url=url,
             )
-        return (self.response_filter or default_response_filter)(response)
+        # an echoed credential never reaches XCom: the connection's and the request's are masked
+        return mask_secrets((self.response_filter or default_response_filter)(response))
 
     def guard(self, spec: CallSpec) -> Guard:
         policies = connection_policies(spec.http_conn_id).under(
@@ -256,6 +272,7 @@ class ResilientHttpOperator(compat.TemplateContextMixin, BaseOperator):
 
     def _call(self, spec: CallSpec, resume: Resume) -> requests.Response:
         hook = ResilientHttpHook(method=spec.method, http_conn_id=spec.http_conn_id, auth_type=self.auth_type)
+        register_secrets(connection_secrets(hook.get_connection(spec.http_conn_id)))
         session = hook.get_conn(extra_options=self.extra_options)
         caller = ResilientCaller(
             session,

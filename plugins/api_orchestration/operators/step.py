@@ -18,6 +18,7 @@ from api_orchestration.operators.http import (
     default_response_filter,
 )
 from api_orchestration.operators.resume import Resume
+from api_orchestration.redaction import register_secrets, request_secrets
 
 FALLBACK = "fallback"
 
@@ -84,6 +85,14 @@ class StepOperator(ResilientHttpOperator):
         # both paths (plain and mapped tasks) render through here; a mapped task's item is set by now
         context["item"] = self.item
         super().template_context(context)
+
+    def after_rendering(self, context: Any) -> None:
+        super().after_rendering(context)
+        if self.fallback:
+            fb = self.fallback
+            register_secrets(
+                request_secrets(fb.get("endpoint"), fb.get("query"), fb.get("headers"), fb.get("json"))
+            )
 
     def execute(self, context: Context) -> Any:
         if self._when is not None and not self._when.search(step_inputs(context, self.inputs)):

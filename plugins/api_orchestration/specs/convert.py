@@ -44,7 +44,7 @@ def to_workflow(spec: WorkflowSpec, dag_id: str) -> tuple[Workflow | None, list[
         return None, c.problems
     wf = Workflow(
         dag_id, tuple(s for s in steps if s), conn_id=d.conn_id, retry=retry, rate_limit=rate_limit,
-        breaker=breaker, timeout=d.timeout, output=spec.output,
+        breaker=breaker, timeout=d.timeout, max_in_flight=d.max_in_flight, output=spec.output,
     )  # fmt: skip
     try:
         wf.validate()
@@ -115,4 +115,5 @@ def _step(c: _Collector, path: str, s: StepSpec) -> Step | None:
         retry=_policy(c, f"{path}.retry", RetryPolicy, s.retry),
         rate_limit=_policy(c, f"{path}.rate_limit", RateLimit, s.rate_limit),
         breaker=_policy(c, f"{path}.breaker", BreakerPolicy, s.breaker), timeout=s.timeout,
+        max_in_flight=s.max_in_flight,
     )  # fmt: skip

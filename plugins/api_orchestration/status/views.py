@@ -58,7 +58,7 @@ def breaker_view(b: BreakerStatus) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _Limit:
-    """The parts of a :class:`RateLimit` that ``ratelimit.next_slot`` reads, as stored."""
+    """The parts of a :class:`RateLimit` that ``resilience.limiter.next_slot`` reads, as stored."""
 
     permits: int
     window: float

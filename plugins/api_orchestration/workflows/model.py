@@ -117,11 +117,12 @@ class Step:
     rate_limit: RateLimit | None = None
     breaker: BreakerPolicy | None = None
     timeout: float | None = None
+    max_in_flight: int | None = None  # the bulkhead on the step's key: calls in flight, all workers
 
 
 @dataclass(frozen=True)
 class Workflow:
-    """A named set of steps and defaults; :meth:`validate` checks it, ``builder.build`` renders it."""
+    """A named set of steps and defaults; :meth:`validate` checks it, ``workflows.build.build`` renders it."""
 
     name: str
     steps: tuple[Step, ...]
@@ -130,7 +131,8 @@ class Workflow:
     rate_limit: RateLimit | None = None
     breaker: BreakerPolicy | None = None
     timeout: float = 30.0
-    output: str | None = None  # the step whose result is the workflow's final output
+    max_in_flight: int | None = None
+    output: str | None = None  # the step whose result is the workflow's result (the DAG's result)
 
     def step(self, name: str) -> Step:
         return next(s for s in self.steps if s.name == name)
@@ -184,6 +186,14 @@ class Workflow:
                 raise ConfigurationError(
                     f"{owner} step {s.name!r}", "timeout", s.timeout, "must be seconds > 0", step=s.name
                 )
+        for s in self.steps:
+            if s.max_in_flight is not None and not _count(s.max_in_flight):
+                raise ConfigurationError(
+                    f"{owner} step {s.name!r}", "max_in_flight", s.max_in_flight, "must be an integer >= 1",
+                    step=s.name,
+                )  # fmt: skip
+        if self.max_in_flight is not None and not _count(self.max_in_flight):
+            raise ConfigurationError(owner, "max_in_flight", self.max_in_flight, "must be an integer >= 1")
         if not _positive(self.timeout):
             raise ConfigurationError(owner, "timeout", self.timeout, "must be seconds > 0")
         if self.output is not None and self.output not in names:
@@ -211,6 +221,10 @@ class Workflow:
                     pending.remove(name)
                     break
         return done
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _positive(value: Any) -> bool:
