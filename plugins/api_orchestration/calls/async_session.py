@@ -19,6 +19,7 @@ from api_orchestration import compat
 from api_orchestration.calls.aiohttp_driver import AsyncCaller, Reply, new_session, options_from_connection
 from api_orchestration.calls.batching import AdmissionQueue
 from api_orchestration.calls.events import default_events
+from api_orchestration.calls.flow import HttpRequest
 from api_orchestration.calls.guard import Guard, lease_seconds
 from api_orchestration.calls.session import UNSAFE_METHODS, IdempotencyKeys
 from api_orchestration.connections import connection_policies
@@ -103,9 +104,8 @@ class AsyncGuardedClient:
         target = url if "://" in url else f"{self.base_url}/{url.lstrip('/')}"
         try:
             return await self._caller.call(
-                method, target, params=params, json=json, data=data, headers=headers,
-                idempotency_key=idempotency_key,
-            )  # fmt: skip
+                HttpRequest(method, target, params, json, data, headers, idempotency_key)
+            )
         except HttpStatusError as exc:
             if exc.response is None:
                 raise
