@@ -63,6 +63,8 @@ def _policies(wf: Workflow, step: Step) -> dict[str, Any]:
         "breaker": step.breaker or wf.breaker,
         "max_in_flight": step.max_in_flight or wf.max_in_flight,
         "timeout": (min(10.0, timeout), timeout),
+        "cache": step.cache or wf.cache,
+        "log_response": step.log_response or wf.log_response,
     }
 
 
@@ -178,7 +180,7 @@ def _wire_saga(wf: Workflow, dag: DAG, ends: dict[str, tuple[Any, Any]]) -> None
             continue
         undo = CompensationOperator(
             task_id=f"undo_{name}", dag=dag, undoes=name, saga_steps=steps, trigger_rule=TriggerRule.ALL_DONE,
-            **_call_kwargs(wf, step.compensate), **_policies(wf, step),
+            **_call_kwargs(wf, step.compensate), **{**_policies(wf, step), "cache": None},
         )  # fmt: skip
         previous >> undo
         previous = undo
