@@ -100,6 +100,8 @@ steps:
     log_response: true
   - name: currencies
     call: {path: /reference/currencies}
+  - name: notify
+    call: {method: POST, path: /echo/notify}
 """
 
 
@@ -113,6 +115,7 @@ def test_specs_take_cache_and_log_response():
     ops = {t.task_id: t for t in loaded.dag.tasks}
     assert ops["countries"].cache == step.cache and ops["countries"].log_response
     assert ops["currencies"].cache == CachePolicy(ttl=30) and not ops["currencies"].log_response
+    assert ops["notify"].cache is None  # the defaults' cache applies to GET/HEAD steps only
 
 
 @pytest.mark.parametrize(
@@ -136,3 +139,19 @@ def test_a_cache_on_a_post_step_is_an_error():
     text = "dag_id: bad\nsteps:\n  - name: s\n    call: {method: POST, path: /x}\n    cache: {ttl: 5}\n"
     with pytest.raises(SpecError, match=r"steps\[0\]\.cache: caches only GET, HEAD responses; remove cache"):
         load_text(text, "bad.yaml")
+
+
+def test_operators_refuse_a_cache_on_a_method_it_cannot_cache():
+    from api_orchestration import BulkHttpOperator, ResilientHttpOperator
+    from api_orchestration.errors import ConfigurationError
+
+    with pytest.raises(
+        ConfigurationError, match=r"task 'pay': cache caches only GET, HEAD responses; remove cache"
+    ):
+        ResilientHttpOperator(task_id="pay", endpoint="/x", method="POST", cache=CachePolicy(ttl=5))
+    with pytest.raises(ConfigurationError, match=r"task 'many': cache caches only GET responses"):
+        BulkHttpOperator(
+            task_id="many", items=[1], endpoint="/x", method="HEAD", cache=CachePolicy(5, methods=("GET",))
+        )
+    with pytest.raises(ConfigurationError, match=r"task 'bad': cache must be a CachePolicy"):
+        ResilientHttpOperator(task_id="bad", endpoint="/x", cache={"ttl": 5})

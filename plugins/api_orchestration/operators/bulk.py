@@ -120,6 +120,11 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
             raise ConfigurationError(
                 f"task {self.task_id!r}", "cache", cache, "must be a CachePolicy(ttl, ...)"
             )
+        if cache is not None and method.upper() not in cache.methods:
+            raise ConfigurationError(
+                f"task {self.task_id!r}", "cache", method,
+                f"caches only {', '.join(cache.methods)} responses; remove cache from this {method.upper()} call",
+            )  # fmt: skip
         if engine not in ENGINES:
             raise ConfigurationError(f"task {self.task_id!r}", "engine", engine, f"must be one of {ENGINES}")
         if not (isinstance(concurrency, int) and 1 <= concurrency <= 256):

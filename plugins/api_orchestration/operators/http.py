@@ -163,6 +163,13 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         _check_type(owner, "retry", retry, RetryPolicy, "must be a RetryPolicy(...)")
         _check_type(owner, "cache", cache, CachePolicy, "must be a CachePolicy(ttl, key=..., methods=...)")
         _check_type(owner, "log_response", log_response, bool, "must be True or False")
+        if cache is not None and method not in cache.methods:
+            raise ConfigurationError(
+                owner,
+                "cache",
+                method,
+                f"caches only {', '.join(cache.methods)} responses; remove cache from this {method} call",
+            )
         for name, fn in (("response_check", response_check), ("response_filter", response_filter)):
             if fn is not None and not callable(fn):
                 raise ConfigurationError(

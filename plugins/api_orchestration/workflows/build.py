@@ -55,6 +55,9 @@ def _call_kwargs(wf: Workflow, call: Call) -> dict[str, Any]:
 
 def _policies(wf: Workflow, step: Step) -> dict[str, Any]:
     timeout = step.timeout or wf.timeout
+    cache = step.cache or wf.cache  # the workflow's applies to the steps whose method it caches
+    if cache is not None and step.call is not None and step.call.method not in cache.methods:
+        cache = None
     return {
         "rate_limit_key": step.key,
         "breaker_key": step.key,
@@ -63,7 +66,7 @@ def _policies(wf: Workflow, step: Step) -> dict[str, Any]:
         "breaker": step.breaker or wf.breaker,
         "max_in_flight": step.max_in_flight or wf.max_in_flight,
         "timeout": (min(10.0, timeout), timeout),
-        "cache": step.cache or wf.cache,
+        "cache": cache,
         "log_response": step.log_response or wf.log_response,
     }
 
