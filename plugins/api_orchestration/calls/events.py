@@ -206,8 +206,10 @@ def cache_line(e: CacheUsed) -> str:
 
 
 class LogListener:
-    """One line per attempt (info, warning when retried, error when given up); breaker transitions,
-    trial calls and lost verdicts as warnings."""
+    """One line per attempt (info, warning when retried, error when given up; with the server's
+    request id and, for errors or with ``log_response``, a redacted body snippet); one info line per
+    cache hit, store, 304 refresh or refusal to store; breaker transitions, trial calls and lost
+    verdicts as warnings."""
 
     def __init__(self, log: logging.Logger | logging.LoggerAdapter | Any = None) -> None:
         self.log = log or logging.getLogger("api_orchestration.calls")
