@@ -155,3 +155,21 @@ def test_operators_refuse_a_cache_on_a_method_it_cannot_cache():
         )
     with pytest.raises(ConfigurationError, match=r"task 'bad': cache must be a CachePolicy"):
         ResilientHttpOperator(task_id="bad", endpoint="/x", cache={"ttl": 5})
+
+
+def test_a_bulk_step_renders_the_cache_key_per_item(demo):
+    tag = uuid.uuid4().hex
+    step = Step(
+        "many", Call("GET", "/reference/countries?max_age=60&i={{ item }}"),
+        bulk=Bulk(over=[0, 1, 2, 3, 4, 5], concurrency=1), cache=CachePolicy(ttl=60, key=f"{tag}-{{{{ item % 2 }}}}"),
+    )  # fmt: skip
+    dag = build(
+        Workflow("wf_cache_bulk_key", (step,), conn_id="demo_api", retry=FAST),
+        schedule=None,
+        start_date=START,
+    )
+    _register(dag)
+    run = dag.test()
+    assert run.state == "success", _states(run)
+    assert _xcom(run, "many")["succeeded"] == 6
+    assert demo.calls()["paths"]["/reference/countries"] == 2  # one per rendered key: item % 2
