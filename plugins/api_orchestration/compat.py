@@ -17,6 +17,8 @@
   (``allow_redirects`` and friends), read after ``get_conn``.
 - providers-http ``HttpAsyncHook.aget_connection``: overridden so ``config()`` (base URL,
   credentials, headers, options read from the connection) runs in a plain event loop of a task.
+- Airflow ``airflow.sdk.bases.decorator.determine_kwargs(func, args, context)``: the context keys a
+  callable names (what providers-http's ``HttpOperator`` passes to ``response_check``/``response_filter``).
 - aiohttp ``ClientSession._retry_connection``: off, so aiohttp never silently re-sends an admitted
   request on a dropped keep-alive connection (aiohttp's own test client sets it the same way).
 """
@@ -57,6 +59,20 @@ def airflow_template_filters() -> dict[str, Any]:
     from airflow.sdk.definitions._internal.templater import FILTERS
 
     return dict(FILTERS)
+
+
+def context_kwargs(func: Any, args: list[Any], context: Any) -> dict[str, Any]:
+    """The context entries ``func`` asks for besides ``args`` (``lambda response, ti: ...``), as
+    providers-http's ``HttpOperator`` passes them."""
+    import inspect
+
+    from airflow.sdk.bases.decorator import determine_kwargs
+
+    try:
+        inspect.signature(func)
+    except (TypeError, ValueError):  # a builtin without a signature: it takes the response only
+        return {}
+    return dict(determine_kwargs(func, args, context))
 
 
 def mask_registered_secrets(text: str) -> str:

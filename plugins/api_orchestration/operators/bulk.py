@@ -32,7 +32,7 @@ from api_orchestration.operators.http import UNSAFE_METHODS
 from api_orchestration.operators.step import items_from
 from api_orchestration.operators.templates import UpstreamResults, referenced_results
 from api_orchestration.paths import data_path
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy, allowed_failures
+from api_orchestration.policy import BreakerPolicy, CachePolicy, RateLimit, RetryPolicy, allowed_failures
 from api_orchestration.rendering import SandboxedNativeEnvironment, SandboxedTemplates
 from api_orchestration.state import get_backend
 
@@ -98,6 +98,9 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         by ``HttpAsyncHook``, admissions batched into one store operation; ``"threads"``:
         ``concurrency`` threads with ``requests`` sessions from ``HttpHook``, one store operation
         per call (about 3x slower). Same rows, limits, breaker, retries and log lines.
+    :param cache: :class:`CachePolicy` shared with every other task on the same key (its ``key``
+        template renders per item, with ``{{ item }}``); a row served from the cache has ``"cached": true``.
+    :param log_response: log successful bodies (truncated, redacted), as error bodies always are.
     """
 
     template_fields: Sequence[str] = ("http_conn_id",)
@@ -126,9 +129,20 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         select: str | None = None,
         state_url: str | None = None,
         engine: str = "async",
+        cache: CachePolicy | None = None,
+        log_response: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if cache is not None and not isinstance(cache, CachePolicy):
+            raise ConfigurationError(
+                f"task {self.task_id!r}", "cache", cache, "must be a CachePolicy(ttl, ...)"
+            )
+        if cache is not None and method.upper() not in cache.methods:
+            raise ConfigurationError(
+                f"task {self.task_id!r}", "cache", method,
+                f"caches only {', '.join(cache.methods)} responses; remove cache from this {method.upper()} call",
+            )  # fmt: skip
         if engine not in ENGINES:
             raise ConfigurationError(f"task {self.task_id!r}", "engine", engine, f"must be one of {ENGINES}")
         if not (isinstance(concurrency, int) and 1 <= concurrency <= 256):
@@ -146,6 +160,7 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         self.rate_limit, self.breaker, self.retry = rate_limit, breaker, retry  # None: the connection's
         self.rate_limit_key, self.breaker_key, self.max_in_flight = rate_limit_key, breaker_key, max_in_flight
         self.timeout, self.select, self.state_url, self.engine = timeout, select, state_url, engine
+        self.cache, self.log_response = cache, bool(log_response)
 
     def _rows(
         self,
@@ -186,12 +201,13 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
             backend=get_backend(self.state_url), limit_key=self.rate_limit_key or self.http_conn_id,
             rate_limit=policies.rate_limit, breaker_key=self.breaker_key or self.http_conn_id,
             breaker=policies.breaker, retry=policies.retry or RetryPolicy(), max_sleep=3600.0,
-            max_in_flight=self.max_in_flight,
+            max_in_flight=self.max_in_flight, cache=self.cache, log_response=self.log_response,
         )  # fmt: skip
+        cache_key = self.cache.key if self.cache is not None else None
         base_key = task_key(ti)
         select = jmespath.compile(self.select) if self.select else None
         results = UpstreamResults(ti)
-        for step in referenced_results([self.endpoint, self.json, self.query, self.headers]):
+        for step in referenced_results([self.endpoint, self.json, self.query, self.headers, cache_key]):
             results[step]  # pulled here, once, not from the engine's threads or event loop
         shared = {
             **context,
@@ -207,6 +223,7 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
                     "method": self.method, "url": join_url(base_url, render(self.endpoint, v)),
                     "json": render(self.json, v), "params": render(self.query, v), "headers": render(self.headers, v),
                     "idempotency_key": f"{base_key}-{index}" if self.method in UNSAFE_METHODS else None,
+                    "cache_key": None if cache_key is None else str(render(cache_key, v)),
                 }  # fmt: skip
 
             return one
