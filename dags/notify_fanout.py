@@ -36,7 +36,16 @@ dag = build(
     tags=["api-orchestration", "example"],
     doc_md=__doc__,
     params={
-        "event": Param("order_shipped", type="string"),
-        "channels": Param(["email", "sms", "push", "slack", "webhook"], type="array"),
+        "event": Param(
+            "order_shipped", type="string", minLength=1, maxLength=64, pattern=r"^[A-Za-z0-9_.:-]+$"
+        ),
+        "channels": Param(
+            ["email", "sms", "push", "slack", "webhook"],
+            type="array",
+            minItems=1,
+            maxItems=5,
+            uniqueItems=True,
+            items={"type": "string", "enum": ["email", "sms", "push", "slack", "webhook"]},
+        ),
     },
 )

@@ -29,7 +29,15 @@ with DAG(
     max_active_runs=1,
     tags=["api-orchestration", "example", "sync"],
     doc_md=__doc__,
-    params={"target_conn_id": Param("", type="string", description="empty: SQLite under AIRFLOW_HOME")},
+    params={
+        "target_conn_id": Param(
+            "",
+            type="string",
+            maxLength=250,
+            pattern=r"^[A-Za-z0-9_.-]*$",
+            description="empty: SQLite under AIRFLOW_HOME",
+        )
+    },
 ) as dag:
 
     @task
