@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pendulum
 
 from api_orchestration.errors import ConfigurationError
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.policy import BreakerPolicy, Poll, RateLimit, RetryPolicy
 from api_orchestration.specs.model import CallSpec, StepSpec, WorkflowSpec
 from api_orchestration.specs.problems import Problem, shown
 from api_orchestration.workflows.model import Bulk, Call, FanOut, Step, Workflow
@@ -115,5 +115,5 @@ def _step(c: _Collector, path: str, s: StepSpec) -> Step | None:
         retry=_policy(c, f"{path}.retry", RetryPolicy, s.retry),
         rate_limit=_policy(c, f"{path}.rate_limit", RateLimit, s.rate_limit),
         breaker=_policy(c, f"{path}.breaker", BreakerPolicy, s.breaker), timeout=s.timeout,
-        max_in_flight=s.max_in_flight,
+        max_in_flight=s.max_in_flight, poll=_policy(c, f"{path}.poll", Poll, s.poll),
     )  # fmt: skip

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api_orchestration.errors import ConfigurationError, did_you_mean
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy, allowed_failures
+from api_orchestration.policy import BreakerPolicy, Poll, RateLimit, RetryPolicy, allowed_failures
 
-__all__ = ["Bulk", "Call", "FanOut", "Step", "Workflow", "allowed_failures", "result"]
+__all__ = ["Bulk", "Call", "FanOut", "Poll", "Step", "Workflow", "allowed_failures", "result"]
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
@@ -118,6 +118,7 @@ class Step:
     breaker: BreakerPolicy | None = None
     timeout: float | None = None
     max_in_flight: int | None = None  # the bulkhead on the step's key: calls in flight, all workers
+    poll: Poll | None = None  # the call submits an async job: poll its status until done, fetch the result
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,15 @@ class Workflow:
                 )
             if s.fan_out and s.bulk:
                 raise ConfigurationError(where, "fan_out/bulk", "both", "must not both be set", step=step)
+            if s.poll is not None and not isinstance(s.poll, Poll):
+                raise ConfigurationError(
+                    where, "poll", s.poll, "must be a Poll(success=..., failure=..., ...)", step=step
+                )
+            if s.poll is not None and (s.bulk or s.merge):
+                raise ConfigurationError(
+                    where, "poll", s.poll, "needs a call step (not bulk or merge): the call submits the job",
+                    step=step,
+                )  # fmt: skip
             if s.compensate and (s.fan_out or s.bulk or s.merge):
                 raise ConfigurationError(
                     where, "compensate", s.compensate, "is supported on single-call steps only", step=step
