@@ -21,7 +21,7 @@ from api_orchestration import (
 from api_orchestration.operators.resume import Resume
 from api_orchestration.specs.loader import load_document
 from api_orchestration.workflows.build import build
-from api_orchestration.workflows.model import Call, Step, Workflow
+from api_orchestration.workflows.model import Call, FanOut, Step, Workflow
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -165,6 +165,26 @@ def test_the_status_url_may_come_from_the_submit_body_and_must_stay_on_the_conne
     )
     assert run.state == "failed"
     assert "is not under connection 'demo_api'" in str(ERRORS["export"])
+
+
+def test_a_poll_step_fans_out_one_job_per_item(demo):
+    job = {"rows": "{{ item }}", "duration": 0.3, "retry_after": 0}
+    poll = Poll(success=DONE, failure=FAILED, result="result_url", interval=0.2, timeout=30)
+    step = Step(
+        "export",
+        Call("POST", "/exports", json=job),
+        poll=poll,
+        output="length(rows)",
+        fan_out=FanOut(over=[1, 2]),
+    )
+    run = _run(
+        build(Workflow("poll_fan_out", conn_id="demo_api", steps=(step,)), schedule=None, start_date=START)
+    )
+    assert run.state == "success", ERRORS
+    assert sorted(_xcom(run, "export")["results"]) == [1, 2]
+    jobs = _jobs(demo)
+    assert sorted(j["rows"] for j in jobs) == [1, 2] and all(j["downloads"] == 1 for j in jobs)
+    assert len(demo.calls()["by_path_and_key"]["/exports"]) == 2  # each mapped task its own key
 
 
 def test_a_spec_poll_step_behaves_like_the_builders(demo):

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from conftest import REPO
 from devtools.cluster import LocalAirflow, free_port
 
@@ -53,6 +54,17 @@ NEW_SPEC = textwrap.dedent(
         output: items[*].user_id
     """
 )
+POLL_SPEC = textwrap.dedent(
+    """
+    description: "An export job: submit, poll until done (deferring between polls), fetch the rows."
+    defaults: {conn_id: demo_api}
+    steps:
+      - name: export
+        call: {method: POST, path: /exports, json: {rows: 2, duration: 10, pending: 1, retry_after: 11}}
+        poll: {success: "status == 'succeeded'", failure: "status == 'failed'", result: result_url, timeout: 120}
+        output: rows[*].value
+    """
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +77,7 @@ def airflow(tmp_path_factory, demo_server) -> Iterator[LocalAirflow]:
     workflows = base / "workflows"  # the repo's specs plus one bad file; tests drop more in
     shutil.copytree(REPO / "include" / "workflows", workflows)
     (workflows / "bad_orders.yaml").write_text(BAD_SPEC)
+    (workflows / "export_poll.yaml").write_text(POLL_SPEC)
     secure = {
         "conn_type": "http", "host": "127.0.0.1", "port": demo_server.port, "login": "alice",
         "password": SECRETS["password"], "extra": {"X-Api-Key": SECRETS["header"]},
@@ -248,3 +261,25 @@ def test_spec_files_load_next_to_a_bad_one_and_new_files_appear(airflow):
     run_id, state = _run(airflow, "user_pipeline", conf={"user_id": 9})
     assert state == "success"
     assert client.xcom("user_pipeline", run_id, "posts") == [9, 9]
+
+
+def test_a_poll_step_defers_between_polls_on_the_real_triggerer(airflow, demo_server):
+    """Retry-After: 11 > max_sleep (10 s): the task leaves its worker between polls (state
+    *deferred*), the triggerer waits, a worker resumes polling the same job, then fetches its rows."""
+    demo_server.reset()
+    client = airflow.client()
+    client.wait_for_dag("export_poll", timeout=120)
+    client.unpause("export_poll")
+    run_id = client.trigger("export_poll")
+    seen = _wait_for(
+        lambda: {ti["state"] for ti in client.task_instances("export_poll", run_id)} & {"deferred"},
+        timeout=120,
+    )
+    assert seen == {"deferred"}
+    assert client.wait_for_run("export_poll", run_id, timeout=180) == "success"
+    jobs = requests.get(f"{demo_server.url}/admin/exports", timeout=5).json()["jobs"]
+    assert len(jobs) == 1 and jobs[0]["downloads"] == 1 and jobs[0]["polls"] >= 2
+    assert client.xcom("export_poll", run_id, "export") == [f"{jobs[0]['id']}-1", f"{jobs[0]['id']}-2"]
+    text = client.log("export_poll", run_id, "export", 1)
+    assert "deferring" in text and "polling /exports/" in text and "resumed after deferral" in text
+    assert "the job succeeded" in text
