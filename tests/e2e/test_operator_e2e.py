@@ -54,15 +54,21 @@ NEW_SPEC = textwrap.dedent(
         output: items[*].user_id
     """
 )
-POLL_SPEC = textwrap.dedent(
+POLL_DAG = textwrap.dedent(
     """
-    description: "An export job: submit, poll until done (deferring between polls), fetch the rows."
-    defaults: {conn_id: demo_api}
-    steps:
-      - name: export
-        call: {method: POST, path: /exports, json: {rows: 2, duration: 10, pending: 1, retry_after: 11}}
-        poll: {success: "status == 'succeeded'", failure: "status == 'failed'", result: result_url, timeout: 120}
-        output: rows[*].value
+    \"\"\"An Airflow DAG file: a poll step (built by api_orchestration's builder).\"\"\"
+    import pendulum
+    from api_orchestration import Call, Poll, Step, Workflow, build
+
+    job = {"rows": 2, "duration": 10, "pending": 1, "retry_after": 11}  # Retry-After 11 s > max_sleep 10 s
+    dag = build(
+        Workflow("e2e_export_poll", conn_id="demo_api", steps=(
+            Step("export", Call("POST", "/exports", json=job), output="rows[*].value",
+                 poll=Poll(success="status == 'succeeded'", failure="status == 'failed'", result="result_url",
+                           timeout=120)),
+        )),
+        schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), tags=["api-orchestration", "e2e"],
+    )
     """
 )
 
@@ -74,10 +80,10 @@ def airflow(tmp_path_factory, demo_server) -> Iterator[LocalAirflow]:
     dags = base / "dags"
     shutil.copytree(REPO / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
     (dags / "e2e_secrets.py").write_text(SECRET_DAG)
+    (dags / "e2e_export_poll.py").write_text(POLL_DAG)
     workflows = base / "workflows"  # the repo's specs plus one bad file; tests drop more in
     shutil.copytree(REPO / "include" / "workflows", workflows)
     (workflows / "bad_orders.yaml").write_text(BAD_SPEC)
-    (workflows / "export_poll.yaml").write_text(POLL_SPEC)
     secure = {
         "conn_type": "http", "host": "127.0.0.1", "port": demo_server.port, "login": "alice",
         "password": SECRETS["password"], "extra": {"X-Api-Key": SECRETS["header"]},
@@ -268,18 +274,15 @@ def test_a_poll_step_defers_between_polls_on_the_real_triggerer(airflow, demo_se
     *deferred*), the triggerer waits, a worker resumes polling the same job, then fetches its rows."""
     demo_server.reset()
     client = airflow.client()
-    client.wait_for_dag("export_poll", timeout=120)
-    client.unpause("export_poll")
-    run_id = client.trigger("export_poll")
-    seen = _wait_for(
-        lambda: {ti["state"] for ti in client.task_instances("export_poll", run_id)} & {"deferred"},
-        timeout=120,
-    )
-    assert seen == {"deferred"}
-    assert client.wait_for_run("export_poll", run_id, timeout=180) == "success"
+    client.wait_for_dag("e2e_export_poll", timeout=120)
+    client.unpause("e2e_export_poll")
+    run_id = client.trigger("e2e_export_poll")
+    states = lambda: {ti["state"] for ti in client.task_instances("e2e_export_poll", run_id)}  # noqa: E731
+    assert _wait_for(lambda: "deferred" in states(), timeout=120)  # no worker slot while the job runs
+    assert client.wait_for_run("e2e_export_poll", run_id, timeout=180) == "success"
     jobs = requests.get(f"{demo_server.url}/admin/exports", timeout=5).json()["jobs"]
     assert len(jobs) == 1 and jobs[0]["downloads"] == 1 and jobs[0]["polls"] >= 2
-    assert client.xcom("export_poll", run_id, "export") == [f"{jobs[0]['id']}-1", f"{jobs[0]['id']}-2"]
-    text = client.log("export_poll", run_id, "export", 1)
+    assert client.xcom("e2e_export_poll", run_id, "export") == [f"{jobs[0]['id']}-1", f"{jobs[0]['id']}-2"]
+    text = client.log("e2e_export_poll", run_id, "export", 1)
     assert "deferring" in text and "polling /exports/" in text and "resumed after deferral" in text
     assert "the job succeeded" in text
