@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import jmespath
@@ -32,6 +31,7 @@ from api_orchestration.policy import Poll
 from api_orchestration.redaction import mask_secrets, redact_url
 from api_orchestration.resilience.outcome import parse_retry_after
 
+__all__ = ["Poll", "PollingHttpOperator"]
 SUBMIT, POLL, FETCH = "submit", "poll", "fetch"
 MIN_INTERVAL = 0.1  # a Retry-After of 0 still leaves this long between polls
 STATUS_TEXT = 1000  # characters of the last status shown in an error
@@ -210,6 +210,3 @@ class PollingHttpOperator(StepOperator):
             f"{redact_url(base)}; its credentials are not sent to another origin",
             status_url=redact_url(url), polls=0,
         )  # fmt: skip
-
-
-__all__: Sequence[str] = ("Poll", "PollingHttpOperator")
