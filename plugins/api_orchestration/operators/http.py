@@ -251,10 +251,9 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         # an echoed credential never reaches XCom: the connection's and the request's are masked
         return mask_secrets((self.response_filter or default_response_filter)(response))
 
-    def defer_resume(self, seconds: float, reason: str, resume: Resume) -> NoReturn:
+    def defer_resume(self, seconds: float, resume: Resume) -> NoReturn:
         """Free the worker slot: the triggerer waits ``seconds``, then :meth:`execute_resume`
-        continues at ``resume``."""
-        self.log.info("deferring %.2f s to the triggerer: %s", seconds, reason)
+        continues at ``resume`` (the caller has logged why)."""
         self.defer(
             trigger=ResumeTrigger.after(seconds, resume),
             method_name="execute_resume",
@@ -299,6 +298,6 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
             )
         except DeferralNeeded as wait:
             caller.flush()
-            self.defer_resume(wait.seconds, wait.reason, replace(resume, attempt=wait.attempt))
+            self.defer_resume(wait.seconds, replace(resume, attempt=wait.attempt))  # logged by the flow
         finally:
             caller.flush()

@@ -143,7 +143,8 @@ class PollingHttpOperator(StepOperator):
             wait = min(max(wait, MIN_INTERVAL), deadline - now)
             self.log.info("poll %d of %s: not done yet; next poll in %.2f s (%s)", polls, shown, wait, why)
             if wait > self.max_sleep:
-                self.defer_resume(wait, f"polling {shown} ({why})", Resume(POLL, 1, url, deadline, polls))
+                self.log.info("deferring %.2f s to the triggerer: polling %s (%s)", wait, shown, why)
+                self.defer_resume(wait, Resume(POLL, 1, url, deadline, polls))
             time.sleep(wait)
 
     def _succeeded(
