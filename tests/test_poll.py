@@ -47,7 +47,8 @@ def _export_workflow(name: str, job: dict, poll: Poll, **step: object) -> Workfl
 def _run(dag):
     ERRORS.clear()
     for task in dag.tasks:
-        task.on_failure_callback = [_remember]
+        existing = task.on_failure_callback or []  # a saga step's records its failure: keep it
+        task.on_failure_callback = [*(existing if isinstance(existing, list) else [existing]), _remember]
     _register(dag)
     return dag.test()
 
@@ -55,6 +56,11 @@ def _run(dag):
 def _xcom(run, task_id: str):
     ti = next(t for t in run.get_task_instances() if t.task_id == task_id)
     return ti.xcom_pull(task_ids=task_id)
+
+
+def _xcom_key(run, task_id: str, key: str):
+    ti = next(t for t in run.get_task_instances() if t.task_id == task_id)
+    return ti.xcom_pull(task_ids=task_id, key=key)
 
 
 def _jobs(demo) -> list[dict]:
@@ -188,6 +194,24 @@ def test_a_poll_step_fans_out_one_job_per_item(demo):
     jobs = _jobs(demo)
     assert sorted(j["rows"] for j in jobs) == [1, 2] and all(j["downloads"] == 1 for j in jobs)
     assert len(demo.calls()["by_path_and_key"]["/exports"]) == 2  # each mapped task its own key
+
+
+def test_a_failed_job_in_a_saga_is_compensated(demo):
+    """A failed job's effect is unknown to the saga (the server may have written part of it): the
+    step's compensation runs, with its own idempotency key."""
+    poll = Poll(success=DONE, failure=FAILED, interval=0.2, timeout=30)
+    wf = _export_workflow(
+        "poll_saga", {"duration": 0.3, "fail": True}, poll, compensate=Call("POST", "/echo/purge")
+    )
+    run = _run(build(wf, schedule=None, start_date=START))
+    states = _states(run)
+    assert run.state == "failed" and (states["export"], states["undo_export"]) == ("failed", "success")
+    assert states["saga_outcome"] == "failed"
+    record = _xcom_key(run, "export", "saga_failure")
+    assert record["error_type"] == "JobFailedError" and record["no_effect"] is False
+    keys = demo.calls()["by_path_and_key"]
+    (submit_key,) = keys["/exports"]
+    assert keys["/echo/purge"] == {f"{submit_key}:compensate": 1}
 
 
 def test_a_spec_poll_step_behaves_like_the_builders(demo):
