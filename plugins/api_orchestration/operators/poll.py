@@ -20,9 +20,9 @@ import time
 from typing import Any
 
 import jmespath
-from airflow.providers.http.hooks.http import HttpHook
 from airflow.sdk import Context
 
+from api_orchestration.connections import ResilientHttpHook
 from api_orchestration.errors import ConfigurationError, JobError, JobFailedError, JobTimeoutError
 from api_orchestration.operators.http import CALL_FAILURES, CallSpec, default_response_filter
 from api_orchestration.operators.resume import Resume
@@ -60,6 +60,11 @@ class PollingHttpOperator(StepOperator):
     ui_color = "#e8fff0"
 
     def __init__(self, *, poll: Poll, **kwargs: Any) -> None:
+        if kwargs.get("cache") is not None:
+            raise ConfigurationError(
+                f"task {kwargs.get('task_id')!r}", "cache", kwargs["cache"],
+                "is not supported on a poll step (a cached status would never change); remove it",
+            )  # fmt: skip
         super().__init__(**kwargs)
         if not isinstance(poll, Poll):
             raise ConfigurationError(
@@ -201,7 +206,7 @@ class PollingHttpOperator(StepOperator):
         the connection's base URL: the connection's credentials are never sent to another origin."""
         if "://" not in url:
             return url if url.startswith("/") else f"/{url}"
-        hook = HttpHook(method="GET", http_conn_id=self.http_conn_id)
+        hook = ResilientHttpHook(method="GET", http_conn_id=self.http_conn_id)
         hook.get_conn()  # sets base_url
         base = (hook.base_url or "").rstrip("/")
         if base and url.startswith(base) and (url == base or url[len(base)] in "/?"):

@@ -57,6 +57,11 @@ def _call_kwargs(wf: Workflow, call: Call) -> dict[str, Any]:
 
 def _policies(wf: Workflow, step: Step) -> dict[str, Any]:
     timeout = step.timeout or wf.timeout
+    cache = step.cache or wf.cache  # the workflow's applies to the steps whose method it caches
+    if cache is not None and step.call is not None and step.call.method not in cache.methods:
+        cache = None
+    if step.poll is not None:  # a job's status must be read anew at every poll
+        cache = None
     return {
         "rate_limit_key": step.key,
         "breaker_key": step.key,
@@ -65,6 +70,8 @@ def _policies(wf: Workflow, step: Step) -> dict[str, Any]:
         "breaker": step.breaker or wf.breaker,
         "max_in_flight": step.max_in_flight or wf.max_in_flight,
         "timeout": (min(10.0, timeout), timeout),
+        "cache": cache,
+        "log_response": step.log_response or wf.log_response,
     }
 
 
@@ -183,7 +190,7 @@ def _wire_saga(wf: Workflow, dag: DAG, ends: dict[str, tuple[Any, Any]]) -> None
             continue
         undo = CompensationOperator(
             task_id=f"undo_{name}", dag=dag, undoes=name, saga_steps=steps, trigger_rule=TriggerRule.ALL_DONE,
-            **_call_kwargs(wf, step.compensate), **_policies(wf, step),
+            **_call_kwargs(wf, step.compensate), **{**_policies(wf, step), "cache": None},
         )  # fmt: skip
         previous >> undo
         previous = undo
