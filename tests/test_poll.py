@@ -291,11 +291,11 @@ def test_bad_poll_arguments_in_python_are_configuration_errors():
         ).validate()
     from api_orchestration.policy import CachePolicy
 
-    with pytest.raises(ConfigurationError, match=r"step 'x': cache .* is not supported on a poll step"):
+    with pytest.raises(ConfigurationError, match=r"step 'x': cache is not supported on a poll step"):
         Workflow(
             "w", steps=(Step("x", Call("GET", "/a"), poll=Poll(DONE), cache=CachePolicy(60)),)
         ).validate()
-    with pytest.raises(ConfigurationError, match=r"task 't': cache .* is not supported on a poll step"):
+    with pytest.raises(ConfigurationError, match=r"task 't': cache is not supported on a poll step"):
         PollingHttpOperator(task_id="t", endpoint="/exports", poll=Poll(DONE), cache=CachePolicy(60))
     with pytest.raises(ConfigurationError, match=r"task 't': poll must be a Poll"):
         PollingHttpOperator(task_id="t", endpoint="/exports", poll={"success": DONE})  # type: ignore[arg-type]
