@@ -253,17 +253,24 @@ def test_spec_files_load_next_to_a_bad_one_and_new_files_appear(airflow):
     client = airflow.client()
     client.wait_for_dag("order_saga_spec", timeout=120)
     client.wait_for_dag("user_enrichment_spec", timeout=30)
-    errors = _wait_for(lambda: [e for e in client.import_errors() if e["filename"].endswith("workflows.py")])
+    errors = _wait_for(
+        lambda: [e for e in client.import_errors() if e["filename"].endswith("workflow_spec_errors.py")]
+    )
     assert (
         "bad_orders.yaml: steps[0].retry.max_attempts: must be an integer >= 1, got 0"
         in errors[0]["stack_trace"]
     )
+    assert not [e for e in client.import_errors() if e["filename"].endswith("/workflows.py")]
+    run_id, state = _run(airflow, "user_enrichment_spec", conf={"user_id": 3})  # triggerable meanwhile
+    assert state == "success"
 
     workflows = airflow.env["AIRFLOW__API_ORCHESTRATION__WORKFLOWS_DIR"]
     (Path(workflows) / "user_pipeline.yaml").write_text(NEW_SPEC)
     (Path(workflows) / "bad_orders.yaml").unlink()
     client.wait_for_dag("user_pipeline", timeout=120)
-    _wait_for(lambda: not [e for e in client.import_errors() if e["filename"].endswith("workflows.py")])
+    _wait_for(
+        lambda: not [e for e in client.import_errors() if e["filename"].endswith("workflow_spec_errors.py")]
+    )
     run_id, state = _run(airflow, "user_pipeline", conf={"user_id": 9})
     assert state == "success"
     assert client.xcom("user_pipeline", run_id, "posts") == [9, 9]
