@@ -1,14 +1,15 @@
 """The business participant services and their admin endpoints, as one route table.
 
 Payments, inventory and shipping (effects in the :mod:`~demo_services.ledger`), users, posts and
-analytics, notifications, a ``GET /<service>/health`` per service, and ``/admin/ledger``,
-``/admin/faults``, ``/admin/notifications`` and ``/admin/users/<id>/touch``. Every service write
+analytics, notifications, list APIs in GitHub, Stripe and offset styles over large generated
+datasets, a ``GET /<service>/health`` per service, and ``/admin/ledger``,
+``/admin/faults``, ``/admin/notifications``, ``/admin/users/<id>/touch`` and ``/admin/datasets``. Every service write
 honours ``Idempotency-Key``; ``POST /admin/reset`` clears all of it.
 """
 
 from __future__ import annotations
 
-from demo_services import inventory, notifications, payments, shipping, users
+from demo_services import inventory, listing_apis, notifications, payments, shipping, users
 from demo_services.common import DELETE, GET, POST
 from demo_services.faults import admin_clear_faults, admin_list_faults, admin_set_fault
 from demo_services.ledger import admin_ledger
@@ -21,6 +22,7 @@ ADMIN_ROUTES: tuple[Route, ...] = (
     Route("/admin/faults", admin_clear_faults, DELETE, record=False),
     *notifications.ADMIN_ROUTES,
     *users.ADMIN_ROUTES,
+    *listing_apis.ADMIN_ROUTES,
 )
 
 ROUTES: tuple[Route, ...] = (
@@ -30,4 +32,5 @@ ROUTES: tuple[Route, ...] = (
     *shipping.ROUTES,
     *users.ROUTES,
     *notifications.ROUTES,
+    *listing_apis.ROUTES,
 )
