@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 import sqlite3
 
 import pendulum
@@ -120,3 +124,116 @@ def test_github_issues_sync_into_sqlite_is_idempotent_per_interval(dagbag, demo,
     assert (again["rows"], again["checksum"]) == (first["rows"], first["checksum"])
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT * FROM github_issues ORDER BY number").fetchall() == before
+
+
+def _run(dag, logical, conn_id):
+    run = dag.test(logical_date=logical, run_conf={"destination": f"postgres://{conn_id}"})
+    assert run.state == "success", _states(run)
+    return _xcom(run, "sync_issues")
+
+
+def _checkpoint_pages(conn_id: str) -> int:
+    state = _state(conn_id)
+    return 0 if state is None else state["pages"]
+
+
+def test_kill_9_mid_sync_then_resume_equals_a_clean_sync_and_clearing_changes_nothing(dagbag, demo, pg):
+    hour = _freeze(demo)
+    logical = hour.subtract(hours=8)
+    resumed_db, clean_db = pg(), pg()
+    requests.post(f"{demo.url}/admin/faults", json={"path": "/github", "latency_ms": 250}, timeout=5)
+    script = (
+        "import pendulum\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        "dag = DagBag().get_dag('github_issues_sync')\n"
+        f"dag.test(logical_date=pendulum.parse({logical.isoformat()!r}), run_conf={{'destination': 'postgres://{resumed_db}'}})\n"
+    )
+    task = subprocess.Popen([sys.executable, "-c", script], env=os.environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while _checkpoint_pages(resumed_db) < 3:
+            assert task.poll() is None and time.monotonic() < deadline, "the sync did not start paging"
+            time.sleep(0.05)
+        os.kill(task.pid, signal.SIGKILL)  # kill -9 the process running the task, mid-sync
+        task.wait(timeout=10)
+    finally:
+        if task.poll() is None:
+            task.kill()
+    killed = _state(resumed_db)
+    assert killed["status"] == "running" and 3 <= killed["pages"] < 10
+    requests.delete(f"{demo.url}/admin/faults", timeout=5)
+    resumed = _run(dagbag.get_dag("github_issues_sync"), logical, resumed_db)
+    assert resumed["resumed_at_page"] >= killed["pages"]  # started at the page that was not committed
+    clean = _run(dagbag.get_dag("github_issues_sync"), logical, clean_db)
+    assert clean["resumed_at_page"] == 0
+    table = _table(resumed_db)
+    assert table == _table(clean_db)  # no duplicates, no gaps, same values
+    expected = _issues_in(demo, logical.subtract(hours=1), logical)
+    assert {number: updated for number, updated, _ in table} == expected
+    assert (resumed["rows"], resumed["checksum"]) == (clean["rows"], clean["checksum"])
+    cleared = _run(dagbag.get_dag("github_issues_sync"), logical, resumed_db)  # a cleared run: same interval
+    assert cleared["resumed_at_page"] == 0 and cleared["rows"] == clean["rows"]
+    assert _table(resumed_db) == table
+
+
+def test_backfill_of_three_intervals_covers_them_exactly(dagbag, demo, pg):
+    hour = _freeze(demo)
+    conn_id = pg()
+    dag = dagbag.get_dag("github_issues_sync")
+    ends = [hour.subtract(hours=h) for h in (12, 11, 10)]
+    manifests = [_run(dag, end, conn_id) for end in ends]
+    windows = [(m["window"]["start"], m["window"]["end"]) for m in manifests]
+    assert windows == [(e.subtract(hours=1).isoformat(), e.isoformat()) for e in ends]  # contiguous, in order
+    expected = _issues_in(demo, ends[0].subtract(hours=1), ends[-1])
+    assert {n: u for n, u, _ in _table(conn_id)} == expected
+    assert sum(m["rows"] for m in manifests) == len(expected)
+
+
+def test_pages_answered_429_and_5xx_mid_sync_still_give_every_row(dagbag, demo, pg):
+    hour = _freeze(demo)
+    conn_id = pg()
+    dag = dagbag.get_dag("github_issues_sync")
+    logical = hour.subtract(hours=20)
+    rule = {"path": "/github", "error_rate": 0.2, "status": 429, "retry_after": "0", "seed": 11}
+    requests.post(f"{demo.url}/admin/faults", json=rule, timeout=5).raise_for_status()
+    first = _run(dag, logical, conn_id)
+    rule |= {"status": 503, "seed": 5}
+    requests.post(f"{demo.url}/admin/faults", json=rule, timeout=5).raise_for_status()
+    second = _run(dag, logical.add(hours=1), conn_id)
+    (applied,) = requests.get(f"{demo.url}/admin/faults", timeout=5).json()["rules"]
+    assert applied["injected"] >= 1
+    requests.delete(f"{demo.url}/admin/faults", timeout=5)
+    expected = _issues_in(demo, logical.subtract(hours=1), logical.add(hours=1))
+    assert {n: u for n, u, _ in _table(conn_id)} == expected and first["rows"] + second["rows"] == len(expected)
+
+
+def test_a_schema_change_mid_sync_adds_columns_without_failing(dagbag, demo, pg):
+    import threading
+
+    hour = _freeze(demo)
+    conn_id = pg()
+    logical = hour.subtract(hours=30)
+    requests.post(f"{demo.url}/admin/faults", json={"path": "/github", "latency_ms": 200}, timeout=5)
+
+    def change_schema_after_three_pages():
+        deadline = time.monotonic() + 120
+        while _checkpoint_pages(conn_id) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        requests.post(f"{demo.url}/admin/datasets", json={"schema": 2}, timeout=5)
+
+    flipper = threading.Thread(target=change_schema_after_three_pages, daemon=True)
+    flipper.start()
+    manifest = _run(dagbag.get_dag("github_issues_sync"), logical, conn_id)
+    flipper.join(timeout=5)
+    import psycopg2
+
+    dbname = json.loads(os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"])["schema"]
+    with psycopg2.connect(host="127.0.0.1", user="postgres", dbname=dbname) as conn, conn.cursor() as cur:
+        cur.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'github_issues'")
+        columns = dict(cur.fetchall())
+        cur.execute("SELECT count(*) FILTER (WHERE milestone IS NULL), count(milestone), count(*) FROM github_issues")
+        without, with_, total = cur.fetchone()
+        cur.execute("SELECT count(*) FROM github_issues WHERE _raw ? 'reactions'")
+        (raw_with,) = cur.fetchone()
+    assert columns["reactions"] == "jsonb" and columns["milestone"] == "text" and columns["number"] == "bigint"
+    assert without >= 200 and with_ >= 100 and raw_with == with_ and total == manifest["rows"]
