@@ -21,7 +21,9 @@ from api_orchestration.state import backend_for_url
 @pytest.fixture
 def caller(tmp_path):
     backend = backend_for_url(f"sqlite:///{tmp_path}/state.db")
-    guard = Guard(backend=backend, limit_key="pages", retry=RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05))
+    guard = Guard(
+        backend=backend, limit_key="pages", retry=RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05)
+    )
     yield ResilientCaller(requests.Session(), guard)
     backend.close()
 
@@ -69,7 +71,14 @@ def test_cursor_in_body_sent_back_as_starting_after(demo, caller):
 
 def test_offset_limit_stops_when_total_reached(demo, caller):
     _freeze(demo)
-    p = Pagination("offset", records="results", offset_param="offset", size_param="limit", page_size=100, total_path="total")
+    p = Pagination(
+        "offset",
+        records="results",
+        offset_param="offset",
+        size_param="limit",
+        page_size=100,
+        total_path="total",
+    )
     since = "2029-12-31T23:50:00+00:00"  # the 601 contacts updated in the last ten minutes
     records, pages, stops = _walk(caller, p, f"{demo.url}/crm/contacts", {"updated_since": since})
     assert stops == [StopReason.TOTAL_REACHED] and pages == 7
@@ -77,7 +86,14 @@ def test_offset_limit_stops_when_total_reached(demo, caller):
 
 
 def test_page_number_stops_on_total_or_on_an_empty_page(demo, caller):
-    p = Pagination("page_number", records="items", page_param="page", size_param="per_page", page_size=50, total_path="total")
+    p = Pagination(
+        "page_number",
+        records="items",
+        page_param="page",
+        size_param="per_page",
+        page_size=50,
+        total_path="total",
+    )
     records, pages, stops = _walk(caller, p, f"{demo.url}/users")
     assert (len(records), pages, stops) == (240, 5, [StopReason.TOTAL_REACHED])
     no_total = Pagination("page_number", records="items", size_param="per_page", page_size=50)
@@ -93,7 +109,10 @@ def test_max_pages_and_next_url_in_the_body():
     assert following == PageRequest("https://api.example.com/v1/things?cursor=abc", {}, 2)
     assert next_request(p, following, page) is StopReason.MAX_PAGES
     last = Page([{"id": 2}], {"items": [{"id": 2}], "links": {"next": None}}, {}, sent.url)
-    assert next_request(Pagination("next_url", records="items", next_url_path="links.next"), sent, last) is StopReason.NO_NEXT
+    assert (
+        next_request(Pagination("next_url", records="items", next_url_path="links.next"), sent, last)
+        is StopReason.NO_NEXT
+    )
 
 
 def test_link_header_parsing_follows_rfc_8288():
@@ -109,7 +128,9 @@ def test_pages_answered_429_and_5xx_are_retried_without_gaps(demo, caller, statu
     rule = {"path": "/crm/contacts", "error_rate": 0.3, "status": status, "retry_after": "0", "seed": status}
     requests.post(f"{demo.url}/admin/faults", json=rule, timeout=5).raise_for_status()
     p = Pagination("offset", records="results", size_param="limit", page_size=100, total_path="total")
-    records, pages, _ = _walk(caller, p, f"{demo.url}/crm/contacts", {"updated_since": "2029-12-31T23:50:00Z"})
+    records, pages, _ = _walk(
+        caller, p, f"{demo.url}/crm/contacts", {"updated_since": "2029-12-31T23:50:00Z"}
+    )
     (applied,) = requests.get(f"{demo.url}/admin/faults", timeout=5).json()["rules"]
     assert applied["injected"] >= 1  # some pages were refused and retried
     assert len(records) == len({r["id"] for r in records}) == 601 and pages == 7
@@ -118,13 +139,22 @@ def test_pages_answered_429_and_5xx_are_retried_without_gaps(demo, caller, statu
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"style": "cursr"}, "style must be one of cursor, offset, page_number, link_header, next_url, got 'cursr'"),
+        (
+            {"style": "cursr"},
+            "style must be one of cursor, offset, page_number, link_header, next_url, got 'cursr'",
+        ),
         ({"style": "cursor", "cursor_path": "data[-1].id"}, "cursor_param is required for style 'cursor'"),
         ({"style": "next_url", "next_url_path": "links..next"}, "next_url_path must be valid JMESPath"),
         ({"style": "offset", "page_size": 100}, "offset_param/size_param/page_size"),
-        ({"style": "link_header", "page_size": 0, "size_param": "per_page"}, "page_size must be an integer >= 1"),
+        (
+            {"style": "link_header", "page_size": 0, "size_param": "per_page"},
+            "page_size must be an integer >= 1",
+        ),
         ({"style": "link_header", "max_pages": 0}, "max_pages must be an integer >= 1 or None"),
-        ({"style": "link_header", "total_path": "total"}, "total_path applies to styles 'offset' and 'page_number'"),
+        (
+            {"style": "link_header", "total_path": "total"},
+            "total_path applies to styles 'offset' and 'page_number'",
+        ),
     ],
 )
 def test_bad_pagination_is_refused_with_the_field_and_the_fix(kwargs, message):

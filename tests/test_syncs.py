@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
-import sqlite3
 
 import pendulum
 import pytest
@@ -148,7 +148,9 @@ def test_kill_9_mid_sync_then_resume_equals_a_clean_sync_and_clearing_changes_no
         "dag = DagBag().get_dag('github_issues_sync')\n"
         f"dag.test(logical_date=pendulum.parse({logical.isoformat()!r}), run_conf={{'destination': 'postgres://{resumed_db}'}})\n"
     )
-    task = subprocess.Popen([sys.executable, "-c", script], env=os.environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    task = subprocess.Popen(
+        [sys.executable, "-c", script], env=os.environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 180
         while _checkpoint_pages(resumed_db) < 3:
@@ -204,7 +206,9 @@ def test_pages_answered_429_and_5xx_mid_sync_still_give_every_row(dagbag, demo, 
     assert applied["injected"] >= 1
     requests.delete(f"{demo.url}/admin/faults", timeout=5)
     expected = _issues_in(demo, logical.subtract(hours=1), logical.add(hours=1))
-    assert {n: u for n, u, _ in _table(conn_id)} == expected and first["rows"] + second["rows"] == len(expected)
+    assert {n: u for n, u, _ in _table(conn_id)} == expected and first["rows"] + second["rows"] == len(
+        expected
+    )
 
 
 def test_a_schema_change_mid_sync_adds_columns_without_failing(dagbag, demo, pg):
@@ -229,11 +233,17 @@ def test_a_schema_change_mid_sync_adds_columns_without_failing(dagbag, demo, pg)
 
     dbname = json.loads(os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"])["schema"]
     with psycopg2.connect(host="127.0.0.1", user="postgres", dbname=dbname) as conn, conn.cursor() as cur:
-        cur.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'github_issues'")
+        cur.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'github_issues'"
+        )
         columns = dict(cur.fetchall())
-        cur.execute("SELECT count(*) FILTER (WHERE milestone IS NULL), count(milestone), count(*) FROM github_issues")
+        cur.execute(
+            "SELECT count(*) FILTER (WHERE milestone IS NULL), count(milestone), count(*) FROM github_issues"
+        )
         without, with_, total = cur.fetchone()
         cur.execute("SELECT count(*) FROM github_issues WHERE _raw ? 'reactions'")
         (raw_with,) = cur.fetchone()
-    assert columns["reactions"] == "jsonb" and columns["milestone"] == "text" and columns["number"] == "bigint"
+    assert (
+        columns["reactions"] == "jsonb" and columns["milestone"] == "text" and columns["number"] == "bigint"
+    )
     assert without >= 200 and with_ >= 100 and raw_with == with_ and total == manifest["rows"]
