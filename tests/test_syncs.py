@@ -247,3 +247,105 @@ def test_a_schema_change_mid_sync_adds_columns_without_failing(dagbag, demo, pg)
         columns["reactions"] == "jsonb" and columns["milestone"] == "text" and columns["number"] == "bigint"
     )
     assert without >= 200 and with_ >= 100 and raw_with == with_ and total == manifest["rows"]
+
+
+def test_a_successful_sync_emits_an_asset_event_with_window_cursor_and_rows(dagbag, demo):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    hour = _freeze(demo)
+    logical = hour.subtract(hours=40)
+    manifest = _xcom(dagbag.get_dag("github_issues_sync").test(logical_date=logical), "sync_issues")
+    with create_session() as session:
+        event = session.scalars(
+            select(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.name == "github_issues")
+            .order_by(AssetEvent.id.desc())
+        ).first()
+        extra = dict(event.extra)
+    assert extra["window"] == manifest["window"] and extra["rows"] == manifest["rows"] > 0
+    assert extra["cursor"] == manifest["cursor"] and extra["uri"].endswith("#github_issues")
+    report = dagbag.get_dag("github_issues_report")
+    assert [a.name for a in report.timetable.asset_condition.objects] == ["github_issues"]  # scheduled on it
+
+
+def _stripe_operator(destination: str, **stream_overrides):
+    from api_orchestration.calls.pagination import Pagination
+    from api_orchestration.operators.sync import ApiSyncOperator
+    from api_orchestration.syncs.stream import Stream
+
+    stream = Stream(
+        "charges",
+        primary_key="id",
+        cursor_field="created",
+        cursor_kind="integer",
+        mode="cursor",
+        since_param="created[gte]",
+        **stream_overrides,
+    )
+    pagination = Pagination(
+        "cursor",
+        records="data",
+        cursor_path="data[-1].id",
+        cursor_param="starting_after",
+        has_more_path="has_more",
+        page_size=100,
+        size_param="limit",
+    )
+    return ApiSyncOperator(
+        task_id="sync_charges",
+        http_conn_id="demo_api",
+        endpoint="/stripe/v1/charges",
+        pagination=pagination,
+        stream=stream,
+        destination=destination,
+    )
+
+
+def test_cursor_mode_into_object_storage_finds_only_new_records_and_commits_the_mark(demo, tmp_path):
+    from airflow.sdk import DAG
+    from test_dags import _register
+
+    from api_orchestration.syncs.sinks.files import read_parts
+
+    now = int(time.time()) + 600  # ten minutes of one charge a second before the frozen clock
+    requests.post(
+        f"{demo.url}/admin/datasets", json={"now": pendulum.from_timestamp(now).isoformat()}, timeout=5
+    )
+    with DAG("stripe_charges_files", schedule=None, tags=["api-orchestration"]) as dag:
+        _stripe_operator(tmp_path.as_uri(), start=now - 1800, lookback=5)
+    _register(dag)
+    first = _xcom(dag.test(), "sync_charges")
+    assert first["rows"] >= 600 and first["cursor"] == now and len(first["parts"]) == first["pages"]
+    records = read_parts(first["parts"])
+    numbers = sorted(int(r["id"][3:11]) for r in records)
+    assert numbers == list(range(numbers[0], numbers[0] + first["rows"]))  # no duplicates, no gaps
+    assert min(r["created"] for r in records) >= now - 1800
+    requests.post(
+        f"{demo.url}/admin/datasets", json={"now": pendulum.from_timestamp(now + 60).isoformat()}, timeout=5
+    )
+    second = _xcom(dag.test(), "sync_charges")
+    new = read_parts(second["parts"])
+    assert second["window"]["start"] == now - 5  # the committed mark minus the lookback
+    assert {r["created"] for r in new} == set(range(now - 5, now + 61)) and second["cursor"] == now + 60
+    assert (tmp_path / "charges" / "_cursor.json").read_text() == json.dumps({"mark": now + 60})
+
+
+def test_bad_sync_settings_are_refused_at_parse_time():
+    from api_orchestration import ConfigurationError
+    from api_orchestration.syncs.stream import Stream
+
+    with pytest.raises(
+        ConfigurationError, match="destination must name an Airflow connection id, never credentials"
+    ):
+        _stripe_operator("postgres://user:secret@db/x")
+    with pytest.raises(ConfigurationError, match=r"cursor_field is required in cursor mode"):
+        Stream("x", primary_key="id", mode="cursor")
+    with pytest.raises(ConfigurationError, match=r"mode must be one of interval, cursor, got 'incremental'"):
+        Stream("x", primary_key="id", mode="incremental")
+    with pytest.raises(ConfigurationError, match=r"name must be a plain identifier"):
+        Stream("my-table", primary_key="id")
+    with pytest.raises(ConfigurationError, match=r"lookback must be a timedelta for a timestamp cursor"):
+        Stream("x", primary_key="id", cursor_field="updated_at", lookback=60)

@@ -199,9 +199,9 @@ class Stream:
         return Window(start, end)
 
     def cursor_window(self, mark: CursorValue | None, now: dt.datetime) -> Window:
-        start = mark if mark is not None else self.start
-        if start is not None and self.lookback:
-            start = start - self.lookback  # type: ignore[operator]
+        start = self.start
+        if mark is not None:  # re-read the lookback before the mark (records that moved while paging)
+            start = mark - self.lookback if self.lookback else mark  # type: ignore[operator]
         end = now if self.cursor_kind is CursorKind.TIMESTAMP else None
         return Window(start, end)
 
