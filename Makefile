@@ -39,6 +39,7 @@ test: install lint browser  ## the whole suite (CI=true: missing services fail i
 bench: install  ## print the benchmark tables
 	$(BIN)/python tests/bench/run_bench.py $(BENCH_ARGS)
 	$(BIN)/python tests/bench/run_bench_workflows.py $(BENCH_ARGS)
+	$(BIN)/python tests/bench/run_bench_syncs.py $(BENCH_ARGS)
 
 format: install
 	$(BIN)/ruff format .

@@ -81,6 +81,28 @@ def coerce(value: Any, kind: ColumnType) -> Any:
         return None
 
 
+def _text(value: Any) -> Any:
+    if value is None or value.__class__ is str:
+        return value
+    return coerce(value, ColumnType.TEXT)
+
+
+def _integer(value: Any) -> Any:
+    return value if value.__class__ is int else None if value is None else coerce(value, ColumnType.INTEGER)
+
+
+def _json_text(value: Any) -> Any:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+_FAST = {ColumnType.TEXT: _text, ColumnType.INTEGER: _integer, ColumnType.JSON: _json_text}
+
+
+def converter(kind: ColumnType) -> Any:
+    """``coerce`` for one column type, with a fast path for the common types."""
+    return _FAST.get(kind) or (lambda value: coerce(value, kind))
+
+
 _NOT_WORD = re.compile(r"\W+")
 
 

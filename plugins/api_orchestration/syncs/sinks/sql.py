@@ -19,8 +19,8 @@ from api_orchestration.syncs.sinks.base import (
     RAW_COLUMN,
     ColumnType,
     Sink,
-    coerce,
     column_name,
+    converter,
     declared_columns,
     infer_type,
 )
@@ -184,7 +184,7 @@ class SqlSink(Sink):
     def _rows(
         self, stream: Stream, records: list[dict[str, Any]], fields: tuple[str, ...]
     ) -> list[tuple[Any, ...]]:
-        kinds = [self._columns[f] for f in fields]
+        pairs = [(f, converter(self._columns[f])) for f in fields]
         by_key: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # one row per key per statement (last wins)
         pk = stream.primary_key
         for record in records:
@@ -193,7 +193,8 @@ class SqlSink(Sink):
                 raise ValueError(
                     f"stream {stream.name!r}: a record has no primary key {list(pk)}: {_brief(record)}"
                 )
-            row = [coerce(record.get(f), k) for f, k in zip(fields, kinds, strict=True)]
+            get = record.get
+            row = [convert(get(f)) for f, convert in pairs]
             if self.keep_raw:
                 row.append(json.dumps(record, separators=(",", ":")))
             by_key[key] = tuple(row)
@@ -337,9 +338,18 @@ class PostgresSink(SqlSink):
         return found
 
     def _write_rows(self, sql: str, rows: list[tuple[Any, ...]], width: int) -> None:
-        # one multi-row INSERT per page: one round trip instead of one per row
-        head, _, tail = sql.partition(" VALUES ")
-        values, _, conflict = tail.partition(") ON CONFLICT")
-        group = values + ")"
-        statement = f"{head} VALUES {', '.join([group] * len(rows))} ON CONFLICT{conflict}"
-        self.conn.cursor().execute(statement, [v for row in rows for v in row])
+        if type(self.conn).__module__.startswith("psycopg2"):  # one multi-row INSERT: one round trip
+            from psycopg2.extras import execute_values
+
+            head, _, tail = sql.partition(" VALUES ")
+            values, _, conflict = tail.partition(") ON CONFLICT")
+            template = values + ")"
+            execute_values(
+                self.conn.cursor(),
+                f"{head} VALUES %s ON CONFLICT{conflict}",
+                rows,
+                template,
+                page_size=len(rows),
+            )
+        else:  # psycopg 3 pipelines executemany: one round trip, the statement prepared once
+            self.conn.cursor().executemany(sql, rows)
