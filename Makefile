@@ -22,6 +22,7 @@ run: install  ## start the demo API and Airflow (UI on :8080, admin/admin); Ctrl
 lint: install lint-specs  ## ruff and the workflow specs, as CI runs them
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	PYTHONPATH=plugins $(BIN)/lint-imports
 
 lint-specs: install  ## validate every workflow spec in include/workflows (exit 1 if any is bad)
 	AIRFLOW_HOME=$${AIRFLOW_HOME:-$(CURDIR)/.airflow} $(BIN)/python -m api_orchestration validate include/workflows

@@ -34,6 +34,7 @@ WORKFLOW = Workflow(
             ),
             compensate=Call("POST", "/payments/refunds", json={"order_id": ORDER}),
             key="payments",
+            output="{charge_id: charge_id, status: status}",  # XCom keeps what is needed, no order data
         ),
         Step(
             "reserve_inventory",
@@ -41,6 +42,7 @@ WORKFLOW = Workflow(
             depends_on=("charge_payment",),
             compensate=Call("POST", "/inventory/releases", json={"order_id": ORDER}),
             key="inventory",
+            output="{reservation_id: reservation_id, status: status}",
         ),
         Step(
             "create_shipment",
@@ -48,6 +50,7 @@ WORKFLOW = Workflow(
             depends_on=("reserve_inventory",),
             compensate=Call("POST", "/shipping/cancellations", json={"order_id": ORDER}),
             key="shipping",
+            output="{shipment_id: shipment_id, status: status}",  # not the customer's address
         ),
     ),
 )

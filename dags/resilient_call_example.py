@@ -34,6 +34,7 @@ with DAG(
         query={"run": "{{ run_id }}"},
         rate_limit=LIMIT,
         breaker=BREAKER,
+        response_filter=lambda r: {"path": r.json()["path"]},  # XCom keeps what summary needs
     )
     post_flaky = ResilientHttpOperator(
         task_id="post_flaky",

@@ -8,6 +8,9 @@ modes:
   ``target`` (the demo API records the arrival time).
 - ``breaker``: make ``calls`` calls to ``target`` through the full call path (ResilientCaller),
   counting outcomes by error type.
+- ``operator``: until ``duration`` passes, run ``ResilientHttpOperator.execute`` (a GET of
+  ``target`` under ``RateLimit(permits, per_seconds)`` and the default ``BreakerPolicy()``), each
+  time with a new hook, session and connection, as a new task would.
 - ``bulk``: POST ``calls`` times to ``target`` through bulk mode's asyncio engine (admissions in
   batches), ``concurrency`` in flight, under ``limit`` and/or ``policy``; counts outcomes.
 """
@@ -38,7 +41,8 @@ def _ready_then_wait_for_start() -> float:
 def run_limiter(args: dict) -> dict:
     import requests
 
-    from api_orchestration import RateLimit, backend_for_url
+    from api_orchestration import RateLimit
+    from api_orchestration.state import backend_for_url
 
     backend = backend_for_url(args["state_url"])
     limit = RateLimit(args["permits"], args["per_seconds"], burst=args.get("burst", 1))
@@ -104,8 +108,9 @@ def run_breaker(args: dict) -> dict:
 def run_bulk(args: dict) -> dict:
     import requests
 
-    from api_orchestration import BreakerPolicy, Guard, RateLimit, RetryPolicy, backend_for_url
-    from api_orchestration.operators.engines import call_concurrently_async
+    from api_orchestration import BreakerPolicy, Guard, RateLimit, RetryPolicy
+    from api_orchestration.calls.engines import call_concurrently_async
+    from api_orchestration.state import backend_for_url
 
     backend = backend_for_url(args["state_url"])
     guard = Guard(
@@ -134,11 +139,41 @@ def run_bulk(args: dict) -> dict:
     return {**counts, "done_at": REAL_TIME()}
 
 
+def run_operator(args: dict) -> dict:
+    import logging
+    import os
+
+    from api_orchestration import BreakerPolicy, RateLimit, ResilientHttpOperator
+
+    logging.getLogger("airflow.task").setLevel(logging.WARNING)
+    os.environ["AIRFLOW__API_ORCHESTRATION__STATE_URL"] = args["state_url"]
+    base, path = args["target"].split("/", 3)[2], "/" + args["target"].split("/", 3)[3]
+    host, port = base.split(":")
+    os.environ["AIRFLOW_CONN_LOADGEN_API"] = json.dumps(
+        {"conn_type": "http", "host": host, "port": int(port)}
+    )
+    limit = RateLimit(args["permits"], args["per_seconds"])
+    op = ResilientHttpOperator(
+        task_id="call", http_conn_id="loadgen_api", endpoint=path, rate_limit=limit,
+        rate_limit_key=args["key"], breaker=BreakerPolicy(), max_sleep=60,
+    )  # fmt: skip
+    from api_orchestration.state import get_backend
+
+    get_backend().limiter_status(args["key"])  # connect before the start
+    end = _ready_then_wait_for_start() + args["duration"]
+    sent = 0
+    while REAL_TIME() < end:
+        op.execute({})  # type: ignore[arg-type]
+        sent += 1
+    return {"sent": sent}
+
+
 def main() -> None:
     args = json.loads(sys.argv[1])
     sys.stdout.reconfigure(line_buffering=True)
     _skew_clock(args.get("clock_skew", 0.0))
-    result = {"limiter": run_limiter, "breaker": run_breaker, "bulk": run_bulk}[args["mode"]](args)
+    modes = {"limiter": run_limiter, "breaker": run_breaker, "bulk": run_bulk, "operator": run_operator}
+    result = modes[args["mode"]](args)
     print(json.dumps(result))
 
 

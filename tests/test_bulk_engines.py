@@ -12,7 +12,7 @@ import requests
 from fleet import window_stats
 
 from api_orchestration import BreakerPolicy, ConfigurationError, Guard, RateLimit, RetryPolicy
-from api_orchestration.operators.engines import call_concurrently, call_concurrently_async
+from api_orchestration.calls.engines import call_concurrently, call_concurrently_async
 
 FAST = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05)
 
@@ -97,7 +97,7 @@ def test_a_429_retry_after_pauses_the_key(engine, backend, demo):
         1,
     )
     assert rows[0]["ok"] and time.monotonic() - started >= 0.4
-    assert backend.limiter_status("bulk")["last_retry_after"] == pytest.approx(0.4)
+    assert backend.limiter_status("bulk").last_retry_after == pytest.approx(0.4)
 
 
 def test_timeouts_are_typed(engine, backend, demo):
@@ -120,16 +120,31 @@ def test_a_dropped_connection_is_not_resent_behind_the_limiter(engine, backend, 
     assert demo.calls()["paths"]["/flaky/drop"] == 1
 
 
-def test_a_downed_endpoint_gets_exactly_min_calls(engine, backend, demo):
+def test_a_downed_endpoint_gets_the_calls_in_flight_plus_what_trips_it(engine, backend, demo):
+    """The breaker's bound: the calls already in flight when the first failure is recorded (8 here,
+    the concurrency) plus the calls it takes to trip it (min_calls); nothing after it opens."""
+    policy = BreakerPolicy(failure_rate=0.5, window_size=4, min_calls=4, open_seconds=30)
+    rows = run(
+        engine, backend, lambda i: {"method": "GET", "url": f"{demo.url}/status/503"}, 60,
+        breaker_key="down", breaker=policy, retry=RetryPolicy(max_attempts=1),
+    )  # fmt: skip
+    errors = [r["error"].split(":")[0] for r in rows]
+    sent = errors.count("HttpStatusError")
+    assert policy.min_calls <= sent <= 8 + policy.min_calls and errors.count("CircuitOpenError") == 60 - sent
+    assert demo.calls()["paths"]["/status/503"] == sent  # counted at the server
+
+
+def test_a_bulkhead_of_one_lets_exactly_min_calls_reach_a_downed_endpoint(engine, backend, demo):
     policy = BreakerPolicy(failure_rate=0.5, window_size=4, min_calls=4, open_seconds=30)
     rows = run(
         engine, backend, lambda i: {"method": "GET", "url": f"{demo.url}/status/503"}, 30,
-        breaker_key="down", breaker=policy, retry=RetryPolicy(max_attempts=1),
+        breaker_key="down", breaker=policy, retry=RetryPolicy(max_attempts=1), max_in_flight=1,
     )  # fmt: skip
     errors = [r["error"].split(":")[0] for r in rows]
     assert errors.count("HttpStatusError") == 4 and errors.count("CircuitOpenError") == 26
     assert demo.calls()["paths"]["/status/503"] == 4
-    assert backend.breaker_status("down")["state"] == "open"
+    assert demo.calls()["paths"]["/status/503"] == 4
+    assert backend.breaker_status("down").state == "open"
 
 
 def test_the_limit_holds_at_the_server(engine, backend, demo):

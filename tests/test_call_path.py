@@ -21,10 +21,10 @@ from api_orchestration import (
     ResilientCaller,
     RetryPolicy,
     TransportError,
-    parse_retry_after,
 )
 from api_orchestration.errors import ApiOrchestrationError
-from api_orchestration.redact import redact_url
+from api_orchestration.redaction import redact_url
+from api_orchestration.resilience.outcome import parse_retry_after
 
 FAST = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05)
 
@@ -84,7 +84,7 @@ def test_retry_after_seconds_overrides_backoff_and_pauses_the_key(backend, demo)
     first.call("GET", f"{demo.url}/ratelimited/r?times=1&retry_after=1")
     assert time.monotonic() - started >= 0.95
     paused = backend.limiter_status("demo")
-    assert paused["last_retry_after"] == pytest.approx(1.0)
+    assert paused.last_retry_after == pytest.approx(1.0)
 
 
 def test_retry_after_pause_holds_other_callers_of_the_key(backend, demo):
@@ -149,8 +149,8 @@ def test_client_errors_do_not_trip_the_breaker(backend, demo):
         with pytest.raises(PermanentHttpStatusError):
             c.call("GET", f"{demo.url}/status/404")
     c.flush()
-    assert backend.breaker_status("fine")["state"] == "closed"
-    assert backend.breaker_status("fine")["outcomes"] == "00"
+    assert backend.breaker_status("fine").state == "closed"
+    assert backend.breaker_status("fine").outcomes == "00"
 
 
 def test_slow_calls_count_as_failures(backend, demo):
@@ -159,7 +159,7 @@ def test_slow_calls_count_as_failures(backend, demo):
     for _ in range(2):
         c.call("GET", f"{demo.url}/delay/0.08")
     c.flush()
-    assert backend.breaker_status("slow")["state"] == "open"
+    assert backend.breaker_status("slow").state == "open"
 
 
 def test_one_log_line_per_attempt_without_secrets(backend, demo, caplog):
@@ -183,14 +183,14 @@ def test_a_call_verdict_travels_with_the_next_admission(backend, demo):
     policy = BreakerPolicy(window_size=2, min_calls=2, open_seconds=30)
     c = caller(backend, breaker=policy, breaker_key="pending")
     c.call("GET", f"{demo.url}/echo/1")
-    assert backend.breaker_status("pending")["in_flight"] == 1  # verdict not sent yet: lease held
+    assert backend.breaker_status("pending").in_flight == 1  # verdict not sent yet: lease held
     c.call("GET", f"{demo.url}/echo/2")  # its admission recorded the first verdict
-    assert backend.breaker_status("pending")["outcomes"] == "0"
+    assert backend.breaker_status("pending").outcomes == "0"
     c.flush()
-    assert backend.breaker_status("pending")["outcomes"] == "00"
-    assert backend.breaker_status("pending")["in_flight"] == 0
+    assert backend.breaker_status("pending").outcomes == "00"
+    assert backend.breaker_status("pending").in_flight == 0
     c.flush()  # nothing pending: a no-op
-    assert backend.breaker_status("pending")["outcomes"] == "00"
+    assert backend.breaker_status("pending").outcomes == "00"
 
 
 def test_retry_after_is_finite_and_its_pause_is_capped(backend, demo):
@@ -200,8 +200,8 @@ def test_retry_after_is_finite_and_its_pause_is_capped(backend, demo):
     c.call("GET", f"{demo.url}/ratelimited/huge?times=1&retry_after=31536000")
     assert time.monotonic() - started < 2
     status = backend.limiter_status("demo")
-    assert status["last_retry_after"] == pytest.approx(0.2)
-    assert status["paused_until"] - status["now"] < 0.2
+    assert status.last_retry_after == pytest.approx(0.2)
+    assert status.paused_until - status.now < 0.2
 
 
 def test_ignored_retry_after_pauses_nobody(backend, demo):
@@ -222,8 +222,9 @@ def test_transport_errors_do_not_carry_secret_query_values(backend):
 
 def test_a_long_hold_defers_instead_of_failing(backend, demo):
     policy = BreakerPolicy(window_size=2, min_calls=2, open_seconds=30)
-    for _ in range(2):  # two calls in flight elsewhere: a third could trip the breaker
-        assert backend.breaker_acquire("held", policy, lease_seconds=30).allowed
+    failed = backend.breaker_acquire("held", policy, lease_seconds=30)
+    backend.breaker_record("held", policy, failed, True)  # failing: the hold rule applies
+    assert backend.breaker_acquire("held", policy, lease_seconds=30).allowed  # in flight elsewhere
     c = caller(backend, breaker=policy, breaker_key="held", max_sleep=0.1)
     with pytest.raises(DeferralNeeded, match="calls in flight on circuit 'held'"):
         c.call("GET", f"{demo.url}/echo/held")
@@ -256,7 +257,7 @@ def test_an_interrupted_call_is_recorded_as_a_failure(backend, demo):
     with pytest.raises(KeyboardInterrupt):
         c.call("GET", f"{demo.url}/echo/killed")
     status = backend.breaker_status("killed")
-    assert status["outcomes"] == "1" and status["in_flight"] == 0
+    assert status.outcomes == "1" and status.in_flight == 0
 
 
 def test_redact_url():

@@ -220,7 +220,7 @@ def test_out_of_stock_is_409_without_effect(api: Api) -> None:
     assert api.ledger() == {"entries": [], "orders": {}}
     replay = api.post("/inventory/reservations", {"order_id": "o-1", "skus": ["SKU-1", "OUT-OF-STOCK"]}, "k")
     assert (replay.status_code, replay.json()) == (409, data)  # a business refusal is kept for the key
-    assert replay.headers["Idempotent-Replay"] == "true"
+    assert replay.headers["Idempotent-Replayed"] == "true"
 
 
 def test_shipments_and_cancellations(api: Api) -> None:
@@ -328,18 +328,18 @@ def test_repeated_key_replays_the_first_response(
 ) -> None:
     first = api.post(path, body, key="key-1")
     assert first.status_code == status
-    assert "Idempotent-Replay" not in first.headers
+    assert "Idempotent-Replayed" not in first.headers
     for _ in range(2):
         replay = api.post(path, body, key="key-1")
         assert (replay.status_code, replay.json()) == (status, first.json())
-        assert replay.headers["Idempotent-Replay"] == "true"
+        assert replay.headers["Idempotent-Replayed"] == "true"
     assert [e["type"] for e in api.ledger()["entries"]] == [kind]
 
     other = api.post(path, body, key="key-2")
-    assert other.status_code == status and "Idempotent-Replay" not in other.headers
+    assert other.status_code == status and "Idempotent-Replayed" not in other.headers
     assert other.json() != first.json()  # a new id
     unkeyed = [api.post(path, body) for _ in range(2)]
-    assert all(r.status_code == status and "Idempotent-Replay" not in r.headers for r in unkeyed)
+    assert all(r.status_code == status and "Idempotent-Replayed" not in r.headers for r in unkeyed)
     assert len(api.ledger()["entries"]) == 4
 
 
@@ -347,7 +347,7 @@ def test_compensations_replay_too(api: Api) -> None:
     api.post("/payments/charges", {"order_id": "o-1", "amount_cents": 500})
     first = api.post("/payments/refunds", {"order_id": "o-1", "amount_cents": 200}, key="undo")
     replay = api.post("/payments/refunds", {"order_id": "o-1", "amount_cents": 200}, key="undo")
-    assert (replay.status_code, replay.json(), replay.headers["Idempotent-Replay"]) == (
+    assert (replay.status_code, replay.json(), replay.headers["Idempotent-Replayed"]) == (
         201,
         first.json(),
         "true",
@@ -355,19 +355,105 @@ def test_compensations_replay_too(api: Api) -> None:
     assert order_totals(api, "o-1")["refunded"] == 200
 
 
-def test_keys_are_per_path(api: Api) -> None:
+def test_keys_are_account_wide_and_a_reuse_with_other_parameters_is_rejected(api: Api) -> None:
+    """Stripe: one key space per account (here: per service), compared by parameters."""
     charge = api.post("/payments/charges", {"order_id": "o-1", "amount_cents": 500}, key="same")
-    refund = api.post("/payments/refunds", {"order_id": "o-1"}, key="same")
-    assert (charge.status_code, refund.status_code) == (201, 201)
-    assert "Idempotent-Replay" not in refund.headers
-    assert order_totals(api, "o-1")["net_cents"] == 0
+    assert charge.status_code == 201
+    refund = api.post("/payments/refunds", {"order_id": "o-1"}, key="same")  # another endpoint
+    assert refund.status_code == 400
+    assert refund.json()["error"] == "idempotency_error"
+    assert "POST /payments/charges" in refund.json()["detail"]
+    other_amount = api.post("/payments/charges", {"order_id": "o-1", "amount_cents": 501}, key="same")
+    assert (other_amount.status_code, other_amount.json()["error"]) == (400, "idempotency_error")
+    assert (order_totals(api, "o-1")["charged"], order_totals(api, "o-1")["refunded"]) == (500, 0)
+    # the rejection is not saved: the original request still replays
+    again = api.post("/payments/charges", {"order_id": "o-1", "amount_cents": 500}, key="same")
+    assert (again.status_code, again.json(), again.headers["Idempotent-Replayed"]) == (
+        201,
+        charge.json(),
+        "true",
+    )
+    # another service is another account: the same key is a new request there
+    reserved = api.post("/inventory/reservations", {"order_id": "o-1", "skus": ["A"]}, key="same")
+    assert reserved.status_code == 201 and "Idempotent-Replayed" not in reserved.headers
+    # a compensation with its own key works
+    undo = api.post("/payments/refunds", {"order_id": "o-1"}, key="same:compensate")
+    assert undo.status_code == 201 and order_totals(api, "o-1")["net_cents"] == 0
+    keys = api.get("/admin/idempotency").json()["keys"]
+    assert [(k["account"], k["key"], k["request"], k["status"]) for k in keys] == [
+        ("inventory", "same", "POST /inventory/reservations", 201),
+        ("payments", "same", "POST /payments/charges", 201),
+        ("payments", "same:compensate", "POST /payments/refunds", 201),
+    ]
+
+
+def test_json_parameters_are_compared_by_value(api: Api) -> None:
+    first = api.session.post(
+        f"{api.url}/payments/charges",
+        data=b'{"order_id": "o-1", "amount_cents": 5}',
+        headers={"Idempotency-Key": "k", "Content-Type": "application/json"},
+        timeout=5,
+    )
+    reordered = api.session.post(
+        f"{api.url}/payments/charges",
+        data=b'{"amount_cents":5,"order_id":"o-1"}',
+        headers={"Idempotency-Key": "k", "Content-Type": "application/json"},
+        timeout=5,
+    )
+    assert (first.status_code, reordered.status_code) == (201, 201)
+    assert reordered.headers["Idempotent-Replayed"] == "true"
+    assert reordered.headers["Original-Request"] == first.headers["X-Request-Id"]
+    assert reordered.headers["X-Request-Id"] != first.headers["X-Request-Id"]
 
 
 def test_rejected_request_is_not_kept_for_its_key(api: Api) -> None:
     bad = api.post("/payments/charges", {"order_id": "o-1"}, key="k")
     assert bad.status_code == 400
     good = api.post("/payments/charges", {"order_id": "o-1", "amount_cents": 5}, key="k")
-    assert good.status_code == 201 and "Idempotent-Replay" not in good.headers
+    assert good.status_code == 201 and "Idempotent-Replayed" not in good.headers
+    assert len(api.ledger()["entries"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("simulate", "status", "error", "charged"),
+    [
+        ("processing_error", 500, "api_error", 0),
+        ("error_after_charge", 500, "api_error", 77),
+        ("card_declined", 402, "card_declined", 0),
+    ],
+)
+def test_an_error_inside_the_endpoint_is_saved_and_replayed(
+    api: Api, simulate: str, status: int, error: str, charged: int
+) -> None:
+    """Stripe saves the result once the endpoint began executing, "including 500 errors"."""
+    body = {"order_id": "o-1", "amount_cents": 77, "simulate": simulate}
+    first = api.post("/payments/charges", body, key="k")
+    assert (first.status_code, first.json()["error"]) == (status, error)
+    assert "Idempotent-Replayed" not in first.headers
+    for _ in range(2):
+        replay = api.post("/payments/charges", body, key="k")
+        assert (replay.status_code, replay.json()) == (status, first.json())
+        assert replay.headers["Idempotent-Replayed"] == "true"
+    totals = api.ledger("o-1")["orders"].get("o-1", {"charged": 0})
+    assert totals["charged"] == charged  # the endpoint ran once
+    fresh = api.post("/payments/charges", body, key="k2")  # only a new key runs it again
+    assert fresh.status_code == status and "Idempotent-Replayed" not in fresh.headers
+
+
+def test_a_duplicate_while_the_first_is_in_flight_gets_409(api: Api, server: DemoServer) -> None:
+    body = {"order_id": "o-1", "amount_cents": 100, "processing_ms": 600}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(api.post, "/payments/charges", body, "slow")
+        time.sleep(0.2)
+        with requests.Session() as other:
+            duplicate = other.post(
+                f"{server.url}/payments/charges", json=body, headers={"Idempotency-Key": "slow"}, timeout=5
+            )
+        assert duplicate.status_code == 409
+        assert duplicate.json()["error"] == "idempotency_key_in_use"
+        assert first.result().status_code == 201
+    later = api.post("/payments/charges", body, key="slow")  # the 409 was not saved
+    assert (later.status_code, later.headers["Idempotent-Replayed"]) == (201, "true")
     assert len(api.ledger()["entries"]) == 1
 
 
@@ -386,9 +472,11 @@ def test_concurrent_duplicates_have_one_effect(server: DemoServer) -> None:
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         responses = list(pool.map(charge, range(8)))
-    assert {r.status_code for r in responses} == {201}
-    assert len({r.text for r in responses}) == 1
-    assert sum("Idempotent-Replay" not in r.headers for r in responses) == 1
+    assert {r.status_code for r in responses} <= {201, 409}
+    created = [r for r in responses if r.status_code == 201]
+    assert len({r.json()["charge_id"] for r in created}) == 1
+    assert sum("Idempotent-Replayed" not in r.headers for r in created) == 1
+    assert all(r.json()["error"] == "idempotency_key_in_use" for r in responses if r.status_code == 409)
     with requests.Session() as session:
         assert len(session.get(f"{server.url}/admin/ledger", timeout=5).json()["entries"]) == 1
 
@@ -568,7 +656,7 @@ def test_notifications_are_accepted(api: Api, channel: str) -> None:
     assert response.status_code == 202
     assert response.json() == {"notification_id": "ntf_000001", "channel": channel}
     replay = api.post(f"/notifications/{channel}", {"event": "order_shipped"}, key=f"n-{channel}")
-    assert (replay.status_code, replay.json(), replay.headers["Idempotent-Replay"]) == (
+    assert (replay.status_code, replay.json(), replay.headers["Idempotent-Replayed"]) == (
         202,
         response.json(),
         "true",
@@ -652,7 +740,7 @@ def test_injected_failure_is_not_kept_for_the_key(api: Api) -> None:
     assert api.post("/payments/charges", body, key="k").status_code == 503
     api.session.delete(f"{api.url}/admin/faults", timeout=5)
     retried = api.post("/payments/charges", body, key="k")
-    assert retried.status_code == 201 and "Idempotent-Replay" not in retried.headers
+    assert retried.status_code == 201 and "Idempotent-Replayed" not in retried.headers
     assert len(api.ledger()["entries"]) == 1
 
 
@@ -685,7 +773,7 @@ def test_latency_applies_after_the_effect(api: Api) -> None:
     started = time.monotonic()
     retry = api.post("/shipping/shipments", body, key="ship-1")
     assert time.monotonic() - started >= 0.4
-    assert (retry.status_code, retry.headers["Idempotent-Replay"]) == (201, "true")
+    assert (retry.status_code, retry.headers["Idempotent-Replayed"]) == (201, "true")
     assert retry.json()["shipment_id"] == entries[0]["id"]
     assert len(api.ledger()["entries"]) == 1
 
@@ -786,6 +874,6 @@ def test_admin_reset_clears_everything(api: Api) -> None:
     assert api.get("/users/5").json() == original
     assert api.get("/shipping/health").status_code == 200
     again = api.post("/payments/charges", body, key="k")  # the key is forgotten: a new effect
-    assert again.status_code == 201 and "Idempotent-Replay" not in again.headers
+    assert again.status_code == 201 and "Idempotent-Replayed" not in again.headers
     assert again.json()["charge_id"] == "ch_000001"  # ids restart too
     assert len(api.ledger()["entries"]) == 1

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
 from pathlib import Path
 
 import pytest
@@ -201,7 +202,14 @@ def test_status(server: DemoServer, session: requests.Session, code: int) -> Non
     response = session.post(f"{server.url}/status/{code}", timeout=5)
     assert response.status_code == code
     assert response.headers["Content-Type"] == "application/json"
-    assert response.json() == {"status": code}
+    body = response.json()
+    assert body["status"] == code
+    if code < 400:
+        assert body == {"status": code}
+    else:  # an error explains itself
+        assert body["error"] == HTTPStatus(code).phrase
+        assert body["detail"] == f"the demo API answered {code} because /status/{code} was requested"
+    assert response.headers["X-Request-Id"].startswith("req_")
     assert "Retry-After" not in response.headers
 
 

@@ -21,8 +21,7 @@ CALLS = textwrap.dedent(
     """
     import sys
     import requests
-    from api_orchestration import (BreakerPolicy, CircuitOpenError, Guard, HttpStatusError, RateLimit,
-                                   ResilientCaller, RetryPolicy)
+    from api_orchestration import BreakerPolicy, CircuitOpenError, Guard, HttpStatusError, RateLimit, ResilientCaller, RetryPolicy
     from api_orchestration.state import backend_for_url
 
     demo, state = sys.argv[1:3]

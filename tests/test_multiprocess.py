@@ -35,7 +35,7 @@ def test_eight_processes_share_one_limit(state_url, demo):
 def test_redis_limit_holds_with_skewed_client_clocks(redis_available, demo):
     from conftest import unique_redis_url
 
-    from api_orchestration import backend_for_url
+    from api_orchestration.state import backend_for_url
 
     url = unique_redis_url(redis_available)
     skews = [0.25 if i % 2 else -0.25 for i in range(PROCESSES)]

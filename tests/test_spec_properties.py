@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from api_orchestration.errors import SpecError
 from api_orchestration.specs import load_document, load_text
-from api_orchestration.workflow import METHODS
+from api_orchestration.workflows.model import METHODS
 
 SETTINGS = settings(
     max_examples=int(os.environ.get("SPEC_PROPERTY_EXAMPLES", "120")),

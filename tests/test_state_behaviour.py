@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from api_orchestration import BreakerPolicy, ConfigurationError, RateLimit, StateBackendError, backend_for_url
-from api_orchestration.breaker import HOLD_SECONDS
-from api_orchestration.state import Verdict
+from api_orchestration import BreakerPolicy, ConfigurationError, RateLimit, StateBackendError
+from api_orchestration.resilience.breaker import HOLD_SECONDS
+from api_orchestration.state import AdmissionRequest, Verdict, backend_for_url
 from api_orchestration.state.base import NO_WAIT_LIMIT as NO_LIMIT
 
 
@@ -69,11 +69,20 @@ def test_pause_holds_every_caller_even_without_a_limit(backend):
     backend.limiter_pause("k", 0.01)  # a shorter pause never shortens the current one
     assert backend.limiter_acquire("k", None, max_wait=5).wait > 0.2
     status = backend.limiter_status("k")
-    assert status["last_retry_after"] == pytest.approx(0.01)
+    assert status.last_retry_after == pytest.approx(0.01)
 
 
 # -- circuit breaker ------------------------------------------------------------------------------
 POLICY = BreakerPolicy(failure_rate=0.5, window_size=4, min_calls=4, open_seconds=0.3, half_open_calls=2)
+
+
+def _req(
+    key=None, limit=None, breaker_key=None, policy=None, max_wait=NO_LIMIT, lease=0.0, max_in_flight=None
+):
+    return AdmissionRequest(key, limit, breaker_key, policy, max_in_flight, max_wait, lease)
+
+
+SVC = _req(None, None, "svc", POLICY, NO_LIMIT, 10)
 
 
 def _call(backend, failed: bool, policy=POLICY, key="svc"):
@@ -95,7 +104,7 @@ def test_opens_on_failure_rate_after_min_calls(backend):
 def test_successes_keep_it_closed_and_window_slides(backend):
     for failed in (True, False, False, False, False, False, True, False):
         assert not _call(backend, failed).changed
-    assert backend.breaker_status("svc")["outcomes"] == "0010"
+    assert backend.breaker_status("svc").outcomes == "0010"
 
 
 def test_half_open_admits_exactly_the_trial_calls_then_closes(backend):
@@ -140,25 +149,30 @@ def test_stale_verdict_from_before_the_opening_is_ignored(backend):
     time.sleep(0.32)
     trial = backend.breaker_acquire("svc", POLICY, 10)
     assert not backend.breaker_record("svc", POLICY, slow, True).changed  # stale generation
-    assert backend.breaker_status("svc")["state"] == "half_open"
+    assert backend.breaker_status("svc").state == "half_open"
     backend.breaker_record("svc", POLICY, trial, False)
 
 
-def test_calls_in_flight_hold_new_calls_that_could_trip_it(backend):
-    held = [backend.breaker_acquire("svc", POLICY, 10) for _ in range(4)]
-    assert [d.kind for d in held] == ["closed"] * 4
+def test_a_healthy_breaker_never_holds_calls_in_flight(backend):
+    held = [backend.breaker_acquire("svc", POLICY, 10) for _ in range(50)]
+    assert [d.kind for d in held] == ["closed"] * 50
+    assert backend.breaker_status("svc").in_flight == 50
+
+
+def test_calls_in_flight_hold_new_calls_only_while_failing(backend):
+    held = [backend.breaker_acquire("svc", POLICY, 10) for _ in range(6)]
+    assert [d.kind for d in held] == ["closed"] * 6
+    backend.breaker_record("svc", POLICY, held[0], True)
+    # the last verdict failed, and '1' + 5 in flight that might fail would trip it
     blocked = backend.breaker_acquire("svc", POLICY, 10)
     assert blocked.kind == "hold" and blocked.wait == pytest.approx(HOLD_SECONDS)
-    backend.breaker_record("svc", POLICY, held[0], False)
-    backend.breaker_record("svc", POLICY, held[1], False)
-    # '00' recorded + 2 in flight that might fail = 2 of 4: could still trip
-    assert backend.breaker_acquire("svc", POLICY, 10).kind == "hold"
-    backend.breaker_record("svc", POLICY, held[2], False)
+    backend.breaker_record("svc", POLICY, held[1], False)  # the last verdict succeeded
     assert backend.breaker_acquire("svc", POLICY, 10).kind == "closed"
 
 
 def test_expired_leases_stop_holding(backend):
-    for _ in range(4):
+    _call(backend, True)
+    for _ in range(3):
         assert backend.breaker_acquire("svc", POLICY, lease_seconds=0.1).allowed
     assert backend.breaker_acquire("svc", POLICY, 0.1).kind == "hold"
     time.sleep(0.12)
@@ -169,7 +183,7 @@ def test_reset_closes(backend):
     for _ in range(4):
         _call(backend, True)
     backend.breaker_reset("svc")
-    assert backend.breaker_status("svc")["state"] == "closed"
+    assert backend.breaker_status("svc").state == "closed"
     assert backend.breaker_acquire("svc", POLICY, 10).kind == "closed"
 
 
@@ -219,7 +233,7 @@ def test_bad_state_urls_name_the_fix(url, match):
 def _batches(backend, sizes, limit, key="k", max_wait=5.0):
     waits = []
     for size in sizes:
-        waits += [a.wait for a in backend.admit_many(size, key, limit, None, None, max_wait, 0).granted]
+        waits += [a.wait for a in backend.admit_many(size, _req(key, limit, None, None, max_wait, 0)).granted]
     return waits
 
 
@@ -238,7 +252,7 @@ def test_a_batch_spaces_calls_without_burst(backend):
 
 def test_a_batch_stops_where_the_wait_exceeds_max_wait_and_reserves_no_more(backend):
     limit = RateLimit(permits=2, per_seconds=1.0, margin=0.0)
-    batch = backend.admit_many(5, "k", limit, None, None, 0.6, 0)
+    batch = backend.admit_many(5, _req("k", limit, None, None, 0.6, 0))
     assert [round(a.wait, 2) for a in batch.granted] == [0.0, 0.5]
     assert batch.refused.reason == "defer" and batch.refused.wait == pytest.approx(1.0, abs=0.02)
     again = backend.limiter_acquire("k", limit, max_wait=5)
@@ -247,36 +261,38 @@ def test_a_batch_stops_where_the_wait_exceeds_max_wait_and_reserves_no_more(back
 
 def test_a_batch_waits_out_a_pause(backend):
     backend.limiter_pause("k", 0.3)
-    batch = backend.admit_many(3, "k", None, None, None, 5, 0)
+    batch = backend.admit_many(3, _req("k", None, None, None, 5, 0))
     assert len(batch.granted) == 3 and all(
         a.paused and a.wait == pytest.approx(0.3, abs=0.02) for a in batch.granted
     )
 
 
-def test_a_batch_in_the_closed_state_leases_as_many_as_could_all_fail(backend):
-    batch = backend.admit_many(6, None, None, "svc", POLICY, NO_LIMIT, 10)
-    assert [a.breaker.kind for a in batch.granted] == ["closed"] * 4  # as 4 single acquires
-    assert len({a.breaker.lease for a in batch.granted}) == 4
+def test_a_failing_batch_leases_as_many_as_could_all_fail(backend):
+    assert len(backend.admit_many(6, SVC).granted) == 6  # healthy: no cap
+    _call(backend, True)
+    batch = backend.admit_many(6, SVC)
+    # '1' recorded, 6 + 2 in flight: trips at once; as single acquires would
+    assert not batch.granted
     assert batch.refused.reason == "hold" and batch.refused.wait == pytest.approx(HOLD_SECONDS)
-    assert backend.breaker_status("svc")["in_flight"] == 4
+    assert backend.breaker_status("svc").in_flight == 6
 
 
 def test_a_batch_records_its_verdicts_first(backend):
-    held = backend.admit_many(4, None, None, "svc", POLICY, NO_LIMIT, 10).granted
-    verdicts = [Verdict("svc", POLICY, a.breaker, True) for a in held]
-    batch = backend.admit_many(2, None, None, "svc", POLICY, NO_LIMIT, 10, verdicts)
+    held = backend.admit_many(4, _req(None, None, "svc", POLICY, NO_LIMIT, 10)).granted
+    verdicts = [Verdict(SVC, a.breaker, "", True) for a in held]
+    batch = backend.admit_many(2, _req(None, None, "svc", POLICY, NO_LIMIT, 10), verdicts)
     assert [t.changed for t in batch.recorded] == [False, False, False, True]
     assert batch.recorded[-1].after == "open" and not batch.granted
     assert batch.refused.reason == "open" and 0.2 < batch.refused.wait <= 0.3
     assert batch.refused.breaker.reopen_at is not None
-    assert backend.breaker_status("svc")["in_flight"] == 0
+    assert backend.breaker_status("svc").in_flight == 0
 
 
 def test_a_half_open_batch_gets_exactly_the_trial_calls(backend):
     for _ in range(4):
         _call(backend, True)
     time.sleep(0.32)
-    batch = backend.admit_many(4, None, None, "svc", POLICY, NO_LIMIT, 10)
+    batch = backend.admit_many(4, _req(None, None, "svc", POLICY, NO_LIMIT, 10))
     assert [a.breaker.kind for a in batch.granted] == ["trial", "trial"] and batch.refused.reason == "busy"
     assert backend.breaker_record("svc", POLICY, batch.granted[0].breaker, False).after == "half_open"
     assert backend.breaker_record("svc", POLICY, batch.granted[1].breaker, False).after == "closed"
@@ -284,11 +300,30 @@ def test_a_half_open_batch_gets_exactly_the_trial_calls(backend):
 
 def test_a_batch_takes_slot_and_permit_together(backend):
     limit = RateLimit(permits=100, per_seconds=1.0, margin=0.0)
-    batch = backend.admit_many(6, "k", limit, "svc", POLICY, 5, 10)
-    assert len(batch.granted) == 4 and batch.refused.reason == "hold"
-    assert backend.admit_many(1, "k", limit, None, None, 5, 0).granted[0].wait == pytest.approx(
-        0.04, abs=0.01
+    _call(backend, True)
+    batch = backend.admit_many(6, _req("k", limit, "svc", POLICY, 5, 10))
+    assert len(batch.granted) == 3 and batch.refused.reason == "hold"
+    assert backend.admit_many(1, _req("k", limit, None, None, 5, 0)).granted[0].wait == pytest.approx(
+        0.03, abs=0.01
     )
+
+
+def test_the_bulkhead_caps_calls_in_flight_across_callers(backend):
+    request = _req("k", None, None, None, NO_LIMIT, 10, max_in_flight=3)
+    batch = backend.admit_many(5, request)
+    assert len(batch.granted) == 3 and batch.refused.reason == "full"
+    assert backend.limiter_status("k").in_flight == 3
+    assert backend.admit(request).reason == "full"
+    backend.record(Verdict(request, None, batch.granted[0].bulkhead_lease, False))
+    assert backend.admit(request).granted  # a place given back is taken again
+    assert backend.admit(request).reason == "full"
+
+
+def test_bulkhead_places_expire(backend):
+    request = _req("k", None, None, None, NO_LIMIT, 0.1, max_in_flight=1)
+    assert backend.admit(request).granted and backend.admit(request).reason == "full"
+    time.sleep(0.12)
+    assert backend.admit(request).granted
 
 
 def test_batches_and_single_admissions_never_overfill_a_window(backend):
@@ -305,7 +340,8 @@ def test_batches_and_single_admissions_never_overfill_a_window(backend):
             waits = [backend.limiter_acquire("k", limit, max_wait=5).wait]
         else:
             waits = [
-                a.wait for a in backend.admit_many(rng.randint(1, 9), "k", limit, None, None, 5, 0).granted
+                a.wait
+                for a in backend.admit_many(rng.randint(1, 9), _req("k", limit, None, None, 5, 0)).granted
             ]
         slots += [started + w for w in waits]
         time.sleep(rng.random() * 0.01)

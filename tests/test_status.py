@@ -33,7 +33,7 @@ def test_status_shows_breakers_limiters_and_pauses(backend, demo):
 
     payments = breakers["payments"]
     raw = backend.breaker_status("payments")
-    assert payments["state"] == "open" and payments["next_half_open_at"] == iso(raw["opened_until"])
+    assert payments["state"] == "open" and payments["next_half_open_at"] == iso(raw.opened_until)
     assert 290 < payments["next_half_open_in_seconds"] <= 300 and not payments["half_open_due"]
     assert payments["calls_in_window"] == 0  # the window restarts when it opens
 
@@ -59,7 +59,7 @@ def test_snapshot_does_not_move_a_breaker(backend):
     time.sleep(0.3)
     row = collect_status(backend)["breakers"][0]
     assert (row["state"], row["half_open_due"], row["next_half_open_in_seconds"]) == ("open", True, 0)
-    assert backend.breaker_status("k")["state"] == "open"  # reading did not half-open it
+    assert backend.breaker_status("k").state == "open"  # reading did not half-open it
 
 
 def test_saga_outcomes_are_capped_newest_first(backend):
@@ -130,12 +130,12 @@ def test_api_needs_airflow_credentials_and_reset_needs_op(backend, demo, server,
     )
     assert requests.post(reset, timeout=10).status_code == 401
     assert requests.post(reset, headers=viewer, timeout=10).status_code == 403  # viewers read, ops reset
-    assert backend.breaker_status("payments")["state"] == "open"
+    assert backend.breaker_status("payments").state == "open"
 
     body = requests.get(f"{server}/api/status", headers=viewer, timeout=10).json()
     assert {b["key"]: b["state"] for b in body["breakers"]} == {"payments": "open", "users": "closed"}
     one = requests.get(f"{server}/api/breakers/payments", headers=viewer, timeout=10).json()
-    assert one["next_half_open_at"] == iso(backend.breaker_status("payments")["opened_until"])
+    assert one["next_half_open_at"] == iso(backend.breaker_status("payments").opened_until)
     limiter = requests.get(f"{server}/api/limiters/slow", headers=viewer, timeout=10).json()
     assert limiter["permits_used"] == 1 and limiter["next_free_in_seconds"] > 50
     assert requests.get(f"{server}/api/breakers/nope", headers=viewer, timeout=10).status_code == 404
@@ -152,7 +152,7 @@ def test_api_needs_airflow_credentials_and_reset_needs_op(backend, demo, server,
     done = requests.post(reset, cookies=cookie, headers={"Origin": server}, timeout=10)
     assert done.status_code == 200 and done.json()["by"] == "oscar"
     assert done.json()["breaker"]["state"] == "closed"
-    assert backend.breaker_status("payments")["state"] == "closed"
+    assert backend.breaker_status("payments").state == "closed"
     requests.delete(f"{demo.url}/admin/faults", timeout=5)
     assert (
         call(backend, "payments", f"{demo.url}/payments/health", breaker=PAYMENTS_BREAKER).status_code == 200
@@ -169,7 +169,7 @@ def test_page_redirects_to_login_and_its_forms_carry_a_token(backend, demo, serv
     assert page.status_code == 200 and page.headers["cache-control"] == "no-store"
     html = page.text
     assert re.search(r'<tr data-breaker="payments" data-state="open">', html)
-    opened_until = iso(backend.breaker_status("payments")["opened_until"])
+    opened_until = iso(backend.breaker_status("payments").opened_until)
     assert f'data-next-half-open="{opened_until}"' in html
     assert re.search(r'<tr data-limiter="slow">.*?data-used="1">1 / 1<', html, re.S)
     assert re.search(r'<tr data-limiter="partner">.*?<b>paused</b> until', html, re.S)
@@ -187,7 +187,7 @@ def test_page_redirects_to_login_and_its_forms_carry_a_token(backend, demo, serv
     after = requests.post(form, data={"token": token}, timeout=10)  # what the sandboxed iframe sends
     assert after.status_code == 200 and "Breaker &#39;payments&#39; reset to closed by admin." in after.text
     assert '<tr data-breaker="payments" data-state="closed">' in after.text
-    assert backend.breaker_status("payments")["state"] == "closed"
+    assert backend.breaker_status("payments").state == "closed"
     refreshed = requests.post(f"{server}/", data={"token": token}, timeout=10)
     assert refreshed.status_code == 200 and 'data-breaker="users"' in refreshed.text
 
@@ -202,7 +202,7 @@ def test_redis_snapshot_reads_only_its_own_prefix(redis_available):
     try:
         other.limiter_acquire("theirs", RateLimit(5), 10)
         mine.limiter_acquire("we*[x]", RateLimit(5), 10)  # glob characters in the key are literal
-        assert list(mine.snapshot()["limiters"]) == ["we*[x]"]
+        assert list(mine.snapshot().limiters) == ["we*[x]"]
     finally:
         for b in (mine, other):
             b.clear()

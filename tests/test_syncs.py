@@ -105,7 +105,7 @@ def test_github_issues_sync_into_sqlite_is_idempotent_per_interval(dagbag, demo,
     hour = _freeze(demo)
     dag = dagbag.get_dag("github_issues_sync")
     logical = hour.subtract(hours=5)  # CronDataIntervalTimetable: the interval is the hour before
-    run = dag.test(logical_date=logical)
+    run = dag.test(logical_date=logical, run_conf={"destination": ""})  # SQLite
     assert run.state == "success", _states(run)
     first = _xcom(run, "sync_issues")
     start, end = logical.subtract(hours=1), logical
@@ -120,7 +120,7 @@ def test_github_issues_sync_into_sqlite_is_idempotent_per_interval(dagbag, demo,
             (start.strftime("%Y-%m-%dT%H:%M:%SZ"), end.strftime("%Y-%m-%dT%H:%M:%SZ")),
         ).fetchall()
     assert dict(in_window) == expected
-    again = _xcom(dag.test(logical_date=logical), "sync_issues")
+    again = _xcom(dag.test(logical_date=logical, run_conf={"destination": ""}), "sync_issues")
     assert (again["rows"], again["checksum"]) == (first["rows"], first["checksum"])
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT * FROM github_issues ORDER BY number").fetchall() == before
@@ -256,7 +256,8 @@ def test_a_successful_sync_emits_an_asset_event_with_window_cursor_and_rows(dagb
 
     hour = _freeze(demo)
     logical = hour.subtract(hours=40)
-    manifest = _xcom(dagbag.get_dag("github_issues_sync").test(logical_date=logical), "sync_issues")
+    run = dagbag.get_dag("github_issues_sync").test(logical_date=logical, run_conf={"destination": ""})
+    manifest = _xcom(run, "sync_issues")
     with create_session() as session:
         event = session.scalars(
             select(AssetEvent)

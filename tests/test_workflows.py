@@ -7,8 +7,8 @@ import pytest
 from test_dags import _register, _states
 
 from api_orchestration import ConfigurationError, RetryPolicy
-from api_orchestration.builder import build
-from api_orchestration.workflow import Call, FanOut, Step, Workflow, result
+from api_orchestration.workflows.build import build
+from api_orchestration.workflows.model import Call, FanOut, Step, Workflow, result
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -66,7 +66,8 @@ def test_saga_business_failure_undoes_exactly_the_completed_steps(demo):
     assert calls["paths"].get("/status/409") == 1  # a 4xx is never retried
     assert "/echo/ship" not in calls["paths"] and "/echo/release" not in calls["paths"]
     charge_key = next(iter(calls["by_path_and_key"]["/echo/charge"]))
-    assert calls["by_path_and_key"]["/echo/refund"] == {charge_key: 1}  # the step's own key
+    # its own key, derived from the step's: never the step's key for another request
+    assert calls["by_path_and_key"]["/echo/refund"] == {f"{charge_key}:compensate": 1}
 
 
 def test_saga_compensates_a_step_whose_effect_is_unknown(demo):
@@ -203,6 +204,55 @@ def test_fallback_replaces_a_call_that_failed_for_good(demo):
     assert _xcom(run, "primary") == {"fallback": True, "result": "/echo/status-page"}
     assert _xcom(run, "healthy") == "/echo/ok"
     assert demo.calls()["paths"]["/status/503"] == 2 and "/echo/never" not in demo.calls()["paths"]
+
+
+def test_a_fallback_runs_after_a_deferral_and_a_deferred_fallback_resumes_the_fallback(demo):
+    """The primary defers (a 429's Retry-After beyond max_sleep), resumes, fails for good: its
+    fallback runs, defers in turn, and resumes the fallback (not the primary)."""
+    from airflow.sdk import DAG
+
+    from api_orchestration import StepOperator
+
+    with DAG(
+        "wf_fallback_deferred", schedule=None, start_date=START, render_template_as_native_obj=True
+    ) as dag:
+        StepOperator(
+            task_id="step", http_conn_id="demo_api", endpoint="/ratelimited/fd-primary?times=5&retry_after=1",
+            retry=RetryPolicy(max_attempts=2, base_delay=0, max_delay=0), max_sleep=0.2,
+            fallback={"endpoint": "/ratelimited/fd-fallback?times=1&retry_after=1", "method": "GET",
+                      "breaker_key": "fd:fallback", "rate_limit_key": "fd-fallback"},
+        )  # fmt: skip
+    _register(dag)
+    run = dag.test()
+    assert run.state == "success", _states(run)
+    assert _xcom(run, "step")["fallback"] is True
+    paths = demo.calls()["paths"]
+    assert paths["/ratelimited/fd-primary"] == 2  # attempt 2 ran after the deferral
+    assert paths["/ratelimited/fd-fallback"] == 2  # the fallback's attempt 2, after its own deferral
+
+
+def test_the_workflow_output_is_the_dag_result(demo):
+    wf = Workflow(
+        "wf_output",
+        conn_id="demo_api",
+        steps=(
+            Step("a", Call("GET", "/echo/a"), output="path"),
+            Step("b", Call("GET", "/echo/b"), depends_on=("a",)),
+        ),
+        output="a",
+    )
+    dag = build(wf, schedule=None, start_date=START)
+    assert dag.get_task("a").returns_dag_result and not dag.get_task("b").returns_dag_result
+    _register(dag)
+    run = dag.test()
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(XComModel).filter_by(dag_id="wf_output", run_id=run.run_id, dag_result=True).all()
+        )
+    assert [(r.task_id, XComModel.deserialize_value(r)) for r in rows] == [("a", "/echo/a")]
 
 
 def test_bulk_makes_every_call_in_one_task_under_the_shared_limit(demo):

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -27,6 +28,12 @@ from demo_services.routing import ApiError, Request, Response, Router
 from demo_services.state import DemoState
 
 _NO_BODY_STATUSES = frozenset({204, 304})
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+def new_request_id() -> str:
+    """A unique id for one request, sent back in ``X-Request-Id`` (as real APIs do, for support)."""
+    return f"req_{uuid.uuid4().hex[:20]}"
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -69,7 +76,11 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
-    """Reads one request (body by Content-Length or chunked), routes it, writes a JSON reply."""
+    """Reads one request (body by Content-Length or chunked), routes it, writes a JSON reply.
+
+    Every reply carries ``X-Request-Id`` (a new id per request); error replies have a JSON body
+    ``{"error": ..., "detail": ...}`` explaining them.
+    """
 
     protocol_version = "HTTP/1.1"
     server_version = "DemoAPI/1.0"
@@ -77,7 +88,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
     wbufsize = -1  # buffer head and body; handle_one_request() flushes them in one send
     server: _HTTPServer
 
+    request_id = ""
+
     def dispatch(self) -> None:
+        self.request_id = new_request_id()
         path, _, query_string = self.path.partition("?")
         headers = {name.lower(): value for name, value in self.headers.items()}
         try:
@@ -93,6 +107,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             headers=headers,
             body=body,
             params=params,
+            request_id=self.request_id,
         )
         state = self.server.state
         if route.record:
@@ -121,6 +136,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Protocol errors (bad request line, oversized headers ...) as JSON; closes the connection."""
         self.log_error("code %d, message %s", code, message)
+        self.request_id = new_request_id()
         self.close_connection = True
         self._send(Response(code, {"error": message or HTTPStatus(code).phrase}))
 
@@ -149,6 +165,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         payload = json.dumps(response.body).encode() if has_body else b""
         self.send_response(response.status)
         self.send_header("Content-Type", "application/json")
+        self.send_header(REQUEST_ID_HEADER, self.request_id or new_request_id())
         if has_body:
             self.send_header("Content-Length", str(len(payload)))
         for name, value in response.headers.items():

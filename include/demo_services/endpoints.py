@@ -1,4 +1,4 @@
-"""Core endpoints: echo, status, delay, flaky, rate-limited, health and the admin call log.
+"""Core endpoints: echo, a bearer-protected echo, status, delay, flaky, rate-limited, health and the admin call log.
 
 ``ROUTES`` is the core route table; ``default_router()`` adds the business participant services
 (:mod:`demo_services.participants`) after it.
@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import math
 import time
+from http import HTTPStatus
 
 from demo_services import participants
 from demo_services.routing import ApiError, Request, Response, Route, Router
@@ -17,7 +19,10 @@ from demo_services.state import DemoState
 
 MAX_DELAY = 30.0
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
+_PHRASES = frozenset(s.value for s in HTTPStatus)
 _TRUE = frozenset({"1", "true", "yes", "on"})
+# the bearer token ``/secure/...`` accepts (a demo value, not a secret of any real system)
+DEMO_TOKEN = "demo-secret-token"
 GET = frozenset({"GET"})
 POST = frozenset({"POST"})
 
@@ -43,10 +48,39 @@ def echo(request: Request, state: DemoState) -> Response:
     )
 
 
+def secure(request: Request, state: DemoState) -> Response:
+    """``/echo`` behind a bearer token (RFC 6750): 401 with ``WWW-Authenticate`` without
+    ``Authorization: Bearer DEMO_TOKEN``, ``error="invalid_token"`` when the token is wrong."""
+    given = request.headers.get("authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        challenge = 'Bearer realm="demo"'
+        return Response(401, {"error": "unauthorized", "detail": "send Authorization: Bearer <token>"},
+                        {"WWW-Authenticate": challenge})  # fmt: skip
+    if not hmac.compare_digest(token.strip().encode(), DEMO_TOKEN.encode()):
+        challenge = 'Bearer realm="demo", error="invalid_token"'
+        return Response(401, {"error": "invalid_token", "detail": "the bearer token is not valid"},
+                        {"WWW-Authenticate": challenge})  # fmt: skip
+    return echo(request, state)
+
+
 def status(request: Request, state: DemoState) -> Response:
-    """Answer the status code from the path; 429/503 carry ``?retry_after`` verbatim."""
+    """Answer the status code from the path; 429/503 carry ``?retry_after`` verbatim.
+
+    Error statuses answer ``{"status", "error", "detail"}``; ``?detail_bytes=N`` makes ``detail`` N
+    characters long (for clients that truncate error bodies).
+    """
     code = _status_code(request.params["code"], "status code")
-    return Response(code, {"status": code}, _retry_after(code, request.query.get("retry_after")))
+    body: dict[str, object] = {"status": code}
+    if code >= 400:
+        body["error"] = HTTPStatus(code).phrase if code in _PHRASES else "error"
+        body["detail"] = f"the demo API answered {code} because /status/{code} was requested"
+    detail_bytes = request.int_query("detail_bytes", 0, minimum=0)
+    if detail_bytes and code >= 400:
+        body["detail"] = ("the server explains the error at length. " * (detail_bytes // 41 + 1))[
+            :detail_bytes
+        ]
+    return Response(code, body, _retry_after(code, request.query.get("retry_after")))
 
 
 def delay(request: Request, state: DemoState) -> Response:
@@ -128,6 +162,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/admin/calls", admin_calls, GET, record=False),
     Route("/admin/reset", admin_reset, POST, record=False),
     Route("/echo/<rest:path>", echo),
+    Route("/secure/<rest:path>", secure),
     Route("/status/<code>", status),
     Route("/delay/<seconds>", delay),
     Route("/flaky/<key>", flaky),

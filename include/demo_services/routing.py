@@ -30,6 +30,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     params: dict[str, str] = field(default_factory=dict)
+    request_id: str = ""  # the server's id for this request, sent back as ``X-Request-Id``
 
     @property
     def idempotency_key(self) -> str | None:

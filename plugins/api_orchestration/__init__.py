@@ -1,7 +1,14 @@
-"""api_orchestration: resilient HTTP operators, shared rate limiters and circuit breakers for Airflow 3."""
+"""api_orchestration: resilient HTTP operators, shared rate limiters and circuit breakers for Airflow 3.
 
-from api_orchestration.builder import build
-from api_orchestration.call import DeferralNeeded, Guard, ResilientCaller
+This module is the public API for DAG authors: the operators, the policies, the workflow model and
+``build``, the guarded client for TaskFlow code, and the errors. Everything else is internal; the
+package's folders show its layers (resilience -> state -> calls -> operators -> workflows -> specs;
+status beside).
+"""
+
+from api_orchestration.calls.flow import DeferralNeeded
+from api_orchestration.calls.guard import Guard
+from api_orchestration.calls.requests_driver import ResilientCaller
 from api_orchestration.errors import (
     ApiOrchestrationError,
     CallTimeoutError,
@@ -15,19 +22,19 @@ from api_orchestration.errors import (
     StateBackendError,
     TransportError,
 )
-from api_orchestration.idempotency import idempotency_key
-from api_orchestration.operators.http import ResilientHttpOperator, default_response_filter
+from api_orchestration.operators.bulk import BulkHttpOperator
+from api_orchestration.operators.http import ResilientHttpOperator
+from api_orchestration.operators.saga import CompensationOperator, SagaOutcomeOperator
 from api_orchestration.operators.step import StepOperator
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
-from api_orchestration.retry import parse_retry_after
-from api_orchestration.saga import CompensationOperator, SagaOutcomeOperator
-from api_orchestration.state import StateBackend, backend_for_url, configured_state_url, get_backend
-from api_orchestration.workflow import Bulk, Call, FanOut, Step, Workflow, result
+from api_orchestration.workflows.build import build
+from api_orchestration.workflows.model import Bulk, Call, FanOut, Step, Workflow, result
 
 __all__ = [
     "ApiOrchestrationError",
     "BreakerPolicy",
     "Bulk",
+    "BulkHttpOperator",
     "Call",
     "CallTimeoutError",
     "CircuitOpenError",
@@ -46,18 +53,11 @@ __all__ = [
     "RetryPolicy",
     "SagaOutcomeOperator",
     "SpecError",
-    "StateBackend",
     "StateBackendError",
     "Step",
     "StepOperator",
     "TransportError",
     "Workflow",
-    "backend_for_url",
     "build",
-    "configured_state_url",
-    "default_response_filter",
-    "get_backend",
-    "idempotency_key",
-    "parse_retry_after",
     "result",
 ]

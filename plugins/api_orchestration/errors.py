@@ -59,24 +59,46 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
 
 
 class StateBackendError(ApiOrchestrationError):
-    """The shared state store failed; the call is refused rather than let through unguarded."""
+    """The shared state store failed, so the call was refused rather than let through unguarded.
 
-    def __init__(self, url: str, operation: str, cause: BaseException | str) -> None:
-        self.url, self.operation, self.cause = url, operation, cause
-        super().__init__(
-            f"state backend {url} failed during {operation}: {cause}. "
-            "No call was made (fail closed); check that the store is reachable "
-            "or change [api_orchestration] state_url."
+    ``calls_made`` says what happened before: 0, no request of this call was sent (it had no
+    effect); N, N earlier attempts were sent (their effect is unknown) and no further one was."""
+
+    def __init__(self, url: str, operation: str, cause: BaseException | str, calls_made: int = 0) -> None:
+        from api_orchestration.redaction import redact_url  # the URL is shown: no password in it
+
+        url = redact_url(url)
+        self.url, self.operation, self.cause, self.calls_made = url, operation, cause, calls_made
+        what = (
+            "No call was made (fail closed)"
+            if not calls_made
+            else f"{calls_made} earlier attempt(s) of this call were sent (their effect is unknown); "
+            "no further attempt was made (fail closed)"
         )
+        super().__init__(
+            f"state backend {url} failed during {operation}: {cause}. {what}; check that the store is "
+            "reachable or change [api_orchestration] state_url."
+        )
+
+    @property
+    def cause_text(self) -> str:
+        """What failed, without the claim about calls (for a failure after a call was made)."""
+        return f"state backend {self.url} failed during {self.operation}: {self.cause}"
+
+    def after_calls(self, calls_made: int) -> StateBackendError:
+        """The same failure, said of a call that had already sent ``calls_made`` attempts."""
+        return StateBackendError(self.url, self.operation, self.cause, calls_made) if calls_made else self
 
 
 class CircuitOpenError(ApiOrchestrationError):
     """The circuit breaker for ``key`` refused the call. ``reason``: ``open`` (until ``reopen_at``),
-    ``busy`` (half-open, its trial calls are taken) or ``hold`` (calls in flight could open it)."""
+    ``busy`` (half-open, its trial calls are taken), ``hold`` (failing, and the calls in flight could
+    open it) or ``full`` (the bulkhead's ``max_in_flight`` calls are in flight)."""
 
     _WHY = {
         "busy": "is half-open and its trial calls are taken",
-        "hold": "is holding calls: the calls in flight could open it",
+        "hold": "is holding calls: it is failing and the calls in flight could open it",
+        "full": "is full: max_in_flight calls are in flight",
     }
 
     def __init__(self, key: str, reopen_at: float | None, reason: str = "open") -> None:

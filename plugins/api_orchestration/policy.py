@@ -230,3 +230,8 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+def allowed_failures(tolerate: float, total: int) -> float:
+    """How many of ``total`` items may fail: ``tolerate`` is a count (>= 1) or a fraction (< 1)."""
+    return tolerate if tolerate >= 1 else tolerate * total

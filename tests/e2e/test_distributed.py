@@ -50,9 +50,7 @@ TEST_DAGS = textwrap.dedent(
     import pendulum
     from airflow.sdk import DAG
 
-    from api_orchestration import (
-        BreakerPolicy, Call, FanOut, RateLimit, ResilientHttpOperator, RetryPolicy, Step, Workflow, build,
-    )
+    from api_orchestration import BreakerPolicy, Call, FanOut, RateLimit, ResilientHttpOperator, RetryPolicy, Step, Workflow, build
 
     START = pendulum.datetime(2026, 1, 1, tz="UTC")
     fanout = build(

@@ -158,11 +158,11 @@ def test_reset_is_refused_without_airflow_auth_and_works_with_it(airflow, demo_s
     assert requests.post(reset, timeout=10).status_code == 401
     assert requests.post(reset, headers={"Authorization": "Bearer not-a-jwt"}, timeout=10).status_code == 403
     assert viewer.request("POST", "/api-orchestration/api/breakers/payments/reset").status_code == 403
-    assert store.breaker_status("payments")["state"] == "open"
+    assert store.breaker_status("payments").state == "open"
 
     seen = viewer.request("GET", "/api-orchestration/api/breakers/payments").json()  # viewers may read
     assert seen["state"] == "open" and seen["next_half_open_at"] == iso(
-        store.breaker_status("payments")["opened_until"]
+        store.breaker_status("payments").opened_until
     )
 
     done = admin.request("POST", "/api-orchestration/api/breakers/payments/reset")
@@ -171,7 +171,7 @@ def test_reset_is_refused_without_airflow_auth_and_works_with_it(airflow, demo_s
         and done.json()["by"] == "admin"
         and done.json()["breaker"]["state"] == "closed"
     )
-    assert store.breaker_status("payments")["state"] == "closed"
+    assert store.breaker_status("payments").state == "closed"
     demo_server.reset()  # payments up again: the next call goes through
     assert (
         call(store, "payments", f"{demo_server.url}/payments/health", breaker=PAYMENTS_BREAKER).status_code
@@ -263,7 +263,7 @@ def test_status_page_in_a_headless_browser(airflow, demo_server, store, saga_run
             browser.evaluate("document.querySelector('tr[data-breaker=\"payments\"]').dataset.state")
             == "closed"
         )
-        assert store.breaker_status("payments")["state"] == "closed"
+        assert store.breaker_status("payments").state == "closed"
     finally:
         browser.close()
     assert Path(ARTIFACTS / "ui-status.png").stat().st_size > 10_000

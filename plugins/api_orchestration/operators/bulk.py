@@ -1,7 +1,7 @@
 """``BulkHttpOperator``: many calls in one task, concurrently, through the shared limiter and breaker.
 
 10,000 calls should not become 10,000 task instances. Each item's request is rendered from the
-templates in a sandboxed Jinja environment with Airflow's task context (``params``, ``run_id``,
+templates in the sandboxed native environment (:mod:`api_orchestration.rendering`) with Airflow's task context (``params``, ``run_id``,
 ``ds``, ``dag_run``, ...), ``results.<step>`` (upstream results), ``item`` and ``index``, and ``conf``
 as a shortcut for ``dag_run.conf``; a template that is exactly ``{{ expression }}`` keeps its native
 type. Results go to a JSON-lines file (one line per
@@ -10,7 +10,6 @@ item: index, status, result or error); the task returns its path and the counts.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import time
@@ -19,34 +18,31 @@ from pathlib import Path
 from typing import Any
 
 import jmespath
-from airflow.providers.http.hooks.http import HttpAsyncHook, HttpHook
+from airflow.providers.http.hooks.http import HttpHook
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
-from jinja2.sandbox import SandboxedEnvironment
 
-from api_orchestration.acall import options_from_connection
-from api_orchestration.call import Guard
+from api_orchestration import compat
+from api_orchestration.calls.aiohttp_driver import options_from_connection
+from api_orchestration.calls.engines import call_concurrently, call_concurrently_async
+from api_orchestration.calls.guard import Guard
+from api_orchestration.calls.idempotency import task_key
 from api_orchestration.errors import ConfigurationError
-from api_orchestration.home import data_path
-from api_orchestration.idempotency import task_key
-from api_orchestration.operators.engines import call_concurrently, call_concurrently_async
 from api_orchestration.operators.http import UNSAFE_METHODS
 from api_orchestration.operators.step import items_from
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.operators.templates import UpstreamResults, referenced_results
+from api_orchestration.paths import data_path
+from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy, allowed_failures
+from api_orchestration.rendering import SandboxedNativeEnvironment, SandboxedTemplates
 from api_orchestration.state import get_backend
-from api_orchestration.templating import UpstreamResults, referenced_results
-from api_orchestration.workflow import allowed_failures
 
-_ENV = SandboxedEnvironment()
+_ENV = SandboxedNativeEnvironment()
 ENGINES = ("async", "threads")
 
 
 @functools.lru_cache(maxsize=256)
 def _compiled(text: str) -> Callable[..., Any]:
     """``text`` compiled once per task (not once per item)."""
-    stripped = text.strip()
-    if stripped.startswith("{{") and stripped.endswith("}}") and stripped.count("{{") == 1:
-        return _ENV.compile_expression(stripped[2:-2].strip())
     return _ENV.from_string(text).render
 
 
@@ -72,16 +68,7 @@ def join_url(base_url: str, endpoint: str) -> str:
     return (base_url or "") + (endpoint or "")
 
 
-class _ConnectionConfig(HttpAsyncHook):
-    """``HttpAsyncHook``'s reading of the connection (base URL, credentials, headers, extras) for
-    the asyncio engine, with the connection fetched as ``HttpHook`` fetches it (nothing else runs
-    on this event loop, so the synchronous fetch blocks nothing)."""
-
-    async def aget_connection(self, conn_id: str) -> Any:  # type: ignore[override]
-        return self.get_connection(conn_id)
-
-
-class BulkHttpOperator(BaseOperator):
+class BulkHttpOperator(SandboxedTemplates, BaseOperator):
     """Call ``endpoint`` once per item of ``items``, ``concurrency`` calls at a time.
 
     :param items: a list, or a JMESPath over ``{"conf", "params", "results"}`` (``inputs`` names the
@@ -113,6 +100,7 @@ class BulkHttpOperator(BaseOperator):
         tolerate_failures: float = 0,
         rate_limit: RateLimit | None = None,
         rate_limit_key: str | None = None,
+        max_in_flight: int | None = None,
         breaker: BreakerPolicy | None = None,
         breaker_key: str | None = None,
         retry: RetryPolicy | None = None,
@@ -138,7 +126,7 @@ class BulkHttpOperator(BaseOperator):
         self.json, self.query, self.headers, self.inputs = json, query, headers, tuple(inputs)
         self.concurrency, self.tolerate_failures = concurrency, tolerate_failures
         self.rate_limit, self.breaker, self.retry = rate_limit, breaker, retry or RetryPolicy()
-        self.rate_limit_key, self.breaker_key = rate_limit_key, breaker_key
+        self.rate_limit_key, self.breaker_key, self.max_in_flight = rate_limit_key, breaker_key, max_in_flight
         self.timeout, self.select, self.state_url, self.engine = timeout, select, state_url, engine
 
     def _rows(
@@ -161,7 +149,7 @@ class BulkHttpOperator(BaseOperator):
             return call_concurrently(
                 count, request(hook.base_url), sessions=sessions, select=select, **common
             )
-        config = asyncio.run(_ConnectionConfig(method=self.method, http_conn_id=self.http_conn_id).config())
+        config = compat.async_connection_config(self.method, self.http_conn_id)
         return call_concurrently_async(
             count, request(config.base_url), select=select, headers=config.headers, auth=config.auth,
             request_options=options_from_connection(config.extra_options, config.base_url), **common,
@@ -176,7 +164,7 @@ class BulkHttpOperator(BaseOperator):
         guard = Guard(
             backend=get_backend(self.state_url), limit_key=self.rate_limit_key or self.http_conn_id,
             rate_limit=self.rate_limit, breaker_key=self.breaker_key or self.http_conn_id, breaker=self.breaker,
-            retry=self.retry, max_sleep=3600.0,
+            retry=self.retry, max_sleep=3600.0, max_in_flight=self.max_in_flight,
         )  # fmt: skip
         base_key = task_key(ti)
         select = jmespath.compile(self.select) if self.select else None

@@ -3,35 +3,44 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import pendulum
 import requests
 from airflow.providers.http.hooks.http import HttpHook
-from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 from airflow.sdk import BaseOperator, Context
 
-from api_orchestration.call import DeferralNeeded, Guard, ResilientCaller
-from api_orchestration.errors import ConfigurationError, ResponseCheckError
-from api_orchestration.idempotency import DEFAULT_HEADER, task_key
+from api_orchestration import compat
+from api_orchestration.calls.flow import DeferralNeeded
+from api_orchestration.calls.guard import Guard, OnCircuitOpen
+from api_orchestration.calls.idempotency import DEFAULT_HEADER, task_key
+from api_orchestration.calls.requests_driver import ResilientCaller
+from api_orchestration.calls.responses import default_response_filter
+from api_orchestration.errors import (
+    CircuitOpenError,
+    ConfigurationError,
+    HttpCallError,
+    ResponseCheckError,
+    StateBackendError,
+)
+from api_orchestration.operators.resume import Resume, ResumeTrigger
+from api_orchestration.operators.templates import UpstreamResults
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
-from api_orchestration.redact import redact_url
+from api_orchestration.redaction import (
+    connection_secrets,
+    mask_secrets,
+    redact_url,
+    register_secrets,
+    request_secrets,
+)
+from api_orchestration.rendering import SandboxedTemplates
 from api_orchestration.state import get_backend
-from api_orchestration.templating import UpstreamResults
 
+__all__ = ["ResilientHttpOperator", "default_response_filter"]
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
-
-
-def default_response_filter(response: requests.Response) -> Any:
-    """Parsed JSON when the response says it is JSON, else the text."""
-    if "json" in response.headers.get("Content-Type", "").lower():
-        try:
-            return response.json()
-        except ValueError:
-            return response.text
-    return response.text
+CALL_FAILURES = (HttpCallError, CircuitOpenError, StateBackendError)  # what on_call_failed sees
 
 
 def _check_type(owner: str, param: str, value: Any, types: type | tuple[type, ...], expected: str) -> None:
@@ -39,7 +48,23 @@ def _check_type(owner: str, param: str, value: Any, types: type | tuple[type, ..
         raise ConfigurationError(owner, param, value, expected)
 
 
-class ResilientHttpOperator(BaseOperator):
+@dataclass(frozen=True)
+class CallSpec:
+    """One request of a task: the operator's own, or a step's fallback (each with its own keys)."""
+
+    endpoint: str
+    method: str
+    http_conn_id: str
+    json: Any = None
+    data: Any = None
+    query: dict[str, Any] | None = None
+    headers: dict[str, str] | None = None
+    rate_limit_key: str | None = None
+    breaker_key: str | None = None
+    idempotency_key: str | None = None  # resolved: None sends none
+
+
+class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
     """Call an HTTP API through an Airflow HTTP Connection, guarded by a shared rate limiter and
     circuit breaker, with in-task retries (exponential backoff, full jitter, ``Retry-After``) and an
     idempotency key that is the same for every retry of the task instance.
@@ -47,12 +72,17 @@ class ResilientHttpOperator(BaseOperator):
     :param endpoint: path appended to the connection's base URL (templated).
     :param method: HTTP method.
     :param http_conn_id: Airflow Connection (type ``http``) with host, credentials and headers.
-    :param json: JSON body (templated). ``data``: form body or raw text (templated).
-    :param query: query-string parameters (templated; ``params`` is Airflow's DAG params). ``headers``: extra headers (templated).
+    :param json: JSON body (templated).
+    :param data: form body or raw text (templated); not together with ``json``.
+    :param query: query-string parameters (templated; ``params`` is Airflow's DAG params).
+    :param headers: extra headers (templated).
     :param timeout: seconds, or ``(connect, read)``; default ``(10, 60)``.
     :param rate_limit: :class:`RateLimit` shared by every task using ``rate_limit_key``.
     :param rate_limit_key: default: the connection id.
-    :param breaker: :class:`BreakerPolicy` shared by every task using ``breaker_key`` (default: the connection id).
+    :param max_in_flight: the bulkhead: at most this many calls in flight under ``rate_limit_key``,
+        across all workers (default: no cap).
+    :param breaker: :class:`BreakerPolicy` shared by every task using ``breaker_key``.
+    :param breaker_key: default: the connection id.
     :param retry: :class:`RetryPolicy` for retries inside one task try.
     :param idempotency_key: ``None`` (default): derived from dag, run, task and map index for
         POST/PUT/PATCH/DELETE; a string (templated) to set it; ``False`` to send none.
@@ -61,7 +91,13 @@ class ResilientHttpOperator(BaseOperator):
     :param on_circuit_open: ``"fail"`` (raise :class:`CircuitOpenError`) or ``"defer"`` until half-open.
     :param response_check: ``f(response) -> bool``; False fails the task.
     :param response_filter: ``f(response) -> value`` pushed to XCom (default: JSON or text).
+    :param extra_options: providers-http request options for ``HttpHook.get_conn``.
+    :param auth_type: providers-http ``auth_type`` (default: HTTP basic from the connection's login).
     :param state_url: override ``[api_orchestration] state_url`` for this task.
+
+    Templates render in a sandbox (:mod:`api_orchestration.rendering`); with native rendering a
+    template that is one expression keeps its value's type. Secret-looking request values and the
+    connection's credentials are masked in logs, rendered fields and the XCom value.
     """
 
     template_fields: Sequence[str] = (
@@ -89,6 +125,7 @@ class ResilientHttpOperator(BaseOperator):
         timeout: float | tuple[float, float] = (10.0, 60.0),
         rate_limit: RateLimit | None = None,
         rate_limit_key: str | None = None,
+        max_in_flight: int | None = None,
         breaker: BreakerPolicy | None = None,
         breaker_key: str | None = None,
         retry: RetryPolicy | None = None,
@@ -124,10 +161,14 @@ class ResilientHttpOperator(BaseOperator):
             raise ConfigurationError(
                 owner, "idempotency_key", True, "must be None (derived), False or a string"
             )
-        if on_circuit_open not in ("fail", "defer"):
+        if on_circuit_open not in tuple(OnCircuitOpen):
             raise ConfigurationError(owner, "on_circuit_open", on_circuit_open, "must be 'fail' or 'defer'")
         if not (isinstance(max_sleep, int | float) and max_sleep >= 0):
             raise ConfigurationError(owner, "max_sleep", max_sleep, "must be a number of seconds >= 0")
+        if max_in_flight is not None and not (
+            isinstance(max_in_flight, int) and not isinstance(max_in_flight, bool) and max_in_flight >= 1
+        ):
+            raise ConfigurationError(owner, "max_in_flight", max_in_flight, "must be None or an integer >= 1")
         parts = timeout if isinstance(timeout, tuple) else (timeout,)
         if not all(isinstance(t, int | float) and t > 0 for t in parts) or len(parts) > 2:
             raise ConfigurationError(
@@ -138,7 +179,7 @@ class ResilientHttpOperator(BaseOperator):
         self.endpoint, self.method, self.http_conn_id = endpoint, method, http_conn_id
         self.json, self.data, self.query, self.headers = json, data, query, headers
         self.timeout = timeout
-        self.rate_limit, self.rate_limit_key = rate_limit, rate_limit_key
+        self.rate_limit, self.rate_limit_key, self.max_in_flight = rate_limit, rate_limit_key, max_in_flight
         self.breaker, self.breaker_key = breaker, breaker_key
         self.retry = retry or RetryPolicy()
         self.idempotency_key, self.idempotency_header = idempotency_key, idempotency_header
@@ -146,8 +187,17 @@ class ResilientHttpOperator(BaseOperator):
         self.response_check, self.response_filter = response_check, response_filter
         self.extra_options, self.auth_type, self.state_url = extra_options or {}, auth_type, state_url
 
-    # -- building blocks ------------------------------------------------------------------------
-    def _key(self, context: Context) -> str | None:
+    # -- what is called -------------------------------------------------------------------------------
+    def template_context(self, context: Any) -> None:
+        # ``{{ results.<step> }}``: upstream results, pulled only when a template reads them
+        context.setdefault("results", UpstreamResults(context["ti"]))
+
+    def after_rendering(self, context: Any) -> None:
+        # masked in the rendered fields Airflow stores next, and in logs from now on
+        register_secrets(request_secrets(self.endpoint, self.query, self.headers, self.json))
+
+    def own_key(self, context: Context) -> str | None:
+        """This task's idempotency key (None: send none)."""
         if self.idempotency_key is False:
             return None
         if isinstance(self.idempotency_key, str) and self.idempotency_key:
@@ -156,68 +206,93 @@ class ResilientHttpOperator(BaseOperator):
             return None
         return task_key(context["ti"])
 
-    def _caller(self, hook: HttpHook) -> ResilientCaller:
-        session = hook.get_conn(extra_options=self.extra_options)
-        guard = Guard(
+    def call_spec(self, context: Context, phase: str) -> CallSpec:
+        """The request of ``phase`` (the operator's own: ``call``)."""
+        if phase != "call":
+            raise ValueError(f"task {self.task_id!r} has no call phase {phase!r}")
+        return CallSpec(
+            self.endpoint, self.method, self.http_conn_id, self.json, self.data, self.query, self.headers,
+            self.rate_limit_key, self.breaker_key, self.own_key(context),
+        )  # fmt: skip
+
+    # -- execution --------------------------------------------------------------------------------------
+    def execute(self, context: Context) -> Any:
+        return self.run_phase(context, Resume())
+
+    def execute_resume(self, context: Context, event: Any = None, attempt: int = 1, **_: Any) -> Any:
+        """Resume after a deferral (a long limiter, breaker or Retry-After wait), where it left off."""
+        resume = Resume.from_event(event, attempt)
+        self.log.info("resumed after deferral; continuing the %s at attempt %d", resume.phase, resume.attempt)
+        return self.run_phase(context, resume)
+
+    def run_phase(self, context: Context, resume: Resume) -> Any:
+        """Make (or continue) the call of ``resume.phase``; its outcome goes to :meth:`on_call_failed`
+        or :meth:`on_call_succeeded`. The same path runs with or without a deferral in between."""
+        spec = self.call_spec(context, resume.phase)
+        try:
+            response = self._call(spec, resume)
+        except CALL_FAILURES as exc:
+            return self.on_call_failed(context, resume.phase, exc)
+        return self.on_call_succeeded(context, resume.phase, spec, response)
+
+    def on_call_failed(self, context: Context, phase: str, error: Exception) -> Any:
+        """A call of ``phase`` failed for good (subclasses: a fallback, a loud compensation failure)."""
+        raise error
+
+    def on_call_succeeded(self, context: Context, phase: str, spec: CallSpec, response: Any) -> Any:
+        if self.response_check is not None and not self.response_check(response):
+            url = redact_url(spec.endpoint)
+            raise ResponseCheckError(
+                f"response_check returned False for {spec.method} {url} (status {response.status_code})",
+                method=spec.method,
+                url=url,
+            )
+        # an echoed credential never reaches XCom: the connection's and the request's are masked
+        return mask_secrets((self.response_filter or default_response_filter)(response))
+
+    def guard(self, spec: CallSpec) -> Guard:
+        return Guard(
             backend=get_backend(self.state_url),
-            limit_key=self.rate_limit_key or self.http_conn_id,
+            limit_key=spec.rate_limit_key or spec.http_conn_id,
             rate_limit=self.rate_limit,
-            breaker_key=self.breaker_key or self.http_conn_id,
+            breaker_key=spec.breaker_key or spec.http_conn_id,
             breaker=self.breaker,
             retry=self.retry,
             max_sleep=self.max_sleep,
             on_circuit_open=self.on_circuit_open,
-        )
-        return ResilientCaller(
-            session, guard, timeout=self.timeout, send_options=hook.merged_extra, log=self.log
+            max_in_flight=self.max_in_flight,
         )
 
-    def _do_render_template_fields(
-        self, parent: Any, template_fields: Any, context: Context, *args: Any, **kwargs: Any
-    ) -> None:
-        # ``{{ results.<step> }}``: upstream results, pulled only when a template reads them
-        context.setdefault("results", UpstreamResults(context["ti"]))  # type: ignore[typeddict-item]
-        super()._do_render_template_fields(parent, template_fields, context, *args, **kwargs)
-
-    # -- execution ------------------------------------------------------------------------------
-    def execute(self, context: Context) -> Any:
-        return self._run(context, first_attempt=1)
-
-    def execute_resume(self, context: Context, event: Any = None, attempt: int = 1) -> Any:
-        """Resume after a deferral (a long limiter, breaker or Retry-After wait)."""
-        self.log.info("resumed after deferral (%s); continuing at attempt %d", event, attempt)
-        return self._run(context, first_attempt=attempt)
-
-    def _run(self, context: Context, first_attempt: int) -> Any:
-        hook = HttpHook(method=self.method, http_conn_id=self.http_conn_id, auth_type=self.auth_type)
-        caller = self._caller(hook)
+    def _call(self, spec: CallSpec, resume: Resume) -> requests.Response:
+        hook = HttpHook(method=spec.method, http_conn_id=spec.http_conn_id, auth_type=self.auth_type)
+        register_secrets(connection_secrets(hook.get_connection(spec.http_conn_id)))
+        session = hook.get_conn(extra_options=self.extra_options)
+        caller = ResilientCaller(
+            session,
+            self.guard(spec),
+            timeout=self.timeout,
+            send_options=compat.merged_extra(hook),
+            log=self.log,
+        )
         try:
-            response = caller.call(
-                self.method,
-                hook.url_from_endpoint(self.endpoint),
-                params=self.query,
-                json=self.json,
-                data=self.data,
-                headers=self.headers,
-                idempotency_key=self._key(context),
+            return caller.call(
+                spec.method,
+                hook.url_from_endpoint(spec.endpoint),
+                params=spec.query,
+                json=spec.json,
+                data=spec.data,
+                headers=spec.headers,
+                idempotency_key=spec.idempotency_key,
                 idempotency_header=self.idempotency_header,
-                first_attempt=first_attempt,
+                first_attempt=resume.attempt,
             )
         except DeferralNeeded as wait:
             caller.flush()
             self.log.info("deferring %.2f s to the triggerer: %s", wait.seconds, wait.reason)
             self.defer(
-                trigger=DateTimeTrigger(moment=pendulum.now("UTC").add(seconds=wait.seconds)),
+                trigger=ResumeTrigger.after(wait.seconds, Resume(resume.phase, wait.attempt)),
                 method_name="execute_resume",
-                kwargs={"attempt": wait.attempt},
                 timeout=timedelta(seconds=wait.seconds + 3600),
             )
         finally:
             caller.flush()
-        if self.response_check is not None and not self.response_check(response):
-            raise ResponseCheckError(
-                f"response_check returned False for {self.method} {redact_url(self.endpoint)} (status {response.status_code})",
-                method=self.method,
-                url=redact_url(self.endpoint),
-            )
-        return (self.response_filter or default_response_filter)(response)

@@ -9,8 +9,18 @@ import jmespath
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from api_orchestration.calls.idempotency import request_key, task_key
 from api_orchestration.errors import CircuitOpenError, HttpCallError
-from api_orchestration.operators.http import ResilientHttpOperator, default_response_filter
+from api_orchestration.operators.http import (
+    UNSAFE_METHODS,
+    CallSpec,
+    ResilientHttpOperator,
+    default_response_filter,
+)
+from api_orchestration.operators.resume import Resume
+from api_orchestration.redaction import register_secrets, request_secrets
+
+FALLBACK = "fallback"
 
 
 def step_inputs(context: Context, steps: Sequence[str]) -> dict[str, Any]:
@@ -39,7 +49,10 @@ class StepOperator(ResilientHttpOperator):
     :param when: JMESPath over ``{"conf", "params", "results"}``; falsy -> the step is skipped.
     :param inputs: the upstream steps whose results ``when`` may read.
     :param select: JMESPath applied to the response (JSON or text) to form the step's result.
-    :param fallback: kwargs of a second call (endpoint, method, json...) made when the call fails for good.
+    :param fallback: a second call (``endpoint``, ``method``, ``json``, ``query``, ``headers``,
+        ``http_conn_id``, ``breaker_key``, ``rate_limit_key``) made when the call fails for good: its
+        own request, keys and idempotency key (``<the step's key>:fallback``); the result is then
+        ``{"fallback": true, "result": ...}``.
     :param item: one fan-out item, available as ``{{ item }}`` in templated fields.
     """
 
@@ -68,33 +81,43 @@ class StepOperator(ResilientHttpOperator):
         )
         self._when = jmespath.compile(when) if when else None
 
-    def _do_render_template_fields(
-        self, parent: Any, template_fields: Any, context: Context, *args: Any, **kwargs: Any
-    ) -> None:
+    def template_context(self, context: Any) -> None:
         # both paths (plain and mapped tasks) render through here; a mapped task's item is set by now
-        context["item"] = self.item  # type: ignore[typeddict-unknown-key]
-        super()._do_render_template_fields(parent, template_fields, context, *args, **kwargs)
+        context["item"] = self.item
+        super().template_context(context)
+
+    def after_rendering(self, context: Any) -> None:
+        super().after_rendering(context)
+        if self.fallback:
+            fb = self.fallback
+            register_secrets(
+                request_secrets(fb.get("endpoint"), fb.get("query"), fb.get("headers"), fb.get("json"))
+            )
 
     def execute(self, context: Context) -> Any:
         if self._when is not None and not self._when.search(step_inputs(context, self.inputs)):
             raise AirflowSkipException(f"condition {self.when!r} is false: step {self.task_id!r} skipped")
-        try:
-            return super().execute(context)
-        except (HttpCallError, CircuitOpenError) as exc:
-            if not self.fallback:
-                raise
-            self.log.warning("step %r failed (%s); calling its fallback", self.task_id, exc)
-            return self._call_fallback(context)
+        return super().execute(context)
 
-    def _call_fallback(self, context: Context) -> Any:
-        spec = dict(self.fallback or {})
-        saved = {
-            k: getattr(self, k) for k in ("endpoint", "method", "json", "query", "headers", "http_conn_id")
-        }
-        try:
-            for key, value in spec.items():
-                setattr(self, key, value.upper() if key == "method" else value)
-            return {"fallback": True, "result": super().execute(context)}
-        finally:
-            for key, value in saved.items():
-                setattr(self, key, value)
+    def call_spec(self, context: Context, phase: str) -> CallSpec:
+        if phase != FALLBACK:
+            return super().call_spec(context, phase)
+        f = dict(self.fallback or {})
+        method = str(f.get("method", "GET")).upper()
+        key = None
+        if method in UNSAFE_METHODS:
+            key = request_key(self.own_key(context) or task_key(context["ti"]), FALLBACK)
+        return CallSpec(
+            f["endpoint"], method, f.get("http_conn_id") or self.http_conn_id, f.get("json"), f.get("data"),
+            f.get("query"), f.get("headers"), f.get("rate_limit_key"), f.get("breaker_key"), key,
+        )  # fmt: skip
+
+    def on_call_failed(self, context: Context, phase: str, error: Exception) -> Any:
+        if phase == FALLBACK or not self.fallback or not isinstance(error, HttpCallError | CircuitOpenError):
+            raise error
+        self.log.warning("step %r failed (%s); calling its fallback", self.task_id, error)
+        return self.run_phase(context, Resume(FALLBACK, 1))
+
+    def on_call_succeeded(self, context: Context, phase: str, spec: CallSpec, response: Any) -> Any:
+        result = super().on_call_succeeded(context, phase, spec, response)
+        return {"fallback": True, "result": result} if phase == FALLBACK else result

@@ -18,8 +18,10 @@ from airflow.providers.http.hooks.http import HttpHook
 from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 from airflow.sdk import BaseOperator, Context
 
-from api_orchestration.call import DeferralNeeded, Guard, ResilientCaller
+from api_orchestration.calls.flow import DeferralNeeded
+from api_orchestration.calls.guard import Guard
 from api_orchestration.calls.pagination import Pagination
+from api_orchestration.calls.requests_driver import ResilientCaller
 from api_orchestration.errors import ConfigurationError
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
 from api_orchestration.state import get_backend
@@ -110,6 +112,7 @@ class ApiSyncOperator(BaseOperator):
         breaker: BreakerPolicy | None = None,
         breaker_key: str | None = None,
         retry: RetryPolicy | None = None,
+        max_in_flight: int | None = None,
         max_sleep: float = 10.0,
         on_circuit_open: str = "fail",
         manual_window: timedelta = timedelta(hours=24),
@@ -147,6 +150,7 @@ class ApiSyncOperator(BaseOperator):
         self.rate_limit, self.rate_limit_key = rate_limit, rate_limit_key
         self.breaker, self.breaker_key = breaker, breaker_key
         self.retry = retry or RetryPolicy()
+        self.max_in_flight = max_in_flight
         self.max_sleep, self.on_circuit_open = float(max_sleep), on_circuit_open
         self.manual_window, self.progress_every, self.state_url = manual_window, progress_every, state_url
 
@@ -190,6 +194,8 @@ class ApiSyncOperator(BaseOperator):
             retry=self.retry,
             max_sleep=self.max_sleep,
             on_circuit_open=self.on_circuit_open,
+            max_in_flight=self.max_in_flight,
+            listeners=(progress,),
         )
         caller = ResilientCaller(
             session, guard, timeout=self.timeout, send_options=hook.merged_extra, log=progress

@@ -10,9 +10,10 @@ import jmespath
 from croniter import croniter
 
 from api_orchestration.errors import did_you_mean
+from api_orchestration.redaction import CREDENTIAL_NAME
 from api_orchestration.specs.model import CallSpec, ScheduleSpec, StepSpec, WorkflowSpec
 from api_orchestration.specs.problems import Problem, field_path
-from api_orchestration.templating import result_reference_problem, template_problems
+from api_orchestration.workflows.templating import result_reference_problem, template_problems
 
 PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
 PARAM_KEYS = frozenset(
@@ -41,17 +42,14 @@ PARAM_KEYS = frozenset(
         "values_display",
     ]
 )
-_SECRET_NAME = re.compile(
-    r"(^|[-_])(authorization|auth|password|passwd|pwd|secret|token|api[-_]?key|apikey|access[-_]?key|"
-    r"private[-_]?key|client[-_]?secret|cookie|session|credentials?|signature)($|[-_])",
-    re.IGNORECASE,
-)
+_SECRET_NAME = CREDENTIAL_NAME
 _SECRET_VALUE = re.compile(r"^\s*(bearer|basic|token|digest)\s+\S{6,}", re.IGNORECASE)
 _DAG_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
 _CONNECTION_FIX = (
-    "credentials must not be written in specs: put them in the Airflow Connection "
-    '(login/password, or extra {"headers": {...}}) named by conn_id, or template them from an '
-    "Airflow Variable ({{ var.value.<name> }})"
+    "credentials must not be written in specs: put them in the Airflow Connection named by conn_id "
+    '(login/password, or a header as a top-level key of its extra: {"Authorization": "Bearer ..."}; '
+    "providers-http sends every extra key as a header), or template them from an Airflow Variable "
+    "({{ var.value.<name> }})"
 )
 
 

@@ -18,7 +18,7 @@ from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
 from api_orchestration.specs.model import CallSpec, ScheduleSpec, StepSpec, SyncSpec, WorkflowSpec
 from api_orchestration.specs.problems import Problem, shown
 from api_orchestration.syncs.stream import Stream
-from api_orchestration.workflow import Bulk, Call, FanOut, Step, Sync, Workflow
+from api_orchestration.workflows.model import Bulk, Call, FanOut, Step, Sync, Workflow
 
 T = TypeVar("T")
 
@@ -54,7 +54,7 @@ def to_workflow(spec: WorkflowSpec, dag_id: str) -> tuple[Workflow | None, list[
         return None, c.problems
     wf = Workflow(
         dag_id, tuple(s for s in steps if s), conn_id=d.conn_id, retry=retry, rate_limit=rate_limit,
-        breaker=breaker, timeout=d.timeout, output=spec.output,
+        breaker=breaker, timeout=d.timeout, max_in_flight=d.max_in_flight, output=spec.output,
     )  # fmt: skip
     try:
         wf.validate()
@@ -169,4 +169,5 @@ def _step(c: _Collector, path: str, s: StepSpec) -> Step | None:
         rate_limit=_policy(c, f"{path}.rate_limit", RateLimit, s.rate_limit),
         breaker=_policy(c, f"{path}.breaker", BreakerPolicy, s.breaker), timeout=s.timeout,
         sync=_sync(c, f"{path}.sync", s.sync),
+        max_in_flight=s.max_in_flight,
     )  # fmt: skip

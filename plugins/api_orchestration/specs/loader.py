@@ -18,7 +18,7 @@ from api_orchestration.specs.checks import check
 from api_orchestration.specs.convert import dag_kwargs, to_workflow
 from api_orchestration.specs.model import WorkflowSpec
 from api_orchestration.specs.problems import from_validation_error, shown
-from api_orchestration.workflow import Workflow
+from api_orchestration.workflows.model import Workflow
 
 MAX_BYTES = 512 * 1024
 MAX_NODES = 20_000
@@ -132,7 +132,7 @@ def load_document(document: Any, source: str, *, default_dag_id: str | None = No
         kwargs = dag_kwargs(spec, source)
     except (ValueError, TypeError) as exc:  # start_date, params
         raise SpecError(source, [("start_date", f"{exc}, got {shown(spec.start_date)}")]) from None
-    from api_orchestration.builder import build
+    from api_orchestration.workflows.build import build
 
     try:  # what Airflow itself rejects, reported here rather than as a traceback
         return LoadedSpec(source, workflow, kwargs, build(workflow, **kwargs))

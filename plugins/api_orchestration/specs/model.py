@@ -212,6 +212,9 @@ class StepSpec(_Spec):
     rate_limit: RateLimitSpec | None = None
     breaker: BreakerSpec | None = None
     timeout: float | None = Field(None, description="read timeout, seconds")
+    max_in_flight: int | None = Field(
+        None, description="at most this many calls in flight on the step's key, across all workers"
+    )
 
     _lists = field_validator("depends_on", "merge", mode="before")(_as_list)
 
@@ -224,6 +227,7 @@ class DefaultsSpec(_Spec):
     rate_limit: RateLimitSpec | None = None
     breaker: BreakerSpec | None = None
     timeout: float = Field(30.0, description="read timeout, seconds")
+    max_in_flight: int | None = Field(None, description="calls in flight per key, across all workers")
 
 
 class WorkflowSpec(_Spec):

@@ -10,12 +10,27 @@ import os
 import threading
 
 from api_orchestration.errors import ConfigurationError
-from api_orchestration.home import airflow_home
-from api_orchestration.state.base import Admission, Batch, StateBackend, Transition, Verdict
+from api_orchestration.paths import airflow_home
+from api_orchestration.redaction import redact_url
+from api_orchestration.state.base import (
+    Admission,
+    AdmissionRequest,
+    Batch,
+    BreakerStatus,
+    LimiterStatus,
+    Snapshot,
+    StateBackend,
+    Transition,
+    Verdict,
+)
 
 __all__ = [
     "Admission",
+    "AdmissionRequest",
     "Batch",
+    "BreakerStatus",
+    "LimiterStatus",
+    "Snapshot",
     "StateBackend",
     "Transition",
     "Verdict",
@@ -56,7 +71,7 @@ def backend_for_url(url: str) -> StateBackend:
     raise ConfigurationError(
         "[api_orchestration] state_url",
         "scheme",
-        url.split("@")[-1],
+        redact_url(url),
         "must be sqlite:////abs/path.db (one host) or redis://host:port/db (many hosts)",
     )
 

@@ -6,7 +6,7 @@ plain JSON-able rows; ``sagas`` is the small record the saga outcome task writes
 FastAPI app (imported only by the api-server, through ``plugins/api_orchestration_plugin.py``).
 """
 
-from api_orchestration.status.sagas import record_saga_outcome
+from api_orchestration.state.sagas import record_saga_outcome
 from api_orchestration.status.views import breaker_view, collect_status, limiter_view
 
 __all__ = ["breaker_view", "collect_status", "limiter_view", "record_saga_outcome"]

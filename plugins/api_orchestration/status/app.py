@@ -156,7 +156,8 @@ def create_app(backend: StateBackend | Callable[[], StateBackend] | None = None)
         logger.warning("circuit %r reset to closed by %s (status page)", key, _username(user))
         metrics.incr("breaker.reset", key)
         after = b.breaker_status(key)
-        return breaker_view(key, after or {}, (after or {}).get("now", 0.0))
+        assert after is not None
+        return breaker_view(after)
 
     # -- JSON --------------------------------------------------------------------------------------
     @app.get("/api/status")
@@ -183,11 +184,10 @@ def create_app(backend: StateBackend | Callable[[], StateBackend] | None = None)
 
     @app.get("/api/limiters/{key:path}")
     def api_limiter(key: str, user: Reader) -> dict[str, Any]:
-        snap = store().snapshot()
-        raw = snap["limiters"].get(key)
-        if raw is None:
+        found = store().limiter_status(key)
+        if found is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no limiter with key {key!r}")
-        return limiter_view(key, raw, snap["now"])
+        return limiter_view(found)
 
     @app.get("/api/sagas")
     def api_sagas(user: Reader, limit: int = 20) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Rows for the status page and API, computed from a backend's raw :meth:`StateBackend.snapshot`.
+"""Rows for the status page and API, computed from a backend's typed :meth:`StateBackend.snapshot`.
 
 Times are ISO 8601 UTC strings plus, where useful, seconds from the store's ``now`` (the store's
 clock decides; the api-server's clock does not matter).
@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from api_orchestration import ratelimit as rl
-from api_orchestration.state.base import StateBackend
+from api_orchestration.resilience import limiter as rl
+from api_orchestration.resilience.kinds import BreakerState
+from api_orchestration.state.base import BreakerStatus, LimiterStatus, StateBackend
 
 _LIMITER_FIELDS = [f.name for f in fields(rl.LimiterRecord)]
 
@@ -28,44 +28,37 @@ def _seconds(value: float) -> float:
     return round(max(value, 0.0), 3)
 
 
-def breaker_view(key: str, raw: dict[str, Any], now: float) -> dict[str, Any]:
+def breaker_view(b: BreakerStatus) -> dict[str, Any]:
     """One breaker: state, failure rate over its window, next half-open time, trials, calls in flight.
 
     The window restarts empty when the breaker opens or closes, so an open breaker shows no calls;
     ``since`` is when it entered its state. An open breaker past ``next_half_open_at`` half-opens
     on its next call (``half_open_due``)."""
-    outcomes: str = raw.get("outcomes") or ""
-    calls, failures = len(outcomes), outcomes.count("1")
-    state = raw.get("state") or "closed"
-    opened_until = float(raw.get("opened_until") or 0.0)
-    is_open = state == "open"
+    calls, failures = len(b.outcomes), b.outcomes.count("1")
+    is_open = b.state == BreakerState.OPEN
     return {
-        "key": key,
-        "state": state,
+        "key": b.key,
+        "state": str(b.state),
         "failure_rate": round(failures / calls, 4) if calls else None,
         "calls_in_window": calls,
         "failures_in_window": failures,
-        "next_half_open_at": iso(opened_until) if is_open else None,
-        "next_half_open_in_seconds": _seconds(opened_until - now) if is_open else None,
-        "half_open_due": is_open and now >= opened_until,
+        "next_half_open_at": iso(b.opened_until) if is_open else None,
+        "next_half_open_in_seconds": _seconds(b.opened_until - b.now) if is_open else None,
+        "half_open_due": is_open and b.now >= b.opened_until,
         "trials": (
-            {
-                "issued": int(raw.get("trials_issued") or 0),
-                "succeeded": int(raw.get("trial_successes") or 0),
-                "failed": int(raw.get("trial_failures") or 0),
-            }
-            if state == "half_open"
+            {"issued": b.trials_issued, "succeeded": b.trial_successes, "failed": b.trial_failures}
+            if b.state == BreakerState.HALF_OPEN
             else None
         ),
-        "in_flight": int(raw.get("in_flight") or 0),
-        "since": iso(raw.get("changed_at")),
-        "generation": int(raw.get("gen") or 0),
+        "in_flight": b.in_flight,
+        "since": iso(b.changed_at),
+        "generation": b.gen,
     }
 
 
 @dataclass(frozen=True)
 class _Limit:
-    """The parts of a :class:`RateLimit` that ``ratelimit.next_slot`` reads, as stored."""
+    """The parts of a :class:`RateLimit` that ``resilience.limiter.next_slot`` reads, as stored."""
 
     permits: int
     window: float
@@ -76,16 +69,17 @@ class _Limit:
         return self.window / self.permits
 
 
-def limiter_view(key: str, raw: dict[str, Any], now: float) -> dict[str, Any]:
+def limiter_view(status: LimiterStatus) -> dict[str, Any]:
     """One limiter: its policy (as last used), permits used in the current period, the next free
-    permit, and the last ``Retry-After`` pause.
+    permit, the last ``Retry-After`` pause, and the bulkhead's calls in flight.
 
     Periods are the enforced window (``per_seconds`` plus the margin) aligned to the epoch; a
     permit counts in the period its slot falls in. When callers are already queued into a later
     period the current one is full: ``permits_used`` is then ``permits``."""
-    rec = rl.LimiterRecord(**{name: raw.get(name) or 0 for name in _LIMITER_FIELDS})
+    key, now = status.key, status.now
+    rec = rl.LimiterRecord(**{name: getattr(status, name) for name in _LIMITER_FIELDS})
     limit = _Limit(rec.limit_permits, rec.limit_window, rec.limit_burst) if rec.limit_permits else None
-    next_free = rl.next_slot(rec, limit, now, raw.get("nth_latest"))  # type: ignore[arg-type]
+    next_free = rl.next_slot(rec, limit, now, status.nth_latest)  # type: ignore[arg-type]
     used = None
     if limit is not None:
         start = rec.period_start
@@ -108,29 +102,17 @@ def limiter_view(key: str, raw: dict[str, Any], now: float) -> dict[str, Any]:
         "last_retry_after_seconds": rec.last_retry_after or None,
         "pause_until": iso(rec.paused_until),  # the end of the last pause (past once it is over)
         "granted_total": rec.granted,
+        "in_flight": status.in_flight,
     }
-
-
-def redact_state_url(url: str) -> str:
-    """The state URL without a password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    netloc = f"{parts.username or ''}:***@{netloc}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def collect_status(backend: StateBackend, sagas: int = 20) -> dict[str, Any]:
     """Everything the page shows, from one snapshot of ``backend`` and its recent saga outcomes."""
     snap = backend.snapshot()
-    now = snap["now"]
     return {
-        "now": iso(now),
-        "state_url": redact_state_url(backend.url),
-        "breakers": [breaker_view(k, raw, now) for k, raw in sorted(snap["breakers"].items())],
-        "limiters": [limiter_view(k, raw, now) for k, raw in sorted(snap["limiters"].items())],
+        "now": iso(snap.now),
+        "state_url": backend.safe_url,
+        "breakers": [breaker_view(b) for _, b in sorted(snap.breakers.items())],
+        "limiters": [limiter_view(status) for _, status in sorted(snap.limiters.items())],
         "sagas": [{**s, "at": iso(s.get("at"))} for s in backend.saga_recent(sagas)] if sagas > 0 else [],
     }

@@ -8,11 +8,10 @@ retries and errors through, and counts them and the time waited on the limiter.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Any
 
-_WAITED = re.compile(r"(\d+\.\d+) s for (?:rate limit|Retry-After pause)")
+from api_orchestration.calls.events import AttemptFinished, Granted, Next
 
 
 class Progress:
@@ -33,31 +32,26 @@ class Progress:
         self.total_rows = total_rows
         self.resumed_at = 0
 
-    # -- the caller's log ---------------------------------------------------------------------------
-    def _waits(self, text: str) -> None:
-        self.limiter_wait += sum(float(s) for s in _WAITED.findall(text))
+    # -- the caller's events and log ---------------------------------------------------------------
+    def __call__(self, event: Any) -> None:
+        if isinstance(event, Granted):
+            self.limiter_wait += event.wait
+        elif isinstance(event, AttemptFinished) and event.next != Next.DONE:
+            self.failures += 1
 
     def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
-        text = msg % args if args else msg
-        self._waits(text)
-        self.log.debug("%s", text)
+        self.log.debug(msg, *args)
 
     debug = info
 
     def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
-        text = msg % args if args else msg
-        self._waits(text)
-        if "retrying" in text:
-            self.failures += 1
-        self.log.warning("%s", text)
+        self.log.warning(msg, *args)
 
     def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
-        self.failures += 1
-        self.log.error(msg, *args, **kwargs)
+        self.log.error(msg, *args)
 
     def exception(self, msg: str, *args: Any, **kwargs: Any) -> None:
-        self.failures += 1
-        self.log.exception(msg, *args, **kwargs)
+        self.log.exception(msg, *args)
 
     # -- the sync's progress ------------------------------------------------------------------------
     def page(self, rows: int, total_rows: int | None = None) -> None:

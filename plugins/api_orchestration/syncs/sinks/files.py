@@ -32,7 +32,7 @@ class FileSink(Sink):
         from airflow.sdk import ObjectStoragePath
 
         if base is None:
-            from api_orchestration.home import data_path
+            from api_orchestration.paths import data_path
 
             base = data_path("syncs").as_uri()
         self.root = ObjectStoragePath(base)

@@ -280,7 +280,7 @@ class SqliteSink(SqlSink):
     def __init__(self, path: str | Path | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if path is None:
-            from api_orchestration.home import data_path
+            from api_orchestration.paths import data_path
 
             path = data_path("sync.db")
         self.path = Path(path)

@@ -9,13 +9,18 @@ not all come within ``half_open_timeout``).
 Every transition bumps ``gen``; a verdict carrying an older ``gen`` is ignored, so a slow call
 that started before the breaker opened cannot close it or pollute the new window.
 
-In the closed state, calls in flight hold *leases*. A call is admitted only if the breaker would
-still be closed were every call in flight to fail; otherwise the caller waits briefly. So a
-downed service receives no more than the calls needed to trip the breaker, however many
-workers call it at once. Leases expire, so a worker that dies mid-call cannot wedge the key.
+**Hold, only while failing.** Calls in flight hold *leases*. While the last recorded verdict is a
+success (or there is none), every call is admitted: a healthy key runs at full concurrency. Once
+the last verdict is a failure, a call is admitted only if the breaker would stay closed were every
+call in flight to fail; otherwise the caller waits briefly (``HOLD_SECONDS``) and asks again. So a
+service that fails every call receives at most the calls already in flight when its first failure
+is recorded (no breaker can recall those), plus the calls it takes to trip the breaker from there
+(at most ``min_calls``), plus ``half_open_calls`` per half-open round, however many workers call
+it. A hard cap on calls in flight is the bulkhead's job (``max_in_flight``). Leases expire, so a
+worker that dies mid-call cannot wedge the key.
 
 The SQLite backend runs these functions inside one ``BEGIN IMMEDIATE`` transaction; the Redis
-backend runs the same algorithm as a Lua script.
+backend runs the same algorithm in Lua (``state/lua/``).
 """
 
 from __future__ import annotations
@@ -23,22 +28,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from api_orchestration.policy import BreakerPolicy
+from api_orchestration.resilience.kinds import BreakerDecisionKind as Kind
+from api_orchestration.resilience.kinds import BreakerState
 
-CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-HOLD_SECONDS = 0.02  # how long a caller waits before asking again when calls in flight could trip it
+CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
+HOLD_SECONDS = 0.02  # how long a held caller waits before asking again
 
 
 @dataclass(frozen=True)
 class BreakerDecision:
-    """``allowed``: make the call and report its verdict with this decision.
-    ``kind``: ``closed`` or ``trial`` (allowed); ``open``, ``busy`` (half-open, trials taken) or
-    ``hold`` (calls in flight could trip it: ask again in ``wait`` s). For ``open``, ``wait`` is the
-    time until it half-opens, on the store's clock."""
+    """``allowed``: make the call and report its verdict with this decision. For ``open``, ``wait``
+    is the time until it half-opens, on the store's clock; for ``hold``, when to ask again."""
 
     allowed: bool
-    kind: str
+    kind: Kind
     gen: int
-    state: str
+    state: BreakerState
     lease: str = ""
     reopen_at: float | None = None
     wait: float = 0.0
@@ -66,7 +71,12 @@ def _open(rec: BreakerRecord, policy: BreakerPolicy, now: float) -> None:
     rec.outcomes, rec.trials_issued, rec.trial_successes, rec.trial_failures = "", 0, 0, 0
 
 
-def _advance(rec: BreakerRecord, policy: BreakerPolicy, now: float) -> None:
+def _close(rec: BreakerRecord, now: float) -> None:
+    rec.state, rec.gen, rec.changed_at = CLOSED, rec.gen + 1, now
+    rec.outcomes, rec.trials_issued, rec.trial_successes, rec.trial_failures = "", 0, 0, 0
+
+
+def advance(rec: BreakerRecord, policy: BreakerPolicy, now: float) -> None:
     """Apply the transitions that time alone causes."""
     if rec.state == OPEN and now >= rec.opened_until:
         rec.state, rec.gen, rec.changed_at = HALF_OPEN, rec.gen + 1, now
@@ -75,34 +85,40 @@ def _advance(rec: BreakerRecord, policy: BreakerPolicy, now: float) -> None:
         _open(rec, policy, now)
 
 
+def holds(rec: BreakerRecord, policy: BreakerPolicy, leases_in_flight: int) -> bool:
+    """The hold rule: the last verdict failed and the calls in flight, all failing, would trip it."""
+    return rec.outcomes.endswith("1") and policy.trips(rec.outcomes + "1" * leases_in_flight)
+
+
 def acquire(rec: BreakerRecord, policy: BreakerPolicy, now: float, leases_in_flight: int) -> BreakerDecision:
     """Decide whether a call may go out now; mutates ``rec``. The caller stores a lease for a
     ``closed`` decision (``lease`` is set) and drops leases when ``gen`` changed."""
-    _advance(rec, policy, now)
-    if rec.state == OPEN:
+    advance(rec, policy, now)
+    state = BreakerState(rec.state)
+    if state == OPEN:
         return BreakerDecision(
-            False, "open", rec.gen, OPEN, reopen_at=rec.opened_until, wait=rec.opened_until - now
+            False, Kind.OPEN, rec.gen, state, reopen_at=rec.opened_until, wait=rec.opened_until - now
         )
-    if rec.state == HALF_OPEN:
+    if state == HALF_OPEN:
         if rec.trials_issued >= policy.half_open_calls:
-            return BreakerDecision(False, "busy", rec.gen, HALF_OPEN, reopen_at=None)
+            return BreakerDecision(False, Kind.BUSY, rec.gen, state)
         rec.trials_issued += 1
-        return BreakerDecision(True, "trial", rec.gen, HALF_OPEN)
-    if policy.trips(rec.outcomes + "1" * leases_in_flight):
-        return BreakerDecision(False, "hold", rec.gen, CLOSED, wait=HOLD_SECONDS)
+        return BreakerDecision(True, Kind.TRIAL, rec.gen, state)
+    if holds(rec, policy, leases_in_flight):
+        return BreakerDecision(False, Kind.HOLD, rec.gen, state, wait=HOLD_SECONDS)
     rec.seq += 1
-    return BreakerDecision(True, "closed", rec.gen, CLOSED, lease=f"{rec.gen}:{rec.seq}")
+    return BreakerDecision(True, Kind.CLOSED, rec.gen, state, lease=f"{rec.gen}:{rec.seq}")
 
 
 def record(
     rec: BreakerRecord, policy: BreakerPolicy, decision: BreakerDecision, failed: bool, now: float
 ) -> bool:
     """Apply a call's verdict; mutates ``rec``. Returns whether the state changed."""
-    _advance(rec, policy, now)
+    advance(rec, policy, now)
     if decision.gen != rec.gen:
         return False
     before = rec.state
-    if rec.state == HALF_OPEN and decision.kind == "trial":
+    if rec.state == HALF_OPEN and decision.kind == Kind.TRIAL:
         if failed:
             rec.trial_failures += 1
         else:
@@ -111,10 +127,14 @@ def record(
             if rec.trial_failures >= policy.failure_rate * policy.half_open_calls:
                 _open(rec, policy, now)
             else:
-                rec.state, rec.gen, rec.changed_at = CLOSED, rec.gen + 1, now
-                rec.outcomes, rec.trials_issued, rec.trial_successes, rec.trial_failures = "", 0, 0, 0
-    elif rec.state == CLOSED and decision.kind == "closed":
+                _close(rec, now)
+    elif rec.state == CLOSED and decision.kind == Kind.CLOSED:
         rec.outcomes = (rec.outcomes + ("1" if failed else "0"))[-policy.window_size :]
         if policy.trips(rec.outcomes):
             _open(rec, policy, now)
     return rec.state != before
+
+
+def reset(rec: BreakerRecord, now: float) -> BreakerRecord:
+    """A closed breaker with an empty window, in a new generation (in-flight verdicts are ignored)."""
+    return BreakerRecord(gen=rec.gen + 1, changed_at=now)

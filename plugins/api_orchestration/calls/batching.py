@@ -12,21 +12,20 @@ first served, and the store's decisions are exactly those of the same admissions
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
-from api_orchestration import breaker as brk
-from api_orchestration.call import Guard, log_transition
-from api_orchestration.state.base import Admission, Batch, Verdict
+from api_orchestration.calls.events import BreakerTransition, Events, VerdictNotRecorded
+from api_orchestration.calls.flow import Admitted
+from api_orchestration.calls.guard import Guard
+from api_orchestration.state.base import Batch, Verdict
 
-logger = logging.getLogger(__name__)
 MAX_BATCH = 256  # admissions per store operation
 INTERVAL = 0.005  # at most one store operation per this many seconds, while busy
-Waiter = asyncio.Future[tuple[Admission, float]]
+Waiter = asyncio.Future[Admitted]
 
 
 class AdmissionQueue:
@@ -36,20 +35,15 @@ class AdmissionQueue:
         self,
         guard: Guard,
         lease_seconds: float,
+        events: Events,
         *,
-        log: Any = None,
         max_batch: int = MAX_BATCH,
         interval: float = INTERVAL,
     ) -> None:
-        self.guard, self.lease_seconds, self.max_batch, self.interval = (
-            guard,
-            lease_seconds,
-            max_batch,
-            interval,
-        )
-        self.log = log or logger
+        self.guard, self.events, self.max_batch, self.interval = guard, events, max_batch, interval
+        self.request = guard.admission_request(lease_seconds)
         self.operations = 0  # store operations made (admit_many calls)
-        self.new_slots = 0  # slot-only admissions (late calls, see AsyncCaller)
+        self.new_slots = 0  # slot-only admissions (late calls)
         self.round_trip = float("inf")  # the shortest operation seen, start to answer: its steady part
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="api-orchestration-admission")
         self._waiting: deque[Waiter] = deque()
@@ -58,28 +52,22 @@ class AdmissionQueue:
         self._pump: asyncio.Task[None] | None = None
         self._last = float("-inf")  # when the last operation was sent (time.monotonic)
 
-    async def admit(self, *, slot_only: bool = False) -> tuple[Admission, float]:
-        """This call's admission (granted or not), decided with the calls queued alongside it, and
-        when the deciding operation started (``time.monotonic``): a granted slot lies between that
-        plus ``wait`` and the answer's arrival plus ``wait``. ``slot_only``: a new limiter slot for
-        a call that keeps the breaker permit it holds."""
+    async def admit(self, *, slot_only: bool = False) -> Admitted:
+        """This call's admission (granted or not), decided with the calls queued alongside it."""
         waiter: Waiter = asyncio.get_running_loop().create_future()
         (self._slot_only if slot_only else self._waiting).append(waiter)
         self.new_slots += slot_only
         self._kick()
         return await waiter
 
-    def record(self, decision: brk.BreakerDecision | None, failed: bool) -> None:
+    def record(self, verdict: Verdict) -> None:
         """Queue a finished call's verdict; it is recorded before any admission asked for later."""
-        g = self.guard
-        if decision is not None and g.breaker is not None:
-            self._verdicts.append(Verdict(g.breaker_key, g.breaker, decision, failed))
-            self._kick()
+        self._verdicts.append(verdict)
+        self._kick()
 
     async def pause(self, seconds: float) -> float:
         """Pause the key for every caller (a 429's ``Retry-After``); see ``StateBackend.limiter_pause``."""
-        g = self.guard
-        return await self._in_thread(g.backend.limiter_pause, g.limit_key, seconds)
+        return await self._in_thread(self.guard.backend.limiter_pause, self.guard.limit_key, seconds)
 
     async def close(self) -> None:
         """Wait for the pump, record the verdicts still queued (a failure is logged, not raised:
@@ -91,7 +79,8 @@ class AdmissionQueue:
             if verdicts:
                 self._recorded((await self._operation(0, verdicts, slot_only=False))[1])
         except Exception as exc:
-            self.log.warning("verdicts of %d calls not recorded: %s", len(verdicts), exc)
+            key = self.guard.breaker_key or self.guard.limit_key
+            self.events.publish(VerdictNotRecorded(key, len(verdicts), getattr(exc, "cause_text", str(exc))))
         finally:
             self._executor.shutdown(wait=True)
 
@@ -132,7 +121,8 @@ class AdmissionQueue:
         self._recorded(batch)
         for i, waiter in enumerate(waiting):
             if not waiter.done():
-                waiter.set_result((batch.granted[i] if i < len(batch.granted) else batch.refused, sent))  # type: ignore[arg-type]
+                admission = batch.granted[i] if i < len(batch.granted) else batch.refused
+                waiter.set_result(Admitted(admission, sent, self.round_trip))  # type: ignore[arg-type]
         return True
 
     async def _operation(
@@ -140,23 +130,12 @@ class AdmissionQueue:
     ) -> tuple[float, Batch]:
         """When the store thread started the operation (``time.monotonic``: the store decides no
         earlier), and the batch."""
-        g = self.guard
-        breaker = None if slot_only else g.breaker
-        breaker_key = g.breaker_key if breaker is not None else None
+        request = self.request.slot_only() if slot_only else self.request
         self.operations += 1
 
         def timed() -> tuple[float, Batch]:
             started = time.monotonic()
-            return started, g.backend.admit_many(
-                count,
-                g.limit_key,
-                g.rate_limit,
-                breaker_key,
-                breaker,
-                g.max_sleep,
-                self.lease_seconds,
-                verdicts,
-            )
+            return started, self.guard.backend.admit_many(count, request, verdicts)
 
         return await self._in_thread(timed)
 
@@ -165,4 +144,7 @@ class AdmissionQueue:
 
     def _recorded(self, batch: Batch) -> None:
         for transition in batch.recorded:
-            log_transition(self.guard, transition, self.log)
+            if transition.changed:
+                self.events.publish(
+                    BreakerTransition(self.guard.breaker_key, transition.before, transition.after)
+                )

@@ -3,7 +3,7 @@
 Every decision is one atomic operation on the shared store (together with the breaker's, see
 ``StateBackend.admit``). The SQLite backend runs :func:`next_slot` and :func:`reserve` inside a
 ``BEGIN IMMEDIATE`` transaction; the Redis backend runs the same algorithm as a Lua script
-(``state/redis_scripts.py``) against the Redis server's clock.
+(``state/lua/``) against the Redis server's clock.
 
 A granted permit is a *reserved slot*: the caller sleeps until the slot, then calls. Slots are
 handed out in FIFO order, so no process starves. A permit whose wait would exceed ``max_wait`` is
@@ -28,6 +28,7 @@ class LimiterRecord:
     paused_until: float = 0.0
     last_retry_after: float = 0.0
     granted: int = 0
+    leased: int = 0  # bulkhead leases handed out (their ids)
     # for the status page (never read by the algorithm): the policy last used, and the grants
     # whose slot falls in the period [period_start, period_start + limit_window) (epoch-aligned)
     limit_permits: int = 0

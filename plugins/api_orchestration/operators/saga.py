@@ -1,6 +1,6 @@
 """Sagas: compensations that undo, in reverse order, exactly the steps that completed.
 
-Wiring (done by :func:`api_orchestration.builder.build`)::
+Wiring (done by :func:`api_orchestration.workflows.build.build`)::
 
     step_a >> step_b >> step_c            (the forward steps; any shape)
     [all steps] >> saga_check >> undo_c >> undo_b >> undo_a >> saga_outcome   (all trigger_rule ALL_DONE)
@@ -13,8 +13,10 @@ Wiring (done by :func:`api_orchestration.builder.build`)::
 - Each ``undo_<step>`` (ALL_DONE, so one failed compensation does not stop the others) compensates
   if its step completed or
   may have had an effect (a timeout, a 5xx, a task killed or marked failed), and skips if the step
-  provably had none (a 4xx answer, an open circuit, never started). It reuses the step's idempotency
-  key, so undoing twice is harmless, and retries like any task.
+  provably had none (a 4xx answer, an open circuit, a store down before any request, never
+  started). Its idempotency key is its own, derived from the step's (``<step key>:compensate``), so
+  undoing twice is harmless and a server that saves results per key never answers the undo with the
+  step's saved result; it retries like any task.
 - ``saga_outcome`` is the leaf: it fails the run when the saga rolled back (so nobody mistakes a
   rolled-back order for a success) and names anything that could not be undone.
 """
@@ -31,15 +33,30 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from api_orchestration import metrics
-from api_orchestration.errors import CircuitOpenError, ConfigurationError, PermanentHttpStatusError
-from api_orchestration.idempotency import task_key
-from api_orchestration.operators.http import ResilientHttpOperator
-from api_orchestration.status.sagas import record_saga_outcome
+from api_orchestration.calls.idempotency import request_key, task_key
+from api_orchestration.errors import (
+    CircuitOpenError,
+    ConfigurationError,
+    PermanentHttpStatusError,
+    StateBackendError,
+)
+from api_orchestration.operators.http import CallSpec, ResilientHttpOperator
+from api_orchestration.operators.resume import Resume
+from api_orchestration.state.sagas import record_saga_outcome
 
 logger = logging.getLogger(__name__)
 FAILED = ("failed", "upstream_failed")
 NO_EFFECT_ERRORS = (PermanentHttpStatusError, CircuitOpenError, ConfigurationError)
 RECORD_KEY = "saga_failure"
+COMPENSATE = "compensate"
+
+
+def had_no_effect(error: BaseException | None) -> bool:
+    """Whether a step's error proves it changed nothing: a 4xx, an open circuit, a bad argument, or
+    a store that failed before any request was sent."""
+    if isinstance(error, StateBackendError):
+        return error.calls_made == 0
+    return isinstance(error, NO_EFFECT_ERRORS)
 
 
 def record_failure(context: Context) -> None:
@@ -52,7 +69,7 @@ def record_failure(context: Context) -> None:
             "error": str(error)[:500] if error else "marked failed",
             "error_type": type(error).__name__ if error else None,
             "try": ti.try_number,
-            "no_effect": isinstance(error, NO_EFFECT_ERRORS),
+            "no_effect": had_no_effect(error),
         },
     )
 
@@ -83,10 +100,10 @@ class CompensationOperator(ResilientHttpOperator):
         super().__init__(**kwargs)
         self.undoes, self.saga_steps = undoes, tuple(saga_steps)
 
-    def _key(self, context: Context) -> str | None:
+    def own_key(self, context: Context) -> str | None:
         if isinstance(self.idempotency_key, str) and self.idempotency_key:
             return self.idempotency_key
-        return task_key(context["ti"], self.undoes)  # the step's own key
+        return request_key(task_key(context["ti"], self.undoes), COMPENSATE)  # never the step's own key
 
     def execute(self, context: Context) -> Any:
         states = _states(context, self.saga_steps)
@@ -103,16 +120,28 @@ class CompensationOperator(ResilientHttpOperator):
                 raise AirflowSkipException(f"step {self.undoes!r} did not complete ({why}): nothing to undo")
             self.log.warning("step %r failed with an unknown effect (%s): compensating", self.undoes, record)
         self.log.info("saga failed at %s: undoing %r", failed, self.undoes)
-        started = time.monotonic()
+        return super().execute(context)
+
+    def run_phase(self, context: Context, resume: Resume) -> Any:
+        self._started = time.monotonic()  # this try's part (a deferral starts a new one)
+        return super().run_phase(context, resume)
+
+    def on_call_failed(self, context: Context, phase: str, error: Exception) -> Any:
+        self.log.error(
+            "COMPENSATION FAILED: could not undo step %r (try %s): %s",
+            self.undoes,
+            context["ti"].try_number,
+            error,
+        )
+        metrics.compensation(self.undoes, False, time.monotonic() - self._started)
+        raise error
+
+    def on_call_succeeded(self, context: Context, phase: str, spec: CallSpec, response: Any) -> Any:
         try:
-            result = super().execute(context)
-        except Exception:
-            self.log.error(
-                "COMPENSATION FAILED: could not undo step %r (try %s)", self.undoes, context["ti"].try_number
-            )
-            metrics.compensation(self.undoes, False, time.monotonic() - started)
-            raise
-        metrics.compensation(self.undoes, True, time.monotonic() - started)
+            result = super().on_call_succeeded(context, phase, spec, response)
+        except Exception as error:
+            return self.on_call_failed(context, phase, error)
+        metrics.compensation(self.undoes, True, time.monotonic() - self._started)
         return result
 
 

@@ -1,13 +1,13 @@
-"""The two engines of bulk mode: many calls through one :class:`~api_orchestration.call.Guard`.
+"""The two engines of bulk mode: many calls through one :class:`~api_orchestration.calls.guard.Guard`.
 
 Both take ``request(i)`` (call i's ``method``, ``url`` and keyword arguments) and yield one row per
 call, in order: ``{"index", "ok": True, "status", "result"}`` or ``{"index", "ok": False, "error"}``.
 
 - :func:`call_concurrently_async` (the default): ``concurrency`` calls in flight on one asyncio
   event loop over aiohttp, admitted in batches (one store operation per batch, see
-  :mod:`api_orchestration.admission`). Measured at about 2,000 POSTs/s on a 2-core machine.
+  :mod:`api_orchestration.calls.batching`). Measured at about 2,000 POSTs/s on a 2-core machine.
 - :func:`call_concurrently`: ``concurrency`` threads, each with a ``requests.Session`` and a
-  :class:`~api_orchestration.call.ResilientCaller` (one store operation per call). ``requests`` in
+  :class:`~api_orchestration.calls.requests_driver.ResilientCaller` (one store operation per call). ``requests`` in
   threads tops out near 700 calls/s there, whatever the store.
 """
 
@@ -24,11 +24,14 @@ from typing import Any
 import aiohttp
 import requests
 
-from api_orchestration.acall import AsyncCaller, new_session
-from api_orchestration.admission import AdmissionQueue
-from api_orchestration.call import Guard, ResilientCaller, lease_seconds
+from api_orchestration.calls.aiohttp_driver import AsyncCaller, new_session
+from api_orchestration.calls.batching import AdmissionQueue
+from api_orchestration.calls.events import default_events
+from api_orchestration.calls.flow import HttpRequest
+from api_orchestration.calls.guard import Guard, lease_seconds
+from api_orchestration.calls.requests_driver import ResilientCaller
+from api_orchestration.calls.responses import default_response_filter
 from api_orchestration.errors import ApiOrchestrationError
-from api_orchestration.operators.http import default_response_filter
 
 try:  # a faster event loop when installed (Airflow's uvicorn[standard] brings it)
     from uvloop import new_event_loop as _new_loop
@@ -124,18 +127,18 @@ def call_concurrently_async(
     rows: dict[int, Row] = {}
     with _frozen_heap(), asyncio.Runner(loop_factory=_new_loop) as runner:
         loop = runner.get_loop()
-        admissions = AdmissionQueue(guard, lease_seconds(timeout), log=log)
+        admissions = AdmissionQueue(guard, lease_seconds(timeout), default_events(log, guard.listeners))
 
         async def engine() -> None:
             async with new_session(concurrency, timeout, headers=headers, auth=auth) as session:
-                caller = AsyncCaller(session, admissions, request_options=request_options, log=log)
+                caller = AsyncCaller(session, admissions, request_options=request_options)
                 indices = iter(range(count))
 
                 async def worker() -> None:
                     for index in indices:
                         kwargs = request(index)
                         try:
-                            reply = await caller.call(kwargs.pop("method"), kwargs.pop("url"), **kwargs)
+                            reply = await caller.call(HttpRequest(**kwargs))
                             rows[index] = _row(index, reply, select)
                         except ApiOrchestrationError as exc:
                             rows[index] = _failed(index, exc)

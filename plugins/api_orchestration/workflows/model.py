@@ -1,6 +1,6 @@
 """The typed workflow model: steps, calls, modes and compensations, validated before any DAG exists.
 
-Python DAG authors build it directly (see :mod:`api_orchestration.builder`); YAML specs are parsed
+Python DAG authors build it directly (see :mod:`api_orchestration.workflows.build`); YAML specs are parsed
 into the same model. Validation errors name the workflow, the step and the field.
 """
 
@@ -11,9 +11,10 @@ from typing import Any
 
 from api_orchestration.calls.pagination import Pagination
 from api_orchestration.errors import ConfigurationError, did_you_mean
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy, allowed_failures
 from api_orchestration.syncs.stream import Stream
 
+__all__ = ["Bulk", "Call", "FanOut", "Step", "Sync", "Workflow", "allowed_failures", "result"]
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
@@ -141,12 +142,13 @@ class Step:
     rate_limit: RateLimit | None = None
     breaker: BreakerPolicy | None = None
     timeout: float | None = None
+    max_in_flight: int | None = None  # the bulkhead on the step's key: calls in flight, all workers
     sync: Sync | None = None  # the call pages into a sink, incrementally (needs call.paginate)
 
 
 @dataclass(frozen=True)
 class Workflow:
-    """A named set of steps and defaults; :meth:`validate` checks it, ``builder.build`` renders it."""
+    """A named set of steps and defaults; :meth:`validate` checks it, ``workflows.build.build`` renders it."""
 
     name: str
     steps: tuple[Step, ...]
@@ -155,7 +157,8 @@ class Workflow:
     rate_limit: RateLimit | None = None
     breaker: BreakerPolicy | None = None
     timeout: float = 30.0
-    output: str | None = None  # the step whose result is the workflow's final output
+    max_in_flight: int | None = None
+    output: str | None = None  # the step whose result is the workflow's result (the DAG's result)
 
     def step(self, name: str) -> Step:
         return next(s for s in self.steps if s.name == name)
@@ -210,6 +213,14 @@ class Workflow:
                 raise ConfigurationError(
                     f"{owner} step {s.name!r}", "timeout", s.timeout, "must be seconds > 0", step=s.name
                 )
+        for s in self.steps:
+            if s.max_in_flight is not None and not _count(s.max_in_flight):
+                raise ConfigurationError(
+                    f"{owner} step {s.name!r}", "max_in_flight", s.max_in_flight, "must be an integer >= 1",
+                    step=s.name,
+                )  # fmt: skip
+        if self.max_in_flight is not None and not _count(self.max_in_flight):
+            raise ConfigurationError(owner, "max_in_flight", self.max_in_flight, "must be an integer >= 1")
         if not _positive(self.timeout):
             raise ConfigurationError(owner, "timeout", self.timeout, "must be seconds > 0")
         if self.output is not None and self.output not in names:
@@ -267,13 +278,12 @@ def _check_sync(where: str, s: Step) -> None:
             raise ConfigurationError(where, param, value, "is not supported on a sync step", step=s.name)
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _positive(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < float("inf")
-
-
-def allowed_failures(tolerate: float, total: int) -> float:
-    """``tolerate`` is a count (>= 1) or a fraction of ``total`` (< 1)."""
-    return tolerate if tolerate >= 1 else tolerate * total
 
 
 def _find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:

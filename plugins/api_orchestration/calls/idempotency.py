@@ -19,3 +19,10 @@ def task_key(ti: Any, task_id: str | None = None) -> str:
     if task_id is not None:
         return idempotency_key(ti.dag_id, ti.run_id, task_id, -1)
     return idempotency_key(ti.dag_id, ti.run_id, ti.task_id, ti.map_index if ti.map_index is not None else -1)
+
+
+def request_key(key: str, role: str) -> str:
+    """The key of another request that belongs to the call keyed ``key`` (``role``: ``fallback``,
+    ``compensate``): stable across retries, and never the same as the call's own key, because a
+    server that saves the result of a key (Stripe) would answer the other request with it."""
+    return f"{key}:{role}"

@@ -1,4 +1,4 @@
-"""Render a validated :class:`~api_orchestration.workflow.Workflow` as an Airflow DAG.
+"""Render a validated :class:`~api_orchestration.workflows.model.Workflow` as an Airflow DAG.
 
 Each step becomes a task named after it, so the graph shows the workflow's shape:
 
@@ -10,8 +10,12 @@ Each step becomes a task named after it, so the graph shows the workflow's shape
 - compensations -> a ``saga_check`` gate, ``undo_<step>`` tasks in reverse order and a ``saga_outcome``
   leaf (see ``saga``).
 
-Dependencies follow ``depends_on`` (and ``merge``). DAGs render templates as native objects, so
-``result("user", "id")`` in a JSON body stays an int.
+Dependencies follow ``depends_on`` (and ``merge``). The workflow's ``output`` step becomes the DAG's
+result (Airflow's ``dag.add_result``: REST ``GET /api/v2/dags/{dag}/dagRuns/{run}/wait`` returns it). DAGs render templates as native objects, so
+``result("user", "id")`` in a JSON body stays an int. Step templates render in a sandbox
+(:mod:`api_orchestration.rendering`); the builder's own Python tasks get their arguments as
+literals, never as templates (a JMESPath may hold ``{{``, and Airflow's native environment is not
+sandboxed).
 """
 
 from __future__ import annotations
@@ -19,13 +23,23 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.providers.standard.operators.python import PythonOperator, ShortCircuitOperator
-from airflow.sdk import DAG, TriggerRule
+from airflow.sdk import DAG, TriggerRule, literal
 from airflow.sdk.exceptions import AirflowFailException
 
 from api_orchestration.operators.bulk import BulkHttpOperator
+from api_orchestration.operators.saga import (
+    CompensationOperator,
+    SagaOutcomeOperator,
+    record_failure,
+    saga_failed,
+)
 from api_orchestration.operators.step import StepOperator, items_from
-from api_orchestration.saga import CompensationOperator, SagaOutcomeOperator, record_failure, saga_failed
-from api_orchestration.workflow import Call, FanOut, Step, Workflow, allowed_failures
+from api_orchestration.workflows.model import Call, FanOut, Step, Workflow, allowed_failures
+
+
+def _untemplated(**kwargs: Any) -> dict[str, Any]:
+    """``op_kwargs`` that Airflow passes as they are, without rendering them as templates."""
+    return {name: literal(value) for name, value in kwargs.items()}
 
 
 def _call_kwargs(wf: Workflow, call: Call) -> dict[str, Any]:
@@ -47,6 +61,7 @@ def _policies(wf: Workflow, step: Step) -> dict[str, Any]:
         "retry": step.retry or wf.retry,
         "rate_limit": step.rate_limit or wf.rate_limit,
         "breaker": step.breaker or wf.breaker,
+        "max_in_flight": step.max_in_flight or wf.max_in_flight,
         "timeout": (min(10.0, timeout), timeout),
     }
 
@@ -85,7 +100,7 @@ def _step_task(wf: Workflow, step: Step, dag: DAG, saga: bool) -> tuple[Any, Any
     """Create the task(s) of one step; returns (first, last) for wiring."""
     if step.merge:
         task = PythonOperator(
-            task_id=step.name, python_callable=_merge, op_kwargs={"steps": step.merge}, dag=dag
+            task_id=step.name, python_callable=_merge, op_kwargs=_untemplated(steps=step.merge), dag=dag
         )
         return task, task
     assert step.call is not None
@@ -111,7 +126,7 @@ def _step_task(wf: Workflow, step: Step, dag: DAG, saga: bool) -> tuple[Any, Any
     if isinstance(fan_out.over, str):
         items = PythonOperator(
             task_id=f"{step.name}_items", python_callable=_fan_out_items, dag=dag,
-            op_kwargs={"expression": fan_out.over, "upstream": wf.upstream(step.name)},
+            op_kwargs=_untemplated(expression=fan_out.over, upstream=wf.upstream(step.name)),
         )  # fmt: skip
         source: Any = items.output
     else:
@@ -121,7 +136,7 @@ def _step_task(wf: Workflow, step: Step, dag: DAG, saga: bool) -> tuple[Any, Any
     ).expand(item=source)
     collect = PythonOperator(
         task_id=step.name, python_callable=_collect, dag=dag, trigger_rule=TriggerRule.ALL_DONE,
-        op_kwargs={"step": step.name, "fan_out": fan_out},
+        op_kwargs=_untemplated(step=step.name, fan_out=fan_out),
     )  # fmt: skip
     each >> collect
     if items is not None:
@@ -159,13 +174,15 @@ def build(workflow: Workflow, **dag_kwargs: Any) -> DAG:
         ends[name] = (first, last)
     if saga:
         _wire_saga(wf, dag, ends)
+    if wf.output is not None:  # the run's result: GET .../dagRuns/{run}/wait returns it
+        dag.add_result(ends[wf.output][1].output)
     return dag
 
 
 def _wire_saga(wf: Workflow, dag: DAG, ends: dict[str, tuple[Any, Any]]) -> None:
     steps = wf.order()
     check = ShortCircuitOperator(
-        task_id="saga_check", dag=dag, python_callable=saga_failed, op_kwargs={"saga_steps": steps},
+        task_id="saga_check", dag=dag, python_callable=saga_failed, op_kwargs=_untemplated(saga_steps=steps),
         trigger_rule=TriggerRule.ALL_DONE, ignore_downstream_trigger_rules=True,
     )  # fmt: skip
     for s in steps:

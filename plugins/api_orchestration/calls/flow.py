@@ -1,0 +1,391 @@
+"""The attempt flow: every decision of one guarded call, written once, doing no I/O itself.
+
+A call is a generator (the httpx ``auth_flow`` pattern) that yields *commands* and receives their
+results: :class:`Admit` (a limiter slot, bulkhead place and breaker permit, one store operation),
+:class:`Sleep`, :class:`Send` (the request), :class:`Report` (a verdict for the breaker and the
+bulkhead) and :class:`Pause` (a 429's ``Retry-After`` for every caller of the key). The requests
+driver (:mod:`.requests_driver`) and the aiohttp driver (:mod:`.aiohttp_driver`) are thin loops that
+carry the commands out; they share everything here: the idempotency rules, admission and refusal
+handling, the late-slot rule, classification, verdicts, ``Retry-After``, backoff, deferral and the
+typed errors. A test drives the flow with scripted results and an explicit clock.
+
+A driver runs a flow with :class:`Stepper`: on an exception while carrying out a command it throws
+the exception into the flow, so the flow decides (a call killed mid-request is reported as failed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from api_orchestration.calls.events import (
+    AttemptFinished,
+    BreakerTransition,
+    Events,
+    Granted,
+    KeyPaused,
+    Next,
+    Refused,
+    SlotMissed,
+    VerdictNotRecorded,
+)
+from api_orchestration.calls.guard import Guard, OnCircuitOpen
+from api_orchestration.errors import (
+    CallTimeoutError,
+    CircuitOpenError,
+    HttpStatusError,
+    PermanentHttpStatusError,
+    StateBackendError,
+    TransportError,
+)
+from api_orchestration.resilience.admission import Admission, AdmissionRequest, Transition, Verdict
+from api_orchestration.resilience.kinds import BreakerDecisionKind, OutcomeKind, Refusal
+from api_orchestration.resilience.outcome import (
+    Outcome,
+    classify_exception,
+    classify_status,
+    may_retry_method,
+    retry_after_of,
+)
+
+HOLD_DEFER_SECONDS = 5.0  # how long to defer when calls in flight (or half-open trials) block a call
+MAX_RESLOTS = 3  # new slots a late call may take before it goes anyway (and says so)
+
+
+class DeferralNeeded(Exception):
+    """The next step is more than ``max_sleep`` away: defer ``seconds``, then resume at ``attempt``."""
+
+    def __init__(self, seconds: float, reason: str, attempt: int) -> None:
+        self.seconds, self.reason, self.attempt = seconds, reason, attempt
+        super().__init__(f"wait {seconds:.2f} s ({reason}) before attempt {attempt}")
+
+
+# -- commands and their results -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Admit:
+    """Ask the store for an admission (``slot_only``: a new limiter slot for a late call).
+    Result: :class:`Admitted`."""
+
+    slot_only: bool = False
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """An admission, when the deciding store operation was sent (the driver's monotonic clock) and
+    the steady part of the store's round trip (the shortest seen)."""
+
+    admission: Admission
+    sent: float
+    round_trip: float
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send the request. Result: :class:`Sent`."""
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What came back: a response (anything with ``status_code`` and ``headers``), or an error
+    (``timeout`` says whether it was a timeout); ``elapsed`` seconds."""
+
+    response: Any
+    error: Exception | None
+    timeout: bool
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class Report:
+    """Record a finished call's verdict. ``urgent``: record it now (a retry follows); otherwise the
+    driver may send it with its next admission. Result: the breaker's :class:`Transition` or None."""
+
+    verdict: Verdict
+    urgent: bool
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Pause the limiter key for every caller (a 429's ``Retry-After``)."""
+
+    seconds: float
+
+
+Command = Admit | Sleep | Send | Report | Pause
+Flow = Generator[Command, Any, Any]
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """One request as a driver sends it (``idempotency_key``, if any, goes in ``idempotency_header``)."""
+
+    method: str
+    url: str
+    params: Mapping[str, Any] | None = None
+    json: Any = None
+    data: Any = None
+    headers: Mapping[str, str] | None = None
+    idempotency_key: str | None = None
+    idempotency_header: str = "Idempotency-Key"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", self.method.upper())
+
+    @property
+    def all_headers(self) -> dict[str, str]:
+        headers = dict(self.headers or {})
+        if self.idempotency_key:
+            headers[self.idempotency_header] = self.idempotency_key
+        return headers
+
+    @property
+    def has_body(self) -> bool:
+        return self.method not in ("GET", "HEAD")
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """What the flow needs to know of the request: its method, its URL with secrets redacted, its
+    idempotency key, and the raw URL forms to redact from error texts."""
+
+    method: str
+    safe_url: str
+    idempotency_key: str | None = None
+    raw_urls: tuple[str, ...] = ()
+
+    @property
+    def retry_ok(self) -> bool:
+        return may_retry_method(self.method, self.idempotency_key)
+
+
+@dataclass
+class _Waits:
+    parts: list[tuple[float, str]] = field(default_factory=list)
+
+    def add(self, seconds: float, why: str) -> None:
+        if seconds > 0.0005:
+            self.parts.append((seconds, why))
+
+
+def attempt_flow(
+    call: CallInfo,
+    guard: Guard,
+    request: AdmissionRequest,
+    events: Events,
+    clock: Callable[[], float],
+    first_attempt: int = 1,
+) -> Flow:
+    """The call: attempts until one succeeds (returned: the response), the policy gives up (a typed
+    error), or a wait is longer than ``guard.max_sleep`` (:class:`DeferralNeeded`)."""
+    policy = guard.retry
+    max_attempts = policy.max_attempts if call.retry_ok else 1
+    attempt, sent_calls, waits = first_attempt, 0, _Waits()
+    while True:
+        admitted = yield from _admit(guard, events, attempt, waits, sent_calls)
+        admission = admitted.admission
+        try:
+            yield from _until_slot(guard, events, clock, admitted, attempt, waits, sent_calls)
+            sent: Sent = yield Send()
+        except BaseException:  # killed mid-call: the effect is unknown, count a failure
+            yield from _report(guard, events, Verdict.of(request, admission, True), urgent=True, calls=1)
+            raise
+        sent_calls += 1
+        if sent.response is not None:
+            outcome = classify_status(sent.response.status_code, policy)
+        else:
+            outcome = classify_exception(sent.timeout, policy)
+        will_retry = not outcome.ok and outcome.retryable and attempt < max_attempts
+        slow = guard.breaker.slow_call_seconds if guard.breaker else None
+        failed = outcome.breaker_failure or bool(slow and sent.elapsed >= slow)
+        yield from _report(guard, events, Verdict.of(request, admission, failed), urgent=will_retry, calls=1)
+        retry_after = None
+        if sent.response is not None:
+            retry_after = retry_after_of(sent.response.status_code, sent.response.headers, policy)
+            if retry_after is not None and retry_after.pause_key:
+                yield Pause(retry_after.seconds)
+                events.publish(KeyPaused(guard.limit_key, retry_after.seconds))
+        error_text = _redacted(sent.error, call.raw_urls)
+        finished = dict(
+            method=call.method, url=call.safe_url, limit_key=guard.limit_key, number=attempt,
+            max_attempts=max_attempts, status=sent.response.status_code if sent.response is not None else None,
+            error=error_text or None, elapsed=sent.elapsed, waits=tuple(waits.parts),
+        )  # fmt: skip
+        if outcome.ok:
+            events.publish(AttemptFinished(**finished, next=Next.DONE))
+            return sent.response
+        if not will_retry:
+            unkeyed = not call.retry_ok and outcome.retryable
+            events.publish(AttemptFinished(**finished, next=Next.GIVE_UP, unkeyed=unkeyed))
+            seconds = retry_after.seconds if retry_after else None
+            raise _error(call, attempt, outcome, sent, error_text, seconds)
+        if retry_after is not None and policy.respect_retry_after:
+            delay, why = retry_after.seconds, "Retry-After"
+        else:
+            delay, why = policy.backoff(attempt), "backoff"
+        events.publish(AttemptFinished(**finished, next=Next.RETRY, delay=delay, why=why))
+        attempt, waits = attempt + 1, _Waits()
+        if delay > guard.max_sleep:
+            raise DeferralNeeded(delay, why, attempt)
+        yield Sleep(delay)
+        waits.add(delay, f"for {why}")
+
+
+def _admit(
+    guard: Guard, events: Events, attempt: int, waits: _Waits, sent_calls: int, slot_only: bool = False
+) -> Generator[Command, Any, Admitted]:
+    """Ask until granted; sleep through short holds; raise on long waits and refusals."""
+    held = 0.0
+    while True:
+        try:
+            admitted: Admitted = yield Admit(slot_only)
+        except StateBackendError as exc:
+            raise exc.after_calls(sent_calls) from exc.__cause__
+        admission = admitted.admission
+        _transition(guard, events, admission.recorded)
+        if admission.granted:
+            if not slot_only:
+                waits.add(held, f"for calls in flight on {guard.breaker_key or guard.limit_key!r}")
+                trial = admission.breaker is not None and admission.breaker.kind == BreakerDecisionKind.TRIAL
+                events.publish(Granted(guard.limit_key, guard.breaker_key, admission.wait, trial))
+            why = "Retry-After pause" if admission.paused else "rate limit"
+            waits.add(admission.wait, f"for {why} on {guard.limit_key!r}")
+            return admitted
+        pause = _refused(guard, events, admission, attempt, held)
+        yield Sleep(pause)
+        held += pause
+
+
+def _refused(guard: Guard, events: Events, admission: Admission, attempt: int, held: float) -> float:
+    """A refusal: seconds to wait before asking again, else raises DeferralNeeded or CircuitOpenError."""
+    g, reason = guard, admission.reason
+    events.publish(Refused(g.limit_key, g.breaker_key, reason, admission.wait))
+    if reason == Refusal.DEFER:
+        why = "Retry-After pause" if admission.paused else "rate limit"
+        raise DeferralNeeded(admission.wait, f"{why} on {g.limit_key!r}", attempt)
+    if reason in (Refusal.HOLD, Refusal.FULL):
+        if held + admission.wait <= g.max_sleep:
+            return admission.wait
+        what = (
+            f"circuit {g.breaker_key!r}" if reason == Refusal.HOLD else f"key {g.limit_key!r} (max_in_flight)"
+        )
+        raise DeferralNeeded(HOLD_DEFER_SECONDS, f"calls in flight on {what}", attempt)
+    if g.on_circuit_open == OnCircuitOpen.DEFER:  # open or busy (half-open, trials taken)
+        seconds = admission.wait if reason == Refusal.OPEN else HOLD_DEFER_SECONDS
+        raise DeferralNeeded(max(seconds, 0.0), f"circuit {g.breaker_key!r} {reason}", attempt)
+    reopen_at = admission.breaker.reopen_at if admission.breaker else None
+    raise CircuitOpenError(g.breaker_key, reopen_at, str(reason))
+
+
+def _until_slot(
+    guard: Guard,
+    events: Events,
+    clock: Callable[[], float],
+    admitted: Admitted,
+    attempt: int,
+    waits: _Waits,
+    sent_calls: int,
+) -> Generator[Command, Any, None]:
+    """Sleep until the slot, which lies between ``sent + wait`` and the answer's arrival plus
+    ``wait``. Every call is late by the steady part of the store's round trip; one later than that
+    by more than half the limit's margin (its process stalled: a busy machine, a long GC, a slow
+    first request) could share a window with calls whose slots are a whole window after its, so it
+    takes a new slot (keeping its breaker permit and bulkhead place) instead of going out."""
+    limit, key = guard.rate_limit, guard.limit_key
+    wait, sent, round_trip = admitted.admission.wait, admitted.sent, admitted.round_trip
+    for _ in range(MAX_RESLOTS):
+        if wait > 0:
+            yield Sleep(wait)
+        late = clock() - sent - wait - round_trip
+        if limit is None or late <= limit.margin * limit.per_seconds / 2:
+            return
+        again = yield from _admit(guard, events, attempt, _Waits(), sent_calls, slot_only=True)
+        wait, sent, round_trip = again.admission.wait, again.sent, again.round_trip
+        waits.add(wait, f"for a new slot on {key!r} (the first was missed by {late * 1000:.0f} ms)")
+    if wait > 0:
+        yield Sleep(wait)
+    events.publish(SlotMissed(key, MAX_RESLOTS))
+
+
+def _report(
+    guard: Guard, events: Events, verdict: Verdict | None, *, urgent: bool, calls: int
+) -> Generator[Command, Any, None]:
+    """Report a verdict; a store failure here is logged, never raised: the call was made."""
+    if verdict is None:
+        return
+    try:
+        transition = yield Report(verdict, urgent)
+    except StateBackendError as exc:
+        events.publish(VerdictNotRecorded(guard.breaker_key or guard.limit_key, calls, exc.cause_text))
+        return
+    _transition(guard, events, transition)
+
+
+def _transition(guard: Guard, events: Events, transition: Transition | None) -> None:
+    if transition is not None and transition.changed:
+        events.publish(BreakerTransition(guard.breaker_key, transition.before, transition.after))
+
+
+def _redacted(error: Exception | None, raw_urls: tuple[str, ...]) -> str:
+    """The error's text with the request's URL forms (which may carry secrets) redacted."""
+    if error is None:
+        return ""
+    from api_orchestration.redaction import redact_url
+
+    text = f"{type(error).__name__}: {error}"
+    for raw in raw_urls:
+        if raw:
+            text = text.replace(raw, redact_url(raw))
+    return text
+
+
+def _error(
+    call: CallInfo, attempt: int, outcome: Outcome, sent: Sent, error_text: str, retry_after: float | None
+) -> Exception:
+    if sent.response is not None:
+        cls = HttpStatusError if (outcome.breaker_failure or outcome.retryable) else PermanentHttpStatusError
+        return cls(
+            method=call.method,
+            url=call.safe_url,
+            status=sent.response.status_code,
+            response=sent.response,
+            retry_after=retry_after,
+            attempts=attempt,
+        )
+    cls_t = CallTimeoutError if outcome.kind == OutcomeKind.TIMEOUT else TransportError
+    # no __cause__: the client's exception text holds the raw URL; ``error_text`` is its redacted text
+    return cls_t(
+        f"{call.method} {call.safe_url} failed after {attempt} attempt(s): {error_text}",
+        method=call.method,
+        url=call.safe_url,
+        attempts=attempt,
+    )
+
+
+class Stepper:
+    """Advances a flow for a driver: ``next()`` gives the next command (None once the flow is over,
+    its value then in ``result``); the driver reports how the command went with ``succeeded`` or
+    ``failed`` (an exception is thrown into the flow, which decides)."""
+
+    def __init__(self, flow: Flow) -> None:
+        self._flow, self.result = flow, None
+        self._outcome: tuple[bool, Any] = (True, None)
+
+    def succeeded(self, value: Any) -> None:
+        self._outcome = (True, value)
+
+    def failed(self, error: BaseException) -> None:
+        self._outcome = (False, error)
+
+    def next(self) -> Command | None:
+        ok, value = self._outcome
+        try:
+            return self._flow.send(value) if ok else self._flow.throw(value)
+        except StopIteration as done:
+            self.result = done.value
+            return None

@@ -1,0 +1,170 @@
+"""The attempt flow (:mod:`.flow`) carried out with ``requests``: one call at a time, in this thread.
+
+:class:`ResilientCaller` is what the single-call operator, the threads bulk engine and TaskFlow code
+use. Its session comes from providers-http's ``HttpHook.get_conn`` (base URL, credentials and
+headers from the Airflow Connection). A verdict that needs no hurry travels with the caller's next
+admission (one store round trip per call); :meth:`ResilientCaller.flush` sends the last one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import requests
+
+from api_orchestration.calls.events import BreakerTransition, VerdictNotRecorded, default_events
+from api_orchestration.calls.flow import (
+    Admit,
+    Admitted,
+    CallInfo,
+    Command,
+    DeferralNeeded,
+    HttpRequest,
+    Pause,
+    Report,
+    Send,
+    Sent,
+    Sleep,
+    Stepper,
+    attempt_flow,
+)
+from api_orchestration.calls.guard import Guard, lease_seconds
+from api_orchestration.errors import StateBackendError
+from api_orchestration.redaction import redact_url
+from api_orchestration.resilience.admission import Transition, Verdict
+
+__all__ = ["DeferralNeeded", "Guard", "ResilientCaller", "lease_seconds"]
+logger = logging.getLogger(__name__)
+
+
+class ResilientCaller:
+    """Sends requests over one ``requests.Session`` under a :class:`Guard`."""
+
+    def __init__(
+        self,
+        session: requests.Session,
+        guard: Guard,
+        *,
+        timeout: float | tuple[float, float] | None = (10.0, 60.0),
+        send_options: dict[str, Any] | None = None,
+        log: logging.Logger | logging.LoggerAdapter | Any = None,
+    ) -> None:
+        self.session, self.guard, self.timeout = session, guard, timeout
+        self.send_options = send_options or {}
+        self.log = log or logger
+        self.request = guard.admission_request(lease_seconds(timeout))
+        self.events = default_events(self.log, guard.listeners)
+        self.round_trip = float("inf")  # the shortest admission seen, start to answer
+        self._settings: dict[str, dict[str, Any]] = {}  # per scheme://host: bounded in bulk mode
+        self._pending: Verdict | None = None  # the last call's verdict, sent with the next admission
+
+    # -- one call ---------------------------------------------------------------------------------
+    def call(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+        idempotency_header: str = "Idempotency-Key",
+        first_attempt: int = 1,
+    ) -> requests.Response:
+        """Make the call; return the successful response or raise a typed error (or DeferralNeeded)."""
+        r = HttpRequest(method, url, params, json, data, headers, idempotency_key, idempotency_header)
+        body = {"json": r.json, "data": r.data} if r.has_body else {}
+        request = requests.Request(r.method, r.url, params=r.params, headers=r.all_headers, **body)
+        return self.send(self.session.prepare_request(request), idempotency_key, first_attempt)
+
+    def send(
+        self, prepared: requests.PreparedRequest, idempotency_key: str | None = None, first_attempt: int = 1
+    ) -> requests.Response:
+        """Send a prepared request under the guard (its idempotency header, if any, already set)."""
+        url = prepared.url or ""
+        info = CallInfo(prepared.method or "GET", redact_url(url), idempotency_key, (url, prepared.path_url))
+        settings = self._send_settings(url)  # before admission: nothing slow between slot and send
+        stepper = Stepper(
+            attempt_flow(info, self.guard, self.request, self.events, time.monotonic, first_attempt)
+        )
+        while (command := stepper.next()) is not None:
+            try:
+                stepper.succeeded(self._execute(command, prepared, settings))
+            except BaseException as exc:
+                stepper.failed(exc)
+        return stepper.result  # type: ignore[return-value]
+
+    def flush(self) -> None:
+        """Record the last call's verdict if it is still pending. A store failure is logged, not
+        raised: the call was made, its result stands, its lease expires."""
+        verdict, self._pending = self._pending, None
+        if verdict is None:
+            return
+        try:
+            self._transition(self.guard.backend.record(verdict))
+        except StateBackendError as exc:
+            self.events.publish(
+                VerdictNotRecorded(self.guard.breaker_key or self.guard.limit_key, 1, exc.cause_text)
+            )
+
+    # -- the commands -----------------------------------------------------------------------------
+    def _execute(self, command: Command, prepared: requests.PreparedRequest, settings: dict[str, Any]) -> Any:
+        if isinstance(command, Send):
+            started = time.perf_counter()
+            try:
+                response = self.session.send(prepared, timeout=self.timeout, **settings)
+            except requests.RequestException as exc:
+                return Sent(None, exc, isinstance(exc, requests.Timeout), time.perf_counter() - started)
+            return Sent(response, None, False, time.perf_counter() - started)
+        if isinstance(command, Admit):
+            return self._admit(command)
+        if isinstance(command, Sleep):
+            time.sleep(command.seconds)
+            return None
+        if isinstance(command, Report):
+            if not command.urgent:
+                self.flush()  # an older one first
+                self._pending = command.verdict
+                return None
+            self.flush()
+            return self.guard.backend.record(command.verdict)
+        if isinstance(command, Pause):
+            return self.guard.backend.limiter_pause(self.guard.limit_key, command.seconds)
+        raise TypeError(f"unknown command {command!r}")
+
+    def _admit(self, command: Admit) -> Admitted:
+        request = self.request.slot_only() if command.slot_only else self.request
+        verdict, self._pending = self._pending, None
+        sent = time.monotonic()
+        try:
+            admission = self.guard.backend.admit(request, verdict)
+        except StateBackendError as exc:
+            if verdict is not None:
+                self.events.publish(
+                    VerdictNotRecorded(self.guard.breaker_key or self.guard.limit_key, 1, exc.cause_text)
+                )
+            raise
+        self.round_trip = min(self.round_trip, time.monotonic() - sent)
+        return Admitted(admission, sent, self.round_trip)
+
+    def _transition(self, transition: Transition | None) -> None:
+        if transition is not None and transition.changed:
+            self.events.publish(
+                BreakerTransition(self.guard.breaker_key, transition.before, transition.after)
+            )
+
+    def _send_settings(self, url: str) -> dict[str, Any]:
+        """Proxies, CA bundle and redirects for the URL's scheme and host, computed once per origin."""
+        origin = "/".join(url.split("/", 3)[:3])
+        settings = self._settings.get(origin)
+        if settings is None:
+            s = self.session
+            settings = s.merge_environment_settings(
+                url, proxies=s.proxies, stream=s.stream, verify=s.verify, cert=s.cert
+            )
+            settings["allow_redirects"] = self.send_options.get("allow_redirects", True)
+            self._settings[origin] = settings
+        return settings
