@@ -164,3 +164,43 @@ def test_bad_pagination_is_refused_with_the_field_and_the_fix(kwargs, message):
         assert "size_param" in str(caught.value) and "required" in str(caught.value)
     else:
         assert message in str(caught.value)
+
+
+def test_progress_lines_count_pages_rows_failures_and_show_an_eta(demo, tmp_path, caplog):
+    import datetime
+    import logging
+
+    from api_orchestration.syncs.engine import Source, run_sync
+    from api_orchestration.syncs.progress import Progress
+    from api_orchestration.syncs.sinks.sql import SqliteSink
+    from api_orchestration.syncs.stream import Stream
+
+    _freeze(demo)
+    rule = {"path": "/crm/contacts", "error_rate": 0.3, "status": 503, "retry_after": "0", "seed": 2}
+    requests.post(f"{demo.url}/admin/faults", json=rule, timeout=5).raise_for_status()
+    log = logging.getLogger("test.sync.progress")
+    progress = Progress(log, "sync contacts", every=0.0)
+    backend = backend_for_url(f"sqlite:///{tmp_path}/state.db")
+    retry = RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05)
+    caller = ResilientCaller(
+        requests.Session(),
+        Guard(backend=backend, limit_key="p", retry=retry, listeners=(progress,)),
+        log=progress,
+    )
+    p = Pagination("offset", records="results", size_param="limit", page_size=100, total_path="total")
+    stream = Stream(
+        "contacts", primary_key="id", cursor_field="updated_at", mode="cursor", since_param="updated_since",
+        start="2029-12-31T23:50:00Z",
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="test.sync.progress"):
+        manifest = run_sync(
+            caller, Source(f"{demo.url}/crm/contacts", p), stream, SqliteSink(tmp_path / "sync.db"), run_id="r",
+            progress=progress, now=datetime.datetime(2030, 1, 1, 1, tzinfo=datetime.UTC),
+        )  # fmt: skip
+    backend.close()
+    lines = [
+        r.getMessage() for r in caplog.records if r.name == "test.sync.progress" and r.levelno == logging.INFO
+    ]
+    assert manifest.rows == 601 == progress.rows and progress.pages == manifest.pages == 7
+    assert progress.failures >= 1 and any("ETA" in line and "/601 rows" in line for line in lines)
+    assert "failed attempts" in progress.line(final=True)

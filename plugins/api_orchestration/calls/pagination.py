@@ -161,6 +161,10 @@ class Pagination:
             raise ValueError(f"{self.owner}: {where} must be a list of records, got {type(found).__name__}")
         return found
 
+    def total_of(self, body: Any) -> Any:
+        """The total the body reports (``total_path``), or None."""
+        return None if self.total_path is None else _search(self, "total_path", body)
+
     def first_request(self, url: str, params: dict[str, Any] | None = None) -> PageRequest:
         params = dict(params or {})
         if self.page_size is not None:

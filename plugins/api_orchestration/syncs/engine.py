@@ -95,7 +95,7 @@ def run_sync(
         checkpoint = checkpoint.after_page(nxt, len(kept), len(page.content), _dump_mark(mark), digest)
         sink.write_page(stream, slot, kept, checkpoint)
         if progress is not None:
-            progress.page(len(kept))
+            progress.page(len(kept), _total(source.pagination, page))
         if not isinstance(following, PageRequest):
             stop = following
             break
@@ -142,6 +142,12 @@ def _in_window(
                 top = value
         kept.append(record)
     return kept, top, past_end and stream.ordered
+
+
+def _total(pagination: Pagination, page: Page) -> int | None:
+    """The collection's size when the API says it (``total_path``): the progress line's ETA."""
+    total = pagination.total_of(page.body)
+    return total if isinstance(total, int) else None
 
 
 def _parse_mark(stream: Stream, value: Any) -> CursorValue | None:

@@ -16,7 +16,6 @@ fetched again (a cleared run, a backfill) first removes its old parts.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 from typing import Any
 
@@ -121,7 +120,3 @@ def read_parts(uris: list[str]) -> list[dict[str, Any]]:
             data = gzip.decompress(data)
         records += [json.loads(line) for line in data.splitlines() if line]
     return records
-
-
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
