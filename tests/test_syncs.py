@@ -350,3 +350,36 @@ def test_bad_sync_settings_are_refused_at_parse_time():
         Stream("my-table", primary_key="id")
     with pytest.raises(ConfigurationError, match=r"lookback must be a timedelta for a timestamp cursor"):
         Stream("x", primary_key="id", cursor_field="updated_at", lookback=60)
+
+
+def test_partitions_as_mapped_tasks_keep_their_own_state(demo, tmp_path):
+    from airflow.sdk import DAG
+    from test_dags import _register
+
+    from api_orchestration.calls.pagination import Pagination
+    from api_orchestration.operators.sync import ApiSyncOperator
+    from api_orchestration.syncs.stream import Stream
+
+    before_start = pendulum.from_timestamp(int(demo.state.started_at) - 1, tz="UTC")  # no update yet
+    requests.post(f"{demo.url}/admin/datasets", json={"now": before_start.isoformat()}, timeout=5)
+    db = tmp_path / "repos.db"
+    with DAG("repo_issues_partitions", schedule=None, tags=["api-orchestration"]) as dag:
+        ApiSyncOperator.partial(
+            task_id="sync_repo",
+            http_conn_id="demo_api",
+            query={"state": "all", "sort": "updated", "direction": "asc"},
+            pagination=Pagination("link_header", page_size=100, size_param="per_page"),
+            stream=Stream("repo_issues", primary_key="id", cursor_field="updated_at", mode="cursor",
+                          since_param="since", param_format="iso_z", ordered=True),
+            destination=f"sqlite:///{db}",
+        ).expand_kwargs(
+            [{"endpoint": f"/github/repos/acme/{repo}/issues", "partition": repo} for repo in ("docs", "gadgets")]
+        )  # fmt: skip
+    _register(dag)
+    run = dag.test()
+    assert run.state == "success", _states(run)
+    with sqlite3.connect(db) as conn:
+        marks = dict(conn.execute("SELECT part, mark FROM _api_sync_cursors WHERE stream = 'repo_issues'"))
+        rows = conn.execute("SELECT count(*), count(DISTINCT id) FROM repo_issues").fetchone()
+    assert set(marks) == {"docs", "gadgets"}
+    assert rows == (1000 + 5000, 1000 + 5000)  # both repositories, each issue once

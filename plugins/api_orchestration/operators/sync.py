@@ -8,6 +8,7 @@ gets an asset event whose extra holds the window, the cursor and the row counts.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -86,11 +87,21 @@ class ApiSyncOperator(BaseOperator):
     :param query, headers: fixed query parameters and headers (templated).
     :param manual_window: the window of a run without a data interval (triggered with no logical
         date) in interval mode: the last ``manual_window`` before the run started.
+    :param partition: the stream partition this task syncs (templated; overrides ``stream.partition``):
+        one task per parent record, e.g. ``ApiSyncOperator.partial(...).expand_kwargs([{"endpoint":
+        "/repos/a/issues", "partition": "a"}, ...])``; state, checkpoints and marks are per partition.
     :param progress_every: seconds between progress lines.
     The resilience parameters are those of :class:`ResilientHttpOperator`.
     """
 
-    template_fields: Sequence[str] = ("endpoint", "destination", "query", "headers", "http_conn_id")
+    template_fields: Sequence[str] = (
+        "endpoint",
+        "destination",
+        "query",
+        "headers",
+        "http_conn_id",
+        "partition",
+    )
     template_fields_renderers = {"query": "json", "headers": "json"}
     ui_color = "#e8fff0"
 
@@ -116,6 +127,7 @@ class ApiSyncOperator(BaseOperator):
         max_sleep: float = 10.0,
         on_circuit_open: str = "fail",
         manual_window: timedelta = timedelta(hours=24),
+        partition: str | None = None,
         progress_every: float = 5.0,
         state_url: str | None = None,
         **kwargs: Any,
@@ -153,6 +165,7 @@ class ApiSyncOperator(BaseOperator):
         self.max_in_flight = max_in_flight
         self.max_sleep, self.on_circuit_open = float(max_sleep), on_circuit_open
         self.manual_window, self.progress_every, self.state_url = manual_window, progress_every, state_url
+        self.partition = partition
 
     # -- execution --------------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, Any]:
@@ -181,6 +194,8 @@ class ApiSyncOperator(BaseOperator):
         return start, end
 
     def _run(self, context: Context) -> dict[str, Any]:
+        if self.partition:
+            self.stream = dataclasses.replace(self.stream, partition=str(self.partition))
         hook = HttpHook(method="GET", http_conn_id=self.http_conn_id)
         session = hook.get_conn()
         label = f"{self.stream.name}" + (f"[{self.stream.partition}]" if self.stream.partition else "")
