@@ -24,6 +24,7 @@ from api_orchestration import (
 from api_orchestration.calls.events import (
     AttemptFinished,
     BreakerTransition,
+    Deferred,
     Events,
     KeyPaused,
     Next,
@@ -198,10 +199,11 @@ def test_retry_after_replaces_the_backoff_and_pauses_the_key_on_429():
 
 
 def test_a_wait_longer_than_max_sleep_defers_at_the_next_attempt():
-    script = Script([granted()], [ok(503, **{"Retry-After": "60"})], Clock())
+    script, rec = Script([granted()], [ok(503, **{"Retry-After": "60"})], Clock()), RecordingListener()
     with pytest.raises(DeferralNeeded) as info:
-        run(script, max_sleep=10)
+        run(script, max_sleep=10, recording=rec)
     assert info.value.attempt == 2 and info.value.seconds == 60
+    assert [(e.seconds, e.attempt) for e in rec.of(Deferred)] == [(60, 2)]
 
 
 def test_a_resumed_call_continues_at_its_attempt():

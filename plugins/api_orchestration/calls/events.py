@@ -67,6 +67,17 @@ class Refused:
 
 
 @dataclass(frozen=True)
+class Deferred:
+    """The next step is ``seconds`` away, longer than the caller sleeps: the task defers to the
+    triggerer and resumes at attempt ``attempt``."""
+
+    limit_key: str
+    seconds: float
+    why: str
+    attempt: int
+
+
+@dataclass(frozen=True)
 class BreakerTransition:
     key: str
     before: str
@@ -99,7 +110,16 @@ class VerdictNotRecorded:
     error: str
 
 
-Event = AttemptFinished | Granted | Refused | BreakerTransition | KeyPaused | SlotMissed | VerdictNotRecorded
+Event = (
+    AttemptFinished
+    | Granted
+    | Refused
+    | Deferred
+    | BreakerTransition
+    | KeyPaused
+    | SlotMissed
+    | VerdictNotRecorded
+)
 
 
 class Listener(Protocol):
@@ -170,6 +190,8 @@ class LogListener:
             log.warning("circuit %r: %s -> %s", event.key, event.before, event.after)
         elif isinstance(event, Granted) and event.trial:
             log.warning("circuit %r is half-open: this is a trial call", event.breaker_key)
+        elif isinstance(event, Deferred):
+            log.info("deferring %.2f s to the triggerer: %s", event.seconds, event.why)
         elif isinstance(event, SlotMissed):
             log.warning("limiter %r: slot missed %d times in a row, sending anyway", event.key, event.times)
         elif isinstance(event, VerdictNotRecorded):

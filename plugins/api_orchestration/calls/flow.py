@@ -22,6 +22,7 @@ from typing import Any
 from api_orchestration.calls.events import (
     AttemptFinished,
     BreakerTransition,
+    Deferred,
     Events,
     Granted,
     KeyPaused,
@@ -231,7 +232,7 @@ def attempt_flow(
         events.publish(AttemptFinished(**finished, next=Next.RETRY, delay=delay, why=why))
         attempt, waits = attempt + 1, _Waits()
         if delay > guard.max_sleep:
-            raise DeferralNeeded(delay, why, attempt)
+            raise _deferral(guard, events, delay, why, attempt)
         yield Sleep(delay)
         waits.add(delay, f"for {why}")
 
@@ -267,19 +268,24 @@ def _refused(guard: Guard, events: Events, admission: Admission, attempt: int, h
     events.publish(Refused(g.limit_key, g.breaker_key, reason, admission.wait))
     if reason == Refusal.DEFER:
         why = "Retry-After pause" if admission.paused else "rate limit"
-        raise DeferralNeeded(admission.wait, f"{why} on {g.limit_key!r}", attempt)
+        raise _deferral(g, events, admission.wait, f"{why} on {g.limit_key!r}", attempt)
     if reason in (Refusal.HOLD, Refusal.FULL):
         if held + admission.wait <= g.max_sleep:
             return admission.wait
         what = (
             f"circuit {g.breaker_key!r}" if reason == Refusal.HOLD else f"key {g.limit_key!r} (max_in_flight)"
         )
-        raise DeferralNeeded(HOLD_DEFER_SECONDS, f"calls in flight on {what}", attempt)
+        raise _deferral(g, events, HOLD_DEFER_SECONDS, f"calls in flight on {what}", attempt)
     if g.on_circuit_open == OnCircuitOpen.DEFER:  # open or busy (half-open, trials taken)
         seconds = admission.wait if reason == Refusal.OPEN else HOLD_DEFER_SECONDS
-        raise DeferralNeeded(max(seconds, 0.0), f"circuit {g.breaker_key!r} {reason}", attempt)
+        raise _deferral(g, events, max(seconds, 0.0), f"circuit {g.breaker_key!r} {reason}", attempt)
     reopen_at = admission.breaker.reopen_at if admission.breaker else None
     raise CircuitOpenError(g.breaker_key, reopen_at, str(reason))
+
+
+def _deferral(guard: Guard, events: Events, seconds: float, why: str, attempt: int) -> DeferralNeeded:
+    events.publish(Deferred(guard.limit_key, seconds, why, attempt))
+    return DeferralNeeded(seconds, why, attempt)
 
 
 def _until_slot(

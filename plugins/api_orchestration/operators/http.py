@@ -288,7 +288,6 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
             )
         except DeferralNeeded as wait:
             caller.flush()
-            self.log.info("deferring %.2f s to the triggerer: %s", wait.seconds, wait.reason)
             self.defer(
                 trigger=ResumeTrigger.after(wait.seconds, Resume(resume.phase, wait.attempt)),
                 method_name="execute_resume",
