@@ -50,10 +50,15 @@ class SqlSink(Sink):
         self.keep_raw = keep_raw
         self.conn: Any = None
         self._columns: dict[str, ColumnType] = {}  # field -> type, as the table has them
+        self._taken: dict[str, str] = {}  # column name -> the field it holds
         self._statement: tuple[tuple[str, ...], str] | None = None
         self._table_exists = False
 
     # -- connection and DDL (dialect) ------------------------------------------------------------
+    def decode(self, value: Any) -> Any:
+        """A JSON column's value as Python (SQLite stores the text)."""
+        return json.loads(value) if isinstance(value, str | bytes) else value
+
     def connect(self) -> Any:
         raise NotImplementedError
 
@@ -78,13 +83,17 @@ class SqlSink(Sink):
         self._load_columns(stream)
 
     def _load_columns(self, stream: Stream) -> None:
+        """The table's columns, keyed by the record field each holds (a column whose field is not
+        known yet, ``createdat`` for ``createdAt``, is keyed by its own name until a record shows it)."""
         existing = self.existing_columns(stream.name)
-        by_column = {column_name(f): f for f in self.declared}
-        self._columns = {}
+        known = [*self.declared, *stream.primary_key, *([stream.cursor_field] if stream.cursor_field else [])]
+        by_column = {column_name(f): f for f in known}
+        self._columns, self._taken = {}, {}
         for col, sql_type in existing.items():
             if col != RAW_COLUMN:
                 field = by_column.get(col, col)
                 self._columns[field] = self.declared.get(field) or self._type_of(sql_type)
+                self._taken[col] = field
         self._table_exists = bool(existing)
 
     def _ensure_table(self, stream: Stream, records: list[dict[str, Any]]) -> None:
@@ -111,15 +120,24 @@ class SqlSink(Sink):
         return ColumnType.TEXT
 
     def _add_columns(self, stream: Stream, new: Mapping[str, ColumnType]) -> None:
+        added = False
         for field, kind in new.items():
             if field in self._columns:
                 continue
-            self._execute(
-                f"ALTER TABLE {_q(stream.name)} ADD COLUMN {_q(column_name(field))} {self.types[kind]}"
-            )
-            self._columns[field] = kind
+            col = column_name(field)
+            holder = self._taken.get(col)
+            if holder == col and holder != field:  # the column exists; now we know its field's name
+                self._columns[field] = self._columns.pop(holder)
+                self._taken[col] = field
+                self._statement = None
+                continue
+            if holder is not None:  # another field's column (``Title`` beside ``title``): _raw keeps it
+                continue
+            self._execute(f"ALTER TABLE {_q(stream.name)} ADD COLUMN {_q(col)} {self.types[kind]}")
+            self._columns[field], self._taken[col] = kind, field
             self._statement = None
-        if new:
+            added = True
+        if added:
             self.conn.commit()
 
     def checkpoint(self, stream: Stream, slot: str) -> Checkpoint | None:
@@ -129,7 +147,7 @@ class SqlSink(Sink):
             (stream.name, _part(stream, slot)),
         ).fetchone()
         self.conn.commit()
-        return None if row is None else Checkpoint.from_dict(_json(row[0]))
+        return None if row is None else Checkpoint.from_dict(self.decode(row[0]))
 
     def high_water_mark(self, stream: Stream) -> Any:
         p = self.placeholder
@@ -138,7 +156,7 @@ class SqlSink(Sink):
             (stream.name, stream.partition),
         ).fetchone()
         self.conn.commit()
-        return None if row is None else _json(row[0])
+        return None if row is None else self.decode(row[0])
 
     def restart(self, stream: Stream, slot: str) -> None:
         """Tables need nothing: re-fetched rows are upserted."""
@@ -217,7 +235,7 @@ class SqlSink(Sink):
         sql = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(marks)}) ON CONFLICT ({', '.join(map(_q, pk))})"
         if updates:
             sql += " DO UPDATE SET " + ", ".join(f"{n} = excluded.{n}" for n in updates)
-            if stream.cursor_field and stream.cursor_field in self._columns:
+            if stream.cursor_field and stream.cursor_field in self._columns:  # compare the cursors
                 c = _q(column_name(stream.cursor_field))
                 sql += f" WHERE {table}.{c} IS NULL OR excluded.{c} >= {table}.{c}"
         else:
@@ -254,10 +272,6 @@ class SqlSink(Sink):
 def _part(stream: Stream, slot: str) -> str:
     """The state row of a partition's slot: ``<partition>`` or ``<partition>@<window>``."""
     return f"{stream.partition}@{slot}" if slot else stream.partition
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str | bytes) else value
 
 
 def _brief(record: Any) -> str:
@@ -326,6 +340,9 @@ class PostgresSink(SqlSink):
             cur.execute(f"SET search_path TO {_q(self.schema)}")
             conn.commit()
         return conn
+
+    def decode(self, value: Any) -> Any:
+        return value  # psycopg decodes jsonb itself: a string mark is already the string
 
     def existing_columns(self, table: str) -> dict[str, str]:
         cur = self._execute(
