@@ -268,6 +268,16 @@ def test_a_successful_sync_emits_an_asset_event_with_window_cursor_and_rows(dagb
         extra = dict(event.extra)
     assert extra["window"] == manifest["window"] and extra["rows"] == manifest["rows"] > 0
     assert extra["cursor"] == manifest["cursor"] and extra["uri"].endswith("#github_issues")
+    from api_orchestration.state import get_backend
+    from api_orchestration.status import collect_status
+
+    (shown,) = [s for s in collect_status(get_backend(), sagas=0)["streams"] if s["key"] == "github_issues"]
+    assert (shown["rows"], shown["cursor"], shown["window"]) == (
+        manifest["rows"],
+        manifest["cursor"],
+        manifest["window"],
+    )
+    assert shown["dag_id"] == "github_issues_sync" and shown["run_id"] == run.run_id  # the status page's row
     report = dagbag.get_dag("github_issues_report")
     assert [a.name for a in report.timetable.asset_condition.objects] == ["github_issues"]  # scheduled on it
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -245,7 +246,27 @@ class ApiSyncOperator(BaseOperator):
         self.log.info("%s; stopped on %s", progress.line(final=True), manifest.stop or "the last page")
         result = manifest.as_dict()
         self._emit_asset_events(context, result)
+        self._record_run(context, result)
         return result
+
+    def _record_run(self, context: Context, manifest: dict[str, Any]) -> None:
+        """The stream's last run, for the status page (best effort: the sync itself succeeded)."""
+        key = manifest["stream"] + (f"[{manifest['partition']}]" if manifest["partition"] else "")
+        ti = context.get("ti")
+        entry = {
+            "key": key,
+            "at": time.time(),
+            "dag_id": getattr(ti, "dag_id", None),
+            "run_id": context.get("run_id"),
+            **{
+                k: manifest[k]
+                for k in ("uri", "window", "cursor", "rows", "pages", "stop", "resumed_at_page")
+            },
+        }
+        try:
+            get_backend(self.state_url).stream_record(key, entry)
+        except Exception as exc:  # the state store is down: the rows are written all the same
+            self.log.warning("could not record the sync's status for the status page: %s", exc)
 
     def _emit_asset_events(self, context: Context, manifest: dict[str, Any]) -> None:
         from airflow.sdk import Asset

@@ -156,5 +156,14 @@ class StateBackend(abc.ABC):
     def saga_recent(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest recorded saga outcomes, newest first."""
 
+    # -- the last run of each sync stream (see api_orchestration.operators.sync) ---------------------
+    @abc.abstractmethod
+    def stream_record(self, key: str, entry: dict[str, Any]) -> None:
+        """Keep ``entry`` (JSON-able) as the last run of the sync stream ``key`` (stream[partition])."""
+
+    @abc.abstractmethod
+    def stream_latest(self) -> list[dict[str, Any]]:
+        """The last run of every sync stream, ordered by key."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -35,10 +35,10 @@ from api_orchestration.state.base import (
     Verdict,
 )
 
-SCHEMA_VERSION = 4  # bump on any change: older state is dropped (it is only rate and breaker state)
+SCHEMA_VERSION = 5  # bump on any change: older state is dropped (it is only rate and breaker state)
 _DROP = (
     "DROP TABLE IF EXISTS limiter; DROP TABLE IF EXISTS limiter_slot; DROP TABLE IF EXISTS breaker;"
-    "DROP TABLE IF EXISTS saga_outcome;"
+    "DROP TABLE IF EXISTS saga_outcome; DROP TABLE IF EXISTS stream_run;"
 )
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS limiter (
@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS breaker (
     trials_issued INTEGER, trial_successes INTEGER, trial_failures INTEGER, outcomes TEXT, seq INTEGER, changed_at REAL,
     leases TEXT);
 CREATE TABLE IF NOT EXISTS saga_outcome (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL, body TEXT);
+CREATE TABLE IF NOT EXISTS stream_run (key TEXT PRIMARY KEY, at REAL, body TEXT);
 """
 _LIMITER_FIELDS = [f.name for f in fields(rl.LimiterRecord)]
 _BREAKER_FIELDS = [f.name for f in fields(brk.BreakerRecord)]
@@ -275,7 +276,7 @@ class SQLiteBackend(StateBackend):
 
     def clear(self) -> None:
         with self._transaction() as conn:
-            for table in ("limiter", "limiter_slot", "breaker", "saga_outcome"):
+            for table in ("limiter", "limiter_slot", "breaker", "saga_outcome", "stream_run"):
                 conn.execute(f"DELETE FROM {table}")
 
     # -- status: read-only snapshot -----------------------------------------------------------------
@@ -319,6 +320,21 @@ class SQLiteBackend(StateBackend):
     def saga_recent(self, limit: int = 20) -> list[dict[str, Any]]:
         with self._transaction(begin="BEGIN") as conn:
             rows = conn.execute("SELECT body FROM saga_outcome ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [json.loads(body) for (body,) in rows]
+
+    # -- the last run of each sync stream ---------------------------------------------------------
+    def stream_record(self, key: str, entry: dict[str, Any]) -> None:
+        body = json.dumps(entry, default=str)
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO stream_run (key, at, body) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET at = excluded.at, body = excluded.body",
+                (key, self.clock(), body),
+            )
+
+    def stream_latest(self) -> list[dict[str, Any]]:
+        with self._transaction(begin="BEGIN") as conn:
+            rows = conn.execute("SELECT body FROM stream_run ORDER BY key").fetchall()
         return [json.loads(body) for (body,) in rows]
 
     def close(self) -> None:
