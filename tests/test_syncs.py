@@ -393,3 +393,39 @@ def test_partitions_as_mapped_tasks_keep_their_own_state(demo, tmp_path):
         rows = conn.execute("SELECT count(*), count(DISTINCT id) FROM repo_issues").fetchone()
     assert set(marks) == {"docs", "gadgets"}
     assert rows == (1000 + 5000, 1000 + 5000)  # both repositories, each issue once
+
+
+def test_a_long_limiter_wait_defers_and_the_resumed_task_continues_at_the_next_page(demo, tmp_path):
+    from airflow.sdk import DAG
+    from test_dags import _register
+
+    from api_orchestration import RateLimit
+    from api_orchestration.calls.pagination import Pagination
+    from api_orchestration.operators.sync import ApiSyncOperator
+    from api_orchestration.syncs.stream import Stream
+
+    requests.post(f"{demo.url}/admin/datasets", json={"now": "2030-01-01T00:00:00Z"}, timeout=5)
+    with DAG("sync_defers", schedule=None, tags=["api-orchestration"]) as dag:
+        ApiSyncOperator(
+            task_id="sync_docs",
+            http_conn_id="demo_api",
+            endpoint="/github/repos/acme/docs/issues",
+            query={"state": "all"},
+            pagination=Pagination("link_header", page_size=100, size_param="per_page", max_pages=3),
+            stream=Stream("docs_issues", primary_key="number"),
+            destination=f"sqlite:///{tmp_path / 'docs.db'}",
+            rate_limit=RateLimit(1, 2.5),  # one page per 2.5 s ...
+            rate_limit_key=f"defer-{tmp_path.name}",
+            max_sleep=0.5,  # ... longer than the task may sleep: it defers to the triggerer between pages
+        )
+    _register(dag)
+    run = dag.test()
+    assert run.state == "success", _states(run)
+    manifest = _xcom(run, "sync_docs")
+    assert (manifest["pages"], manifest["rows"], manifest["stop"]) == (3, 300, "max_pages reached")
+    assert manifest["resumed_at_page"] >= 1  # the last resumption started after the committed pages
+    with sqlite3.connect(tmp_path / "docs.db") as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT number) FROM docs_issues").fetchone() == (
+            300,
+            300,
+        )

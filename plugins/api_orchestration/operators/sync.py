@@ -180,6 +180,8 @@ class ApiSyncOperator(BaseOperator):
     def _interval(self, context: Context) -> tuple[dt.datetime | None, dt.datetime | None] | None:
         if self.stream.mode is not SyncMode.INTERVAL:
             return None
+        if self.stream.cursor_field is None:  # a full refresh: no window to fetch
+            return None, None
         start, end = context.get("data_interval_start"), context.get("data_interval_end")
         if start is None or end is None:  # triggered with no logical date
             now = pendulum.now("UTC")
