@@ -124,7 +124,8 @@ class CallTimeoutError(TransportError):
 
 
 class HttpStatusError(HttpCallError):
-    """The server answered with an error status."""
+    """The server answered with an error status. ``request_id``: the server's id for the request
+    (``X-Request-Id``, ...); ``body``: a truncated (about 2 KB), redacted snippet of its body."""
 
     def __init__(
         self,
@@ -135,11 +136,16 @@ class HttpStatusError(HttpCallError):
         response: requests.Response | None,
         retry_after: float | None = None,
         attempts: int = 1,
+        request_id: str | None = None,
+        body: str | None = None,
     ) -> None:
         self.status, self.response, self.retry_after = status, response, retry_after
+        self.request_id, self.body = request_id, body
         reason = getattr(response, "reason", "") or ""
+        message = f"{method} {url} answered {status} {reason}".rstrip() + f" after {attempts} attempt(s)"
+        message += f" (request id {request_id})" if request_id else ""
         super().__init__(
-            f"{method} {url} answered {status} {reason}".rstrip() + f" after {attempts} attempt(s)",
+            message + (f": {body}" if body else ""),
             method=method,
             url=url,
             attempts=attempts,

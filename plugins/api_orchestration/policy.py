@@ -235,3 +235,54 @@ NO_RETRY = RetryPolicy(max_attempts=1)
 def allowed_failures(tolerate: float, total: int) -> float:
     """How many of ``total`` items may fail: ``tolerate`` is a count (>= 1) or a fraction (< 1)."""
     return tolerate if tolerate >= 1 else tolerate * total
+
+
+CACHE_METHODS = ("GET", "HEAD")
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """A response cache shared by every worker through the state store (see :mod:`.resilience.http_cache`).
+
+    A response to one of ``methods`` is stored for at most ``ttl`` seconds (less when its
+    ``Cache-Control``/``Expires`` says so; ``no-store`` is never stored, ``no-cache`` is stored but
+    revalidated before every use); a stored response with an ``ETag``/``Last-Modified`` stays
+    ``ttl`` seconds longer to be revalidated (a 304 refreshes it without a body). ``key`` is a
+    template for the entry's key (default: the method and full URL). An entry larger than
+    ``max_entry_bytes`` is not stored; the entries of one cache scope (the call's limiter key)
+    hold at most ``max_total_bytes``, the ones nearest expiry evicted first.
+    """
+
+    ttl: float
+    key: str | None = None
+    methods: tuple[str, ...] = CACHE_METHODS
+    max_entry_bytes: int = 1_000_000
+    max_total_bytes: int = 64_000_000
+
+    def __post_init__(self) -> None:
+        o = "CachePolicy"
+        _check(o, "ttl", self.ttl, _is_number(self.ttl) and self.ttl > 0, "must be a number of seconds > 0")
+        _check(
+            o, "key", self.key, self.key is None or (isinstance(self.key, str) and self.key.strip() != ""),
+            "must be None (the method and URL) or a non-empty (templated) string",
+        )  # fmt: skip
+        methods = (self.methods,) if isinstance(self.methods, str) else self.methods
+        ok = isinstance(methods, tuple | list | frozenset | set) and len(methods) > 0
+        upper = tuple(str(m).upper() for m in methods) if ok else ()
+        _check(
+            o, "methods", self.methods, ok and all(m in CACHE_METHODS for m in upper),
+            "must be a non-empty list of GET and HEAD (other methods change things: their responses "
+            "are not reusable)",
+        )  # fmt: skip
+        object.__setattr__(self, "methods", tuple(dict.fromkeys(upper)))
+        _check(
+            o, "max_entry_bytes", self.max_entry_bytes,
+            isinstance(self.max_entry_bytes, int) and not isinstance(self.max_entry_bytes, bool)
+            and self.max_entry_bytes >= 1, "must be an integer >= 1",
+        )  # fmt: skip
+        _check(
+            o, "max_total_bytes", self.max_total_bytes,
+            isinstance(self.max_total_bytes, int) and not isinstance(self.max_total_bytes, bool)
+            and self.max_total_bytes >= self.max_entry_bytes,
+            f"must be an integer >= max_entry_bytes ({self.max_entry_bytes})",
+        )  # fmt: skip

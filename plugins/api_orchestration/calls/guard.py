@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from api_orchestration.calls.events import Listener
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.policy import BreakerPolicy, CachePolicy, RateLimit, RetryPolicy
 from api_orchestration.resilience.admission import AdmissionRequest
 from api_orchestration.state.base import StateBackend
 
@@ -30,7 +30,9 @@ class Guard:
 
     ``limit_key`` names the limiter (and the bulkhead, ``max_in_flight``), ``breaker_key`` the
     breaker; waits up to ``max_sleep`` seconds are slept, longer ones raise ``DeferralNeeded``.
-    ``listeners`` see every event of the call besides the log and metrics listeners."""
+    ``listeners`` see every event of the call besides the log and metrics listeners. ``cache``:
+    responses shared through the store under the scope ``limit_key`` (see :class:`CachePolicy`);
+    ``log_response``: successful bodies are logged (truncated, redacted) as error bodies are."""
 
     backend: StateBackend
     limit_key: str
@@ -42,6 +44,8 @@ class Guard:
     on_circuit_open: str = OnCircuitOpen.FAIL
     max_in_flight: int | None = None
     listeners: Sequence[Listener] = ()
+    cache: CachePolicy | None = None
+    log_response: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "on_circuit_open", OnCircuitOpen(self.on_circuit_open))

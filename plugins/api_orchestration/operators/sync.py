@@ -16,7 +16,6 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.providers.http.hooks.http import HttpHook
 from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 from airflow.sdk import BaseOperator, Context
 
@@ -24,6 +23,7 @@ from api_orchestration.calls.flow import DeferralNeeded
 from api_orchestration.calls.guard import Guard
 from api_orchestration.calls.pagination import Pagination
 from api_orchestration.calls.requests_driver import ResilientCaller
+from api_orchestration.connections import ResilientHttpHook, connection_policies
 from api_orchestration.errors import ConfigurationError
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
 from api_orchestration.state import get_backend
@@ -162,7 +162,7 @@ class ApiSyncOperator(BaseOperator):
         self.query, self.headers, self.timeout = query, headers, timeout
         self.rate_limit, self.rate_limit_key = rate_limit, rate_limit_key
         self.breaker, self.breaker_key = breaker, breaker_key
-        self.retry = retry or RetryPolicy()
+        self.retry = retry  # None: the connection's (a resilient_http connection), else RetryPolicy()
         self.max_in_flight = max_in_flight
         self.max_sleep, self.on_circuit_open = float(max_sleep), on_circuit_open
         self.manual_window, self.progress_every, self.state_url = manual_window, progress_every, state_url
@@ -199,17 +199,20 @@ class ApiSyncOperator(BaseOperator):
     def _run(self, context: Context) -> dict[str, Any]:
         if self.partition:
             self.stream = dataclasses.replace(self.stream, partition=str(self.partition))
-        hook = HttpHook(method="GET", http_conn_id=self.http_conn_id)
+        hook = ResilientHttpHook(method="GET", http_conn_id=self.http_conn_id)  # policy fields are no headers
         session = hook.get_conn()
         label = f"{self.stream.name}" + (f"[{self.stream.partition}]" if self.stream.partition else "")
         progress = Progress(self.log, f"sync {label}", every=self.progress_every)
+        policies = connection_policies(self.http_conn_id).under(
+            rate_limit=self.rate_limit, breaker=self.breaker, retry=self.retry
+        )  # the DAG's own policies win over the connection's
         guard = Guard(
             backend=get_backend(self.state_url),
             limit_key=self.rate_limit_key or self.http_conn_id,
-            rate_limit=self.rate_limit,
+            rate_limit=policies.rate_limit,
             breaker_key=self.breaker_key or self.http_conn_id,
-            breaker=self.breaker,
-            retry=self.retry,
+            breaker=policies.breaker,
+            retry=policies.retry or RetryPolicy(),
             max_sleep=self.max_sleep,
             on_circuit_open=self.on_circuit_open,
             max_in_flight=self.max_in_flight,

@@ -100,6 +100,19 @@ class PaginateSpec(_Spec):
     stop_on_empty: bool | None = Field(None, description="an empty page stops (true)")
 
 
+class CacheSpec(_Spec):
+    """A response cache shared by every worker (``CachePolicy``): GET/HEAD responses kept ``ttl``
+    seconds at most, ``Cache-Control`` and ``ETag`` honoured."""
+
+    ttl: float = Field(description="seconds a response is kept at most (the server may say less)")
+    key: str | None = Field(None, description="entry key template (default: the method and full URL)")
+    methods: list[str] | None = Field(None, description="GET and/or HEAD (default both)")
+    max_entry_bytes: int | None = Field(None, description="larger responses are not stored (1,000,000)")
+    max_total_bytes: int | None = Field(
+        None, description="bytes kept per key; the entries nearest expiry are evicted first (64,000,000)"
+    )
+
+
 class CallSpec(_Spec):
     """One HTTP request through an Airflow HTTP Connection. Strings are Jinja templates."""
 
@@ -215,6 +228,8 @@ class StepSpec(_Spec):
     max_in_flight: int | None = Field(
         None, description="at most this many calls in flight on the step's key, across all workers"
     )
+    cache: CacheSpec | None = Field(None, description="share GET/HEAD responses through the state store")
+    log_response: bool | None = Field(None, description="log successful bodies (truncated, redacted)")
 
     _lists = field_validator("depends_on", "merge", mode="before")(_as_list)
 
@@ -228,6 +243,8 @@ class DefaultsSpec(_Spec):
     breaker: BreakerSpec | None = None
     timeout: float = Field(30.0, description="read timeout, seconds")
     max_in_flight: int | None = Field(None, description="calls in flight per key, across all workers")
+    cache: CacheSpec | None = Field(None, description="share every GET/HEAD step's responses (see steps)")
+    log_response: bool = Field(False, description="log successful bodies (truncated, redacted)")
 
 
 class WorkflowSpec(_Spec):

@@ -20,7 +20,13 @@ from api_orchestration.resilience.admission import (
     Verdict,
 )
 from api_orchestration.resilience.breaker import BreakerDecision
-from api_orchestration.state.records import BreakerStatus, LimiterStatus, Snapshot
+from api_orchestration.state.records import (
+    BreakerStatus,
+    CachePut,
+    CacheStats,
+    LimiterStatus,
+    Snapshot,
+)
 
 __all__ = [
     "NO_WAIT_LIMIT",
@@ -28,6 +34,8 @@ __all__ = [
     "AdmissionRequest",
     "Batch",
     "BreakerStatus",
+    "CachePut",
+    "CacheStats",
     "LimiterStatus",
     "Snapshot",
     "StateBackend",
@@ -47,6 +55,9 @@ OPERATIONS = (
     "clear",
     "saga_record",
     "saga_recent",
+    "cache_get",
+    "cache_put",
+    "cache_stats",
 )
 
 
@@ -155,6 +166,29 @@ class StateBackend(abc.ABC):
     @abc.abstractmethod
     def saga_recent(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest recorded saga outcomes, newest first."""
+
+    # -- the response cache (see api_orchestration.resilience.http_cache) -----------------------------
+    @abc.abstractmethod
+    def cache_get(self, scope: str, key: str) -> dict[str, Any] | None:
+        """The entry stored under ``key`` in ``scope`` (a JSON-able dict), None if none is kept."""
+
+    @abc.abstractmethod
+    def cache_put(
+        self,
+        scope: str,
+        key: str,
+        entry: dict[str, Any],
+        size: int,
+        keep_seconds: float,
+        max_total_bytes: int,
+    ) -> CachePut:
+        """Store ``entry`` (``size`` bytes) for ``keep_seconds``, replacing the key's previous one; the
+        scope's expired entries are dropped, then the ones nearest expiry evicted until the scope
+        holds at most ``max_total_bytes``. One atomic operation."""
+
+    @abc.abstractmethod
+    def cache_stats(self) -> list[CacheStats]:
+        """Every cache scope's live entries and bytes, by scope."""
 
     # -- the last run of each sync stream (see api_orchestration.operators.sync) ---------------------
     @abc.abstractmethod

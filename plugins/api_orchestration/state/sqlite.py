@@ -28,6 +28,8 @@ from api_orchestration.state.base import (
     AdmissionRequest,
     Batch,
     BreakerStatus,
+    CachePut,
+    CacheStats,
     LimiterStatus,
     Snapshot,
     StateBackend,
@@ -35,10 +37,10 @@ from api_orchestration.state.base import (
     Verdict,
 )
 
-SCHEMA_VERSION = 5  # bump on any change: older state is dropped (it is only rate and breaker state)
+SCHEMA_VERSION = 6  # bump on any change: older state is dropped (it is only rate and breaker state)
 _DROP = (
     "DROP TABLE IF EXISTS limiter; DROP TABLE IF EXISTS limiter_slot; DROP TABLE IF EXISTS breaker;"
-    "DROP TABLE IF EXISTS saga_outcome; DROP TABLE IF EXISTS stream_run;"
+    "DROP TABLE IF EXISTS saga_outcome; DROP TABLE IF EXISTS cache_entry; DROP TABLE IF EXISTS stream_run;"
 )
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS limiter (
@@ -52,6 +54,10 @@ CREATE TABLE IF NOT EXISTS breaker (
     trials_issued INTEGER, trial_successes INTEGER, trial_failures INTEGER, outcomes TEXT, seq INTEGER, changed_at REAL,
     leases TEXT);
 CREATE TABLE IF NOT EXISTS saga_outcome (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL, body TEXT);
+CREATE TABLE IF NOT EXISTS cache_entry (
+    scope TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL, size INTEGER NOT NULL, expires_at REAL NOT NULL,
+    PRIMARY KEY (scope, key));
+CREATE INDEX IF NOT EXISTS cache_entry_expiry ON cache_entry (scope, expires_at);
 CREATE TABLE IF NOT EXISTS stream_run (key TEXT PRIMARY KEY, at REAL, body TEXT);
 """
 _LIMITER_FIELDS = [f.name for f in fields(rl.LimiterRecord)]
@@ -276,7 +282,7 @@ class SQLiteBackend(StateBackend):
 
     def clear(self) -> None:
         with self._transaction() as conn:
-            for table in ("limiter", "limiter_slot", "breaker", "saga_outcome", "stream_run"):
+            for table in ("limiter", "limiter_slot", "breaker", "saga_outcome", "cache_entry", "stream_run"):
                 conn.execute(f"DELETE FROM {table}")
 
     # -- status: read-only snapshot -----------------------------------------------------------------
@@ -321,6 +327,57 @@ class SQLiteBackend(StateBackend):
         with self._transaction(begin="BEGIN") as conn:
             rows = conn.execute("SELECT body FROM saga_outcome ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [json.loads(body) for (body,) in rows]
+
+    # -- the response cache -----------------------------------------------------------------------
+    def cache_get(self, scope: str, key: str) -> dict[str, Any] | None:
+        with self._transaction(begin="BEGIN") as conn:
+            row = conn.execute(
+                "SELECT body FROM cache_entry WHERE scope = ? AND key = ? AND expires_at > ?",
+                (scope, key, self.clock()),
+            ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def cache_put(
+        self,
+        scope: str,
+        key: str,
+        entry: dict[str, Any],
+        size: int,
+        keep_seconds: float,
+        max_total_bytes: int,
+    ) -> CachePut:
+        body = json.dumps(entry)
+        with self._transaction() as conn:
+            now = self.clock()
+            conn.execute(
+                "DELETE FROM cache_entry WHERE scope = ? AND (expires_at <= ? OR key = ?)", (scope, now, key)
+            )
+            if size > max_total_bytes:
+                total = conn.execute(
+                    "SELECT COALESCE(SUM(size), 0) FROM cache_entry WHERE scope = ?", (scope,)
+                )
+                return CachePut(False, 0, int(total.fetchone()[0]))
+            rows = conn.execute(
+                "SELECT key, size FROM cache_entry WHERE scope = ? ORDER BY expires_at DESC", (scope,)
+            ).fetchall()
+            total, evicted = sum(s for _, s in rows), 0
+            while rows and total + size > max_total_bytes:
+                victim, victim_size = rows.pop()  # the one nearest expiry
+                conn.execute("DELETE FROM cache_entry WHERE scope = ? AND key = ?", (scope, victim))
+                total, evicted = total - victim_size, evicted + 1
+            conn.execute(
+                "INSERT INTO cache_entry (scope, key, body, size, expires_at) VALUES (?, ?, ?, ?, ?)",
+                (scope, key, body, size, now + keep_seconds),
+            )
+            return CachePut(True, evicted, total + size)
+
+    def cache_stats(self) -> list[CacheStats]:
+        with self._transaction(begin="BEGIN") as conn:
+            rows = conn.execute(
+                "SELECT scope, COUNT(*), SUM(size) FROM cache_entry WHERE expires_at > ? GROUP BY scope ORDER BY scope",
+                (self.clock(),),
+            ).fetchall()
+        return [CacheStats(scope, int(n), int(total)) for scope, n, total in rows]
 
     # -- the last run of each sync stream ---------------------------------------------------------
     def stream_record(self, key: str, entry: dict[str, Any]) -> None:

@@ -55,6 +55,9 @@ def _call_kwargs(wf: Workflow, call: Call) -> dict[str, Any]:
 
 def _policies(wf: Workflow, step: Step) -> dict[str, Any]:
     timeout = step.timeout or wf.timeout
+    cache = step.cache or wf.cache  # the workflow's applies to the steps whose method it caches
+    if cache is not None and step.call is not None and step.call.method not in cache.methods:
+        cache = None
     return {
         "rate_limit_key": step.key,
         "breaker_key": step.key,
@@ -63,6 +66,8 @@ def _policies(wf: Workflow, step: Step) -> dict[str, Any]:
         "breaker": step.breaker or wf.breaker,
         "max_in_flight": step.max_in_flight or wf.max_in_flight,
         "timeout": (min(10.0, timeout), timeout),
+        "cache": cache,
+        "log_response": step.log_response or wf.log_response,
     }
 
 
@@ -145,6 +150,13 @@ def _step_task(wf: Workflow, step: Step, dag: DAG, saga: bool) -> tuple[Any, Any
     return each, collect
 
 
+def _sync_policies(wf: Workflow, step: Step) -> dict[str, Any]:
+    """A sync's pages are never served from the response cache, and its bodies are not logged."""
+    policies = _policies(wf, step)
+    del policies["cache"], policies["log_response"]
+    return policies
+
+
 def _sync_task(wf: Workflow, step: Step, dag: DAG) -> Any:
     from airflow.sdk import Asset
 
@@ -156,7 +168,7 @@ def _sync_task(wf: Workflow, step: Step, dag: DAG) -> Any:
         task_id=step.name, dag=dag, endpoint=call.path, http_conn_id=call.conn_id or wf.conn_id,
         query=call.query, headers=call.headers, pagination=call.paginate, stream=sync.stream,
         destination=sync.destination, columns=sync.columns, keep_raw=sync.keep_raw,
-        outlets=[Asset(sync.asset)] if sync.asset else [], **_policies(wf, step),
+        outlets=[Asset(sync.asset)] if sync.asset else [], **_sync_policies(wf, step),
     )  # fmt: skip
 
 
@@ -195,7 +207,7 @@ def _wire_saga(wf: Workflow, dag: DAG, ends: dict[str, tuple[Any, Any]]) -> None
             continue
         undo = CompensationOperator(
             task_id=f"undo_{name}", dag=dag, undoes=name, saga_steps=steps, trigger_rule=TriggerRule.ALL_DONE,
-            **_call_kwargs(wf, step.compensate), **_policies(wf, step),
+            **_call_kwargs(wf, step.compensate), **{**_policies(wf, step), "cache": None},
         )  # fmt: skip
         previous >> undo
         previous = undo

@@ -6,12 +6,12 @@ into the same model. Validation errors name the workflow, the step and the field
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from api_orchestration.calls.pagination import Pagination
 from api_orchestration.errors import ConfigurationError, did_you_mean
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy, allowed_failures
+from api_orchestration.policy import BreakerPolicy, CachePolicy, RateLimit, RetryPolicy, allowed_failures
 from api_orchestration.syncs.stream import Stream
 
 __all__ = ["Bulk", "Call", "FanOut", "Step", "Sync", "Workflow", "allowed_failures", "result"]
@@ -143,6 +143,8 @@ class Step:
     breaker: BreakerPolicy | None = None
     timeout: float | None = None
     max_in_flight: int | None = None  # the bulkhead on the step's key: calls in flight, all workers
+    cache: CachePolicy | None = None  # GET/HEAD responses shared through the store (not compensations)
+    log_response: bool = False  # log successful bodies (truncated, redacted)
     sync: Sync | None = None  # the call pages into a sink, incrementally (needs call.paginate)
 
 
@@ -153,11 +155,13 @@ class Workflow:
     name: str
     steps: tuple[Step, ...]
     conn_id: str = "http_default"
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry: RetryPolicy | None = None  # None: the connection's (resilient_http), else RetryPolicy()
     rate_limit: RateLimit | None = None
     breaker: BreakerPolicy | None = None
     timeout: float = 30.0
     max_in_flight: int | None = None
+    cache: CachePolicy | None = None  # for every GET/HEAD step without its own
+    log_response: bool = False
     output: str | None = None  # the step whose result is the workflow's result (the DAG's result)
 
     def step(self, name: str) -> Step:
@@ -219,6 +223,20 @@ class Workflow:
                     f"{owner} step {s.name!r}", "max_in_flight", s.max_in_flight, "must be an integer >= 1",
                     step=s.name,
                 )  # fmt: skip
+        for s in self.steps:
+            where = f"{owner} step {s.name!r}"
+            if s.cache is not None and not isinstance(s.cache, CachePolicy):
+                raise ConfigurationError(
+                    where, "cache", s.cache, "must be a CachePolicy(ttl, ...)", step=s.name
+                )
+            if s.cache is not None and s.call is not None and s.call.method not in s.cache.methods:
+                raise ConfigurationError(
+                    where, "cache", s.call.method,
+                    f"caches only {', '.join(s.cache.methods)} responses; remove cache from this {s.call.method} step",
+                    step=s.name,
+                )  # fmt: skip
+        if self.cache is not None and not isinstance(self.cache, CachePolicy):
+            raise ConfigurationError(owner, "cache", self.cache, "must be a CachePolicy(ttl, ...)")
         if self.max_in_flight is not None and not _count(self.max_in_flight):
             raise ConfigurationError(owner, "max_in_flight", self.max_in_flight, "must be an integer >= 1")
         if not _positive(self.timeout):
@@ -273,6 +291,7 @@ def _check_sync(where: str, s: Step) -> None:
         ("fallback", s.fallback),
         ("output", s.output),
         ("when", s.when),
+        ("cache", s.cache),
     ):
         if value:
             raise ConfigurationError(where, param, value, "is not supported on a sync step", step=s.name)
