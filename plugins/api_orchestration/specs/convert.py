@@ -14,7 +14,7 @@ import pendulum
 
 from api_orchestration.calls.pagination import Pagination
 from api_orchestration.errors import ConfigurationError
-from api_orchestration.policy import BreakerPolicy, CachePolicy, RateLimit, RetryPolicy
+from api_orchestration.policy import BreakerPolicy, CachePolicy, Poll, RateLimit, RetryPolicy
 from api_orchestration.specs.model import CallSpec, ScheduleSpec, StepSpec, SyncSpec, WorkflowSpec
 from api_orchestration.specs.problems import Problem, shown
 from api_orchestration.syncs.stream import Stream
@@ -182,4 +182,5 @@ def _step(c: _Collector, path: str, s: StepSpec) -> Step | None:
         sync=_sync(c, f"{path}.sync", s.sync),
         max_in_flight=s.max_in_flight, cache=_cache(c, f"{path}.cache", s.cache),
         log_response=bool(s.log_response),
+        poll=_policy(c, f"{path}.poll", Poll, s.poll),
     )  # fmt: skip

@@ -198,6 +198,24 @@ class BulkSpec(_ItemsSpec):
     concurrency: int = Field(16, description="calls in flight, 1 to 256")
 
 
+class PollSpec(_Spec):
+    """The call submits an async job: poll its status URL until done, then fetch the result."""
+
+    success: str = Field(description="JMESPath over the status response: true when the job is done")
+    failure: str | None = Field(
+        None, description="JMESPath over the status response: true when the job failed (fails the step)"
+    )
+    status: str | None = Field(
+        None, description="JMESPath over the submit response giving the status URL (default: Location)"
+    )
+    result: str | None = Field(
+        None,
+        description="JMESPath over the final status giving the result URL (default: the status is the result)",
+    )
+    interval: float | None = Field(None, description="seconds between polls without Retry-After (5)")
+    timeout: float | None = Field(None, description="seconds from the submit until the step fails (3600)")
+
+
 class StepSpec(_Spec):
     """One node of the workflow: a call, or a ``merge`` of other steps' results."""
 
@@ -230,6 +248,7 @@ class StepSpec(_Spec):
     )
     cache: CacheSpec | None = Field(None, description="share GET/HEAD responses through the state store")
     log_response: bool | None = Field(None, description="log successful bodies (truncated, redacted)")
+    poll: PollSpec | None = Field(None, description="the call submits an async job: poll it until done")
 
     _lists = field_validator("depends_on", "merge", mode="before")(_as_list)
 

@@ -11,10 +11,17 @@ from typing import Any
 
 from api_orchestration.calls.pagination import Pagination
 from api_orchestration.errors import ConfigurationError, did_you_mean
-from api_orchestration.policy import BreakerPolicy, CachePolicy, RateLimit, RetryPolicy, allowed_failures
+from api_orchestration.policy import (
+    BreakerPolicy,
+    CachePolicy,
+    Poll,
+    RateLimit,
+    RetryPolicy,
+    allowed_failures,
+)
 from api_orchestration.syncs.stream import Stream
 
-__all__ = ["Bulk", "Call", "FanOut", "Step", "Sync", "Workflow", "allowed_failures", "result"]
+__all__ = ["Bulk", "Call", "FanOut", "Poll", "Step", "Sync", "Workflow", "allowed_failures", "result"]
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
@@ -145,6 +152,7 @@ class Step:
     max_in_flight: int | None = None  # the bulkhead on the step's key: calls in flight, all workers
     cache: CachePolicy | None = None  # GET/HEAD responses shared through the store (not compensations)
     log_response: bool = False  # log successful bodies (truncated, redacted)
+    poll: Poll | None = None  # the call submits an async job: poll its status until done, fetch the result
     sync: Sync | None = None  # the call pages into a sink, incrementally (needs call.paginate)
 
 
@@ -196,6 +204,20 @@ class Workflow:
                 )
             if s.fan_out and s.bulk:
                 raise ConfigurationError(where, "fan_out/bulk", "both", "must not both be set", step=step)
+            if s.poll is not None and not isinstance(s.poll, Poll):
+                raise ConfigurationError(
+                    where, "poll", s.poll, "must be a Poll(success=..., failure=..., ...)", step=step
+                )
+            if s.poll is not None and s.cache is not None:
+                raise ConfigurationError(
+                    where, "cache", s.cache, "is not supported on a poll step (a cached status would never "
+                    "change); remove it", step=step,
+                )  # fmt: skip
+            if s.poll is not None and (s.bulk or s.merge):
+                raise ConfigurationError(
+                    where, "poll", s.poll, "needs a call step (not bulk or merge): the call submits the job",
+                    step=step,
+                )  # fmt: skip
             _check_sync(where, s)
             if s.compensate and (s.fan_out or s.bulk or s.merge):
                 raise ConfigurationError(
@@ -292,6 +314,7 @@ def _check_sync(where: str, s: Step) -> None:
         ("output", s.output),
         ("when", s.when),
         ("cache", s.cache),
+        ("poll", s.poll),
     ):
         if value:
             raise ConfigurationError(where, param, value, "is not supported on a sync step", step=s.name)
