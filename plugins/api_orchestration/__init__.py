@@ -16,6 +16,9 @@ from api_orchestration.errors import (
     ConfigurationError,
     HttpCallError,
     HttpStatusError,
+    JobError,
+    JobFailedError,
+    JobTimeoutError,
     PermanentHttpStatusError,
     ResponseCheckError,
     SpecError,
@@ -24,9 +27,10 @@ from api_orchestration.errors import (
 )
 from api_orchestration.operators.bulk import BulkHttpOperator
 from api_orchestration.operators.http import ResilientHttpOperator
+from api_orchestration.operators.poll import PollingHttpOperator
 from api_orchestration.operators.saga import CompensationOperator, SagaOutcomeOperator
 from api_orchestration.operators.step import StepOperator
-from api_orchestration.policy import BreakerPolicy, CompensationRetry, RateLimit, RetryPolicy
+from api_orchestration.policy import BreakerPolicy, CompensationRetry, Poll, RateLimit, RetryPolicy
 from api_orchestration.workflows.build import build
 from api_orchestration.workflows.model import Bulk, Call, FanOut, Step, Workflow, result
 
@@ -46,7 +50,12 @@ __all__ = [
     "Guard",
     "HttpCallError",
     "HttpStatusError",
+    "JobError",
+    "JobFailedError",
+    "JobTimeoutError",
     "PermanentHttpStatusError",
+    "Poll",
+    "PollingHttpOperator",
     "RateLimit",
     "ResilientCaller",
     "ResilientHttpOperator",

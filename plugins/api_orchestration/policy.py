@@ -6,6 +6,8 @@ import math
 import random
 from dataclasses import dataclass, field
 
+import jmespath
+
 from api_orchestration.errors import ConfigurationError
 
 DEFAULT_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -289,6 +291,48 @@ class CompensationRetry:
             "retry_exponential_backoff": self.multiplier if self.multiplier != 1 else 0,
             "max_retry_delay": timedelta(seconds=self.max_delay),
         }
+
+
+def _jmespath_problem(expression: object) -> str | None:
+    if not isinstance(expression, str) or not expression.strip():
+        return "must be a non-empty JMESPath string"
+    try:
+        jmespath.compile(expression)
+    except jmespath.exceptions.JMESPathError as exc:
+        return f"is not a valid JMESPath expression ({str(exc).splitlines()[0]})"
+    return None
+
+
+@dataclass(frozen=True)
+class Poll:
+    """Poll an async job until done: the call submits it, then its status URL is polled (GETs
+    through the same limiter, breaker and retries) until ``success`` or ``failure`` holds.
+
+    ``success`` and ``failure`` are JMESPath over the status response (JSON); ``status`` is JMESPath
+    over the submit response giving the status URL (default: its ``Location`` header); ``result`` is
+    JMESPath over the final status giving a URL to fetch the result from (default: the final status
+    is the result). Polls are ``Retry-After`` apart when the status response says so, else
+    ``interval`` seconds; the job fails with its last status ``timeout`` seconds after the submit.
+    """
+
+    success: str
+    failure: str | None = None
+    status: str | None = None
+    result: str | None = None
+    interval: float = 5.0
+    timeout: float = 3600.0
+
+    def __post_init__(self) -> None:
+        o = "Poll"
+        for name in ("success", "failure", "status", "result"):
+            value = getattr(self, name)
+            if value is None and name != "success":
+                continue
+            problem = _jmespath_problem(value)
+            _check(o, name, value, problem is None, problem or "")
+        for name in ("interval", "timeout"):
+            value = getattr(self, name)
+            _check(o, name, value, _is_number(value) and value > 0, "must be a number of seconds > 0")
 
 
 def allowed_failures(tolerate: float, total: int) -> float:

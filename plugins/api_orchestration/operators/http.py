@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import requests
 from airflow.sdk import BaseOperator, Context
@@ -124,6 +124,7 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
     )
     template_fields_renderers = {"json": "json", "headers": "json", "query": "json"}
     ui_color = "#e8f4ff"
+    first_phase = "call"  # the phase execute() starts with
 
     def __init__(
         self,
@@ -248,7 +249,7 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
 
     # -- execution --------------------------------------------------------------------------------------
     def execute(self, context: Context) -> Any:
-        return self.run_phase(context, Resume())
+        return self.run_phase(context, Resume(self.first_phase))
 
     def execute_resume(self, context: Context, event: Any = None, attempt: int = 1, **_: Any) -> Any:
         """Resume after a deferral (a long limiter, breaker or Retry-After wait), where it left off."""
@@ -281,6 +282,15 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
             )
         # an echoed credential never reaches XCom: the connection's and the request's are masked
         return mask_secrets(keep(response, **compat.context_kwargs(keep, [response], context)))
+
+    def defer_resume(self, seconds: float, resume: Resume) -> NoReturn:
+        """Free the worker slot: the triggerer waits ``seconds``, then :meth:`execute_resume`
+        continues at ``resume`` (the caller has logged why)."""
+        self.defer(
+            trigger=ResumeTrigger.after(seconds, resume),
+            method_name="execute_resume",
+            timeout=timedelta(seconds=seconds + 3600),
+        )
 
     def guard(self, spec: CallSpec) -> Guard:
         policies = connection_policies(spec.http_conn_id).under(
@@ -326,10 +336,6 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
             )
         except DeferralNeeded as wait:
             caller.flush()
-            self.defer(
-                trigger=ResumeTrigger.after(wait.seconds, Resume(resume.phase, wait.attempt)),
-                method_name="execute_resume",
-                timeout=timedelta(seconds=wait.seconds + 3600),
-            )
+            self.defer_resume(wait.seconds, replace(resume, attempt=wait.attempt))  # logged by the flow
         finally:
             caller.flush()

@@ -43,6 +43,7 @@ from api_orchestration.errors import (
     StateBackendError,
 )
 from api_orchestration.operators.http import CallSpec, ResilientHttpOperator
+from api_orchestration.operators.poll import PollingHttpOperator
 from api_orchestration.operators.resume import Resume
 from api_orchestration.operators.step import StepOperator
 from api_orchestration.policy import CompensationRetry
@@ -79,12 +80,12 @@ def record_failure(context: Context, error: BaseException | None = None) -> None
     )
 
 
-class SagaStepOperator(StepOperator):
-    """A saga's forward step: a :class:`StepOperator` that records its failure before failing."""
+class RecordsSagaFailure:
+    """Mixin for a saga's forward step: record its failure (``saga_failure``) before failing."""
 
     def execute(self, context: Context) -> Any:
         try:
-            return super().execute(context)
+            return super().execute(context)  # type: ignore[misc]
         except AirflowSkipException:
             raise
         except Exception as exc:
@@ -93,12 +94,31 @@ class SagaStepOperator(StepOperator):
 
     def execute_resume(self, context: Context, event: Any = None, attempt: int = 1, **kwargs: Any) -> Any:
         try:
-            return super().execute_resume(context, event, attempt, **kwargs)
+            return super().execute_resume(context, event, attempt, **kwargs)  # type: ignore[misc]
         except AirflowSkipException:
             raise
         except Exception as exc:
             record_failure(context, exc)
             raise
+
+
+class SagaStepOperator(RecordsSagaFailure, StepOperator):
+    """A saga's call step."""
+
+
+class SagaPollingOperator(RecordsSagaFailure, PollingHttpOperator):
+    """A saga's poll step (submit an async job, poll it until done)."""
+
+
+def saga_step_class(operator: type[StepOperator]) -> type[StepOperator]:
+    """The saga version of a step's operator class."""
+    saga_classes: dict[type[StepOperator], type[StepOperator]] = {
+        StepOperator: SagaStepOperator,
+        PollingHttpOperator: SagaPollingOperator,
+    }
+    if operator not in saga_classes:
+        raise TypeError(f"no saga version of {operator.__name__}")
+    return saga_classes[operator]
 
 
 def saga_failed(saga_steps: Sequence[str], **context: Any) -> bool:

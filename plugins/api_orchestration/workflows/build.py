@@ -3,6 +3,7 @@
 Each step becomes a task named after it, so the graph shows the workflow's shape:
 
 - a call step -> ``StepOperator`` (condition ``when``, ``output`` filter, ``fallback`` call);
+- a poll step -> ``PollingHttpOperator`` (a ``StepOperator`` that submits, polls until done, fetches);
 - a bulk step -> ``BulkHttpOperator`` (every call in one task);
 - a merge step -> a task returning ``{step: result}`` for the merged steps;
 - a fan-out step -> ``<step>_items`` (the list) -> ``<step>_each`` (mapped, ``max_active`` at once)
@@ -27,11 +28,12 @@ from airflow.sdk import DAG, TriggerRule, literal
 from airflow.sdk.exceptions import AirflowFailException
 
 from api_orchestration.operators.bulk import BulkHttpOperator
+from api_orchestration.operators.poll import PollingHttpOperator
 from api_orchestration.operators.saga import (
     CompensationOperator,
     SagaOutcomeOperator,
-    SagaStepOperator,
     saga_failed,
+    saga_step_class,
 )
 from api_orchestration.operators.step import StepOperator, items_from
 from api_orchestration.workflows.model import Call, FanOut, Step, Workflow, allowed_failures
@@ -60,6 +62,8 @@ def _policies(wf: Workflow, step: Step) -> dict[str, Any]:
     timeout = step.timeout or wf.timeout
     cache = step.cache or wf.cache  # the workflow's applies to the steps whose method it caches
     if cache is not None and step.call is not None and step.call.method not in cache.methods:
+        cache = None
+    if step.poll is not None:  # a job's status must be read anew at every poll
         cache = None
     return {
         "rate_limit_key": step.key,
@@ -112,6 +116,8 @@ def _step_task(wf: Workflow, step: Step, dag: DAG, saga: bool) -> tuple[Any, Any
         )
         return task, task
     assert step.call is not None
+    if step.sync is not None:
+        return (task := _sync_task(wf, step, dag)), task
     if step.bulk is not None:
         task = BulkHttpOperator(
             task_id=step.name, dag=dag, items=step.bulk.over, inputs=wf.upstream(step.name),
@@ -124,8 +130,12 @@ def _step_task(wf: Workflow, step: Step, dag: DAG, saga: bool) -> tuple[Any, Any
     if step.fallback is not None:  # its own breaker: the step's may be open, which is why it runs
         key = f"{step.key or step.fallback.conn_id or wf.conn_id}:fallback"
         kwargs["fallback"] = {**_call_kwargs(wf, step.fallback), "breaker_key": key}
+    operator: type[StepOperator] = StepOperator
+    if step.poll is not None:
+        operator, kwargs["poll"] = PollingHttpOperator, step.poll
     if step.fan_out is None:
-        operator = SagaStepOperator if saga else StepOperator  # a saga step records its failure
+        if saga:  # a saga step records its own failure (no dag-processor callback)
+            operator = saga_step_class(operator)
         task = operator(task_id=step.name, dag=dag, **kwargs)
         return task, task
     fan_out = step.fan_out
@@ -137,7 +147,7 @@ def _step_task(wf: Workflow, step: Step, dag: DAG, saga: bool) -> tuple[Any, Any
         source: Any = items.output
     else:
         items, source = None, list(fan_out.over)
-    each = StepOperator.partial(
+    each = operator.partial(
         task_id=f"{step.name}_each", dag=dag, max_active_tis_per_dagrun=fan_out.max_active, **kwargs
     ).expand(item=source)
     collect = PythonOperator(
@@ -149,6 +159,28 @@ def _step_task(wf: Workflow, step: Step, dag: DAG, saga: bool) -> tuple[Any, Any
         items >> each
         return items, collect
     return each, collect
+
+
+def _sync_policies(wf: Workflow, step: Step) -> dict[str, Any]:
+    """A sync's pages are never served from the response cache, and its bodies are not logged."""
+    policies = _policies(wf, step)
+    del policies["cache"], policies["log_response"]
+    return policies
+
+
+def _sync_task(wf: Workflow, step: Step, dag: DAG) -> Any:
+    from airflow.sdk import Asset
+
+    from api_orchestration.operators.sync import ApiSyncOperator
+
+    call, sync = step.call, step.sync
+    assert call is not None and sync is not None and call.paginate is not None
+    return ApiSyncOperator(
+        task_id=step.name, dag=dag, endpoint=call.path, http_conn_id=call.conn_id or wf.conn_id,
+        query=call.query, headers=call.headers, pagination=call.paginate, stream=sync.stream,
+        destination=sync.destination, columns=sync.columns, keep_raw=sync.keep_raw,
+        outlets=[Asset(sync.asset)] if sync.asset else [], **_sync_policies(wf, step),
+    )  # fmt: skip
 
 
 def build(workflow: Workflow, **dag_kwargs: Any) -> DAG:
