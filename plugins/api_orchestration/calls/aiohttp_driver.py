@@ -25,6 +25,7 @@ from api_orchestration import compat
 from api_orchestration.calls.batching import AdmissionQueue
 from api_orchestration.calls.flow import (
     Admit,
+    Authorize,
     CallInfo,
     Command,
     HttpRequest,
@@ -165,6 +166,8 @@ class AsyncCaller:
         self, command: Command, method: str, target: URL, headers: dict[str, str], options: dict[str, Any]
     ) -> Any:
         if isinstance(command, Send):
+            if command.headers:
+                headers = {**headers, **command.headers}
             started = time.perf_counter()
             try:
                 async with self.session.request(method, target, headers=headers, **options) as resp:
@@ -175,6 +178,8 @@ class AsyncCaller:
                 resp.status, resp.reason or "", resp.headers, content, str(resp.url), resp.charset or "utf-8"
             )
             return Sent(reply, None, False, time.perf_counter() - started)
+        if isinstance(command, Authorize):  # a store read, rarely a token request: off the event loop
+            return await asyncio.to_thread(self.guard.tokens.authorize, command.reject)  # type: ignore[union-attr]
         if isinstance(command, Admit):
             return await self.admissions.admit(slot_only=command.slot_only)
         if isinstance(command, Sleep):

@@ -47,6 +47,16 @@ class AttemptFinished:
 
 
 @dataclass(frozen=True)
+class TokenRefused:
+    """The API answered 401 to the OAuth2 token of ``token_key``'s connection: a new token is
+    fetched (or read, when another worker already did) and the attempt sent again."""
+
+    limit_key: str
+    token_key: str
+    attempt: int
+
+
+@dataclass(frozen=True)
 class Granted:
     """An admission let a call out ``wait`` seconds from now (a trial call when ``trial``)."""
 
@@ -99,7 +109,16 @@ class VerdictNotRecorded:
     error: str
 
 
-Event = AttemptFinished | Granted | Refused | BreakerTransition | KeyPaused | SlotMissed | VerdictNotRecorded
+Event = (
+    AttemptFinished
+    | Granted
+    | Refused
+    | BreakerTransition
+    | KeyPaused
+    | SlotMissed
+    | VerdictNotRecorded
+    | TokenRefused
+)
 
 
 class Listener(Protocol):
@@ -170,6 +189,11 @@ class LogListener:
             log.warning("circuit %r: %s -> %s", event.key, event.before, event.after)
         elif isinstance(event, Granted) and event.trial:
             log.warning("circuit %r is half-open: this is a trial call", event.breaker_key)
+        elif isinstance(event, TokenRefused):
+            log.warning(
+                "%r answered 401 to the OAuth2 token of %r: sending attempt %d again with a new token",
+                event.limit_key, event.token_key.removesuffix(":token"), event.attempt,
+            )  # fmt: skip
         elif isinstance(event, SlotMissed):
             log.warning("limiter %r: slot missed %d times in a row, sending anyway", event.key, event.times)
         elif isinstance(event, VerdictNotRecorded):

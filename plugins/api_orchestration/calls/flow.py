@@ -28,6 +28,7 @@ from api_orchestration.calls.events import (
     Next,
     Refused,
     SlotMissed,
+    TokenRefused,
     VerdictNotRecorded,
 )
 from api_orchestration.calls.guard import Guard, OnCircuitOpen
@@ -86,8 +87,18 @@ class Sleep:
 
 
 @dataclass(frozen=True)
+class Authorize:
+    """The ``Authorization`` for the next attempt from the guard's OAuth2 tokens (``reject``: the
+    fingerprint of a token the API refused). Result: an object with ``header`` and ``fingerprint``."""
+
+    reject: str | None = None
+
+
+@dataclass(frozen=True)
 class Send:
-    """Send the request. Result: :class:`Sent`."""
+    """Send the request, with ``headers`` (the ``Authorization``) added. Result: :class:`Sent`."""
+
+    headers: Mapping[str, str] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -117,7 +128,7 @@ class Pause:
     seconds: float
 
 
-Command = Admit | Sleep | Send | Report | Pause
+Command = Admit | Sleep | Authorize | Send | Report | Pause
 Flow = Generator[Command, Any, Any]
 
 
@@ -186,16 +197,30 @@ def attempt_flow(
     policy = guard.retry
     max_attempts = policy.max_attempts if call.retry_ok else 1
     attempt, sent_calls, waits = first_attempt, 0, _Waits()
+    auth, reject, reauthorized = None, None, False
     while True:
+        if guard.tokens is not None:  # before admission: a token request must not make a slot late
+            auth = yield Authorize(reject)
         admitted = yield from _admit(guard, events, attempt, waits, sent_calls)
         admission = admitted.admission
         try:
             yield from _until_slot(guard, events, clock, admitted, attempt, waits, sent_calls)
-            sent: Sent = yield Send()
+            sent: Sent = yield Send({"Authorization": auth.header} if auth is not None else None)
         except BaseException:  # killed mid-call: the effect is unknown, count a failure
             yield from _report(guard, events, Verdict.of(request, admission, True), urgent=True, calls=1)
             raise
         sent_calls += 1
+        if (
+            auth is not None
+            and not reauthorized
+            and sent.response is not None
+            and sent.response.status_code == 401
+        ):
+            # the token was refused (expired early, revoked): one new token, one retry; not a failure
+            reauthorized, reject = True, auth.fingerprint
+            yield from _report(guard, events, Verdict.of(request, admission, False), urgent=True, calls=1)
+            events.publish(TokenRefused(guard.limit_key, guard.tokens.token_key, attempt))  # type: ignore[union-attr]
+            continue
         if sent.response is not None:
             outcome = classify_status(sent.response.status_code, policy)
         else:

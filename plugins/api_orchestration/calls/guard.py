@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any, Protocol
 
 from api_orchestration.calls.events import Listener
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
@@ -15,6 +16,15 @@ from api_orchestration.state.base import StateBackend
 class OnCircuitOpen(StrEnum):
     FAIL = "fail"  # raise CircuitOpenError (Airflow's task retries apply)
     DEFER = "defer"  # wait in the triggerer until half-open
+
+
+class TokenSource(Protocol):
+    """Where a call gets its ``Authorization`` (``calls.tokens.SharedTokens``): ``authorize(reject)``
+    returns an object with ``header`` and ``fingerprint``; ``reject`` is a refused token's fingerprint."""
+
+    token_key: str
+
+    def authorize(self, reject: str | None = None) -> Any: ...
 
 
 def lease_seconds(timeout: float | tuple[float, float] | None) -> float:
@@ -30,7 +40,8 @@ class Guard:
 
     ``limit_key`` names the limiter (and the bulkhead, ``max_in_flight``), ``breaker_key`` the
     breaker; waits up to ``max_sleep`` seconds are slept, longer ones raise ``DeferralNeeded``.
-    ``listeners`` see every event of the call besides the log and metrics listeners."""
+    ``listeners`` see every event of the call besides the log and metrics listeners. ``tokens``:
+    the OAuth2 connection's shared tokens (each attempt sends ``Authorization: Bearer``)."""
 
     backend: StateBackend
     limit_key: str
@@ -42,6 +53,7 @@ class Guard:
     on_circuit_open: str = OnCircuitOpen.FAIL
     max_in_flight: int | None = None
     listeners: Sequence[Listener] = ()
+    tokens: TokenSource | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "on_circuit_open", OnCircuitOpen(self.on_circuit_open))

@@ -18,6 +18,7 @@ from api_orchestration.calls.events import BreakerTransition, VerdictNotRecorded
 from api_orchestration.calls.flow import (
     Admit,
     Admitted,
+    Authorize,
     CallInfo,
     Command,
     DeferralNeeded,
@@ -113,12 +114,16 @@ class ResilientCaller:
     # -- the commands -----------------------------------------------------------------------------
     def _execute(self, command: Command, prepared: requests.PreparedRequest, settings: dict[str, Any]) -> Any:
         if isinstance(command, Send):
+            if command.headers:
+                prepared.headers.update(command.headers)
             started = time.perf_counter()
             try:
                 response = self.session.send(prepared, timeout=self.timeout, **settings)
             except requests.RequestException as exc:
                 return Sent(None, exc, isinstance(exc, requests.Timeout), time.perf_counter() - started)
             return Sent(response, None, False, time.perf_counter() - started)
+        if isinstance(command, Authorize):
+            return self.guard.tokens.authorize(command.reject)  # type: ignore[union-attr]
         if isinstance(command, Admit):
             return self._admit(command)
         if isinstance(command, Sleep):

@@ -28,7 +28,7 @@ from api_orchestration.calls.engines import call_concurrently, call_concurrently
 from api_orchestration.calls.guard import Guard
 from api_orchestration.calls.idempotency import task_key
 from api_orchestration.errors import ConfigurationError
-from api_orchestration.operators.http import UNSAFE_METHODS
+from api_orchestration.operators.http import UNSAFE_METHODS, check_oauth2_conn_id, oauth2_tokens
 from api_orchestration.operators.step import items_from
 from api_orchestration.operators.templates import UpstreamResults, referenced_results
 from api_orchestration.paths import data_path
@@ -82,7 +82,7 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         per call (about 3x slower). Same rows, limits, breaker, retries and log lines.
     """
 
-    template_fields: Sequence[str] = ("http_conn_id",)
+    template_fields: Sequence[str] = ("http_conn_id", "oauth2_conn_id")
     ui_color = "#e6f7ee"
 
     def __init__(
@@ -108,9 +108,12 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         select: str | None = None,
         state_url: str | None = None,
         engine: str = "async",
+        oauth2_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_oauth2_conn_id(f"task {self.task_id!r}", oauth2_conn_id)
+        self.oauth2_conn_id = oauth2_conn_id
         if engine not in ENGINES:
             raise ConfigurationError(f"task {self.task_id!r}", "engine", engine, f"must be one of {ENGINES}")
         if not (isinstance(concurrency, int) and 1 <= concurrency <= 256):
@@ -161,8 +164,10 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         items = self._items(context)
         ti = context["ti"]
+        backend = get_backend(self.state_url)
         guard = Guard(
-            backend=get_backend(self.state_url), limit_key=self.rate_limit_key or self.http_conn_id,
+            backend=backend, tokens=oauth2_tokens(self.oauth2_conn_id, backend),
+            limit_key=self.rate_limit_key or self.http_conn_id,
             rate_limit=self.rate_limit, breaker_key=self.breaker_key or self.http_conn_id, breaker=self.breaker,
             retry=self.retry, max_sleep=3600.0, max_in_flight=self.max_in_flight,
         )  # fmt: skip

@@ -15,8 +15,10 @@ from api_orchestration import compat
 from api_orchestration.calls.flow import DeferralNeeded
 from api_orchestration.calls.guard import Guard, OnCircuitOpen
 from api_orchestration.calls.idempotency import DEFAULT_HEADER, task_key
+from api_orchestration.calls.oauth2 import load_config
 from api_orchestration.calls.requests_driver import ResilientCaller
 from api_orchestration.calls.responses import default_response_filter
+from api_orchestration.calls.tokens import SharedTokens, shared_tokens
 from api_orchestration.errors import (
     CircuitOpenError,
     ConfigurationError,
@@ -43,6 +45,29 @@ UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 CALL_FAILURES = (HttpCallError, CircuitOpenError, StateBackendError)  # what on_call_failed sees
 
 
+def check_oauth2_conn_id(owner: str, oauth2_conn_id: Any, auth_type: Any = None) -> None:
+    if oauth2_conn_id is not None and (not isinstance(oauth2_conn_id, str) or not oauth2_conn_id.strip()):
+        raise ConfigurationError(
+            owner, "oauth2_conn_id", oauth2_conn_id, "must be the id of an OAuth2 client connection, or None"
+        )
+    if oauth2_conn_id and auth_type is not None:
+        raise ConfigurationError(
+            owner,
+            "auth_type",
+            auth_type,
+            "must not be set with oauth2_conn_id: the token is the authorization",
+        )
+
+
+def oauth2_tokens(conn_id: str | None, backend: Any) -> SharedTokens | None:
+    """The shared tokens of OAuth2 connection ``conn_id`` (None: no OAuth2); its secrets masked."""
+    if not conn_id:
+        return None
+    config = load_config(conn_id)
+    register_secrets(config.secrets)
+    return shared_tokens(config, backend)
+
+
 def _check_type(owner: str, param: str, value: Any, types: type | tuple[type, ...], expected: str) -> None:
     if value is not None and not isinstance(value, types):
         raise ConfigurationError(owner, param, value, expected)
@@ -62,6 +87,7 @@ class CallSpec:
     rate_limit_key: str | None = None
     breaker_key: str | None = None
     idempotency_key: str | None = None  # resolved: None sends none
+    oauth2_conn_id: str | None = None  # the OAuth2 connection whose shared token the call sends
 
 
 class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
@@ -93,6 +119,9 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
     :param response_filter: ``f(response) -> value`` pushed to XCom (default: JSON or text).
     :param extra_options: providers-http request options for ``HttpHook.get_conn``.
     :param auth_type: providers-http ``auth_type`` (default: HTTP basic from the connection's login).
+    :param oauth2_conn_id: an OAuth2 client connection (see the README's "OAuth2 connections"): every
+        attempt sends its access token, shared by every worker through the state store; a 401 gets
+        one new token and one retry (templated).
     :param state_url: override ``[api_orchestration] state_url`` for this task.
 
     Templates render in a sandbox (:mod:`api_orchestration.rendering`); with native rendering a
@@ -108,6 +137,7 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         "headers",
         "idempotency_key",
         "http_conn_id",
+        "oauth2_conn_id",
     )
     template_fields_renderers = {"json": "json", "headers": "json", "query": "json"}
     ui_color = "#e8f4ff"
@@ -137,12 +167,14 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         response_filter: Callable[[requests.Response], Any] | None = None,
         extra_options: dict[str, Any] | None = None,
         auth_type: Any = None,
+        oauth2_conn_id: str | None = None,
         state_url: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         method = str(method).upper()
         owner = f"task {self.task_id!r}"
+        check_oauth2_conn_id(owner, oauth2_conn_id, auth_type)
         if method not in METHODS:
             raise ConfigurationError(owner, "method", method, f"must be one of {', '.join(METHODS)}")
         _check_type(
@@ -186,6 +218,7 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         self.max_sleep, self.on_circuit_open = float(max_sleep), on_circuit_open
         self.response_check, self.response_filter = response_check, response_filter
         self.extra_options, self.auth_type, self.state_url = extra_options or {}, auth_type, state_url
+        self.oauth2_conn_id = oauth2_conn_id
 
     # -- what is called -------------------------------------------------------------------------------
     def template_context(self, context: Any) -> None:
@@ -212,7 +245,7 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
             raise ValueError(f"task {self.task_id!r} has no call phase {phase!r}")
         return CallSpec(
             self.endpoint, self.method, self.http_conn_id, self.json, self.data, self.query, self.headers,
-            self.rate_limit_key, self.breaker_key, self.own_key(context),
+            self.rate_limit_key, self.breaker_key, self.own_key(context), self.oauth2_conn_id,
         )  # fmt: skip
 
     # -- execution --------------------------------------------------------------------------------------
@@ -251,8 +284,10 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         return mask_secrets((self.response_filter or default_response_filter)(response))
 
     def guard(self, spec: CallSpec) -> Guard:
+        backend = get_backend(self.state_url)
         return Guard(
-            backend=get_backend(self.state_url),
+            backend=backend,
+            tokens=oauth2_tokens(spec.oauth2_conn_id, backend),
             limit_key=spec.rate_limit_key or spec.http_conn_id,
             rate_limit=self.rate_limit,
             breaker_key=spec.breaker_key or spec.http_conn_id,

@@ -43,7 +43,7 @@ def to_workflow(spec: WorkflowSpec, dag_id: str) -> tuple[Workflow | None, list[
     if c.problems:
         return None, c.problems
     wf = Workflow(
-        dag_id, tuple(s for s in steps if s), conn_id=d.conn_id, retry=retry, rate_limit=rate_limit,
+        dag_id, tuple(s for s in steps if s), conn_id=d.conn_id, oauth2_conn_id=d.oauth2_conn_id, retry=retry, rate_limit=rate_limit,
         breaker=breaker, timeout=d.timeout, max_in_flight=d.max_in_flight, output=spec.output,
     )  # fmt: skip
     try:
@@ -101,7 +101,7 @@ def _call(c: _Collector, path: str, spec: CallSpec | None) -> Call | None:
         return None
     return c.make(
         path, Call, spec.method, spec.path, json=spec.body, query=spec.query, headers=spec.headers,
-        conn_id=spec.conn_id,
+        conn_id=spec.conn_id, oauth2_conn_id=spec.oauth2_conn_id,
     )  # fmt: skip
 
 

@@ -22,6 +22,7 @@ from api_orchestration.errors import ConfigurationError
 from api_orchestration.resilience import admission as adm
 from api_orchestration.resilience import breaker as brk
 from api_orchestration.resilience import limiter as rl
+from api_orchestration.resilience import tokens as tok
 from api_orchestration.resilience.kinds import BreakerState
 from api_orchestration.state.base import (
     Admission,
@@ -35,10 +36,10 @@ from api_orchestration.state.base import (
     Verdict,
 )
 
-SCHEMA_VERSION = 4  # bump on any change: older state is dropped (it is only rate and breaker state)
+SCHEMA_VERSION = 5  # bump on any change: older state is dropped (it is only rate and breaker state)
 _DROP = (
     "DROP TABLE IF EXISTS limiter; DROP TABLE IF EXISTS limiter_slot; DROP TABLE IF EXISTS breaker;"
-    "DROP TABLE IF EXISTS saga_outcome;"
+    "DROP TABLE IF EXISTS saga_outcome; DROP TABLE IF EXISTS oauth_token;"
 )
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS limiter (
@@ -52,6 +53,8 @@ CREATE TABLE IF NOT EXISTS breaker (
     trials_issued INTEGER, trial_successes INTEGER, trial_failures INTEGER, outcomes TEXT, seq INTEGER, changed_at REAL,
     leases TEXT);
 CREATE TABLE IF NOT EXISTS saga_outcome (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL, body TEXT);
+CREATE TABLE IF NOT EXISTS oauth_token (
+    name TEXT PRIMARY KEY, entry TEXT, expires_at REAL, fingerprint TEXT, lease_holder TEXT, lease_until REAL);
 """
 _LIMITER_FIELDS = [f.name for f in fields(rl.LimiterRecord)]
 _BREAKER_FIELDS = [f.name for f in fields(brk.BreakerRecord)]
@@ -275,7 +278,7 @@ class SQLiteBackend(StateBackend):
 
     def clear(self) -> None:
         with self._transaction() as conn:
-            for table in ("limiter", "limiter_slot", "breaker", "saga_outcome"):
+            for table in ("limiter", "limiter_slot", "breaker", "saga_outcome", "oauth_token"):
                 conn.execute(f"DELETE FROM {table}")
 
     # -- status: read-only snapshot -----------------------------------------------------------------
@@ -305,6 +308,48 @@ class SQLiteBackend(StateBackend):
                 in_flight = len(adm.live(_parse_leases(row[-1]), now))
                 breakers[name] = BreakerStatus(name, now, **fields_b, in_flight=in_flight)
             return Snapshot(now, limiters, breakers)
+
+    # -- shared OAuth2 tokens ---------------------------------------------------------------------
+    def _token(self, conn: sqlite3.Connection, name: str) -> tok.TokenRecord:
+        row = conn.execute(
+            "SELECT entry, expires_at, fingerprint, lease_holder, lease_until FROM oauth_token WHERE name = ?",
+            (name,),
+        ).fetchone()
+        if not row:
+            return tok.TokenRecord()
+        entry, expires_at, fingerprint, holder, until = row
+        return tok.TokenRecord(entry or "", expires_at, fingerprint or "", holder or "", until or 0.0)
+
+    def _save_token(self, conn: sqlite3.Connection, name: str, rec: tok.TokenRecord) -> None:
+        conn.execute(
+            "INSERT OR REPLACE INTO oauth_token (name, entry, expires_at, fingerprint, lease_holder, lease_until)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (name, rec.entry, rec.expires_at, rec.fingerprint, rec.lease_holder, rec.lease_until),
+        )
+
+    def token_lease(
+        self, name: str, holder: str, lease_seconds: float, margin: float, reject: str | None = None
+    ) -> tok.TokenDecision:
+        with self._transaction() as conn:
+            rec = self._token(conn, name)
+            decision = tok.decide(rec, self.clock(), holder, lease_seconds, margin, reject)
+            if decision.kind == tok.TokenDecisionKind.FETCH:
+                self._save_token(conn, name, rec)
+            return decision
+
+    def token_store(
+        self, name: str, holder: str, entry: str, expires_at: float | None, fingerprint: str
+    ) -> None:
+        with self._transaction() as conn:
+            rec = self._token(conn, name)
+            tok.store(rec, holder, entry, expires_at, fingerprint)
+            self._save_token(conn, name, rec)
+
+    def token_release(self, name: str, holder: str) -> None:
+        with self._transaction() as conn:
+            rec = self._token(conn, name)
+            tok.release(rec, holder)
+            self._save_token(conn, name, rec)
 
     # -- the saga log -----------------------------------------------------------------------------
     def saga_record(self, entry: dict[str, Any], keep: int = 100) -> None:

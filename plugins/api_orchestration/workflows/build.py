@@ -50,6 +50,7 @@ def _call_kwargs(wf: Workflow, call: Call) -> dict[str, Any]:
         "query": call.query,
         "headers": call.headers,
         "http_conn_id": call.conn_id or wf.conn_id,
+        "oauth2_conn_id": call.oauth2_conn_id or wf.oauth2_conn_id,
     }
 
 

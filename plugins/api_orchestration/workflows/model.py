@@ -35,6 +35,7 @@ class Call:
     query: dict[str, Any] | None = None
     headers: dict[str, str] | None = None
     conn_id: str | None = None
+    oauth2_conn_id: str | None = None  # default: the workflow's
 
     def __post_init__(self) -> None:
         method = str(self.method).upper()
@@ -127,6 +128,7 @@ class Workflow:
     name: str
     steps: tuple[Step, ...]
     conn_id: str = "http_default"
+    oauth2_conn_id: str | None = None  # an OAuth2 client connection: every call sends its shared token
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     rate_limit: RateLimit | None = None
     breaker: BreakerPolicy | None = None
