@@ -15,6 +15,7 @@ the exception into the flow, so the flow decides (a call killed mid-request is r
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,10 +45,18 @@ from api_orchestration.resilience.admission import Admission, AdmissionRequest, 
 from api_orchestration.resilience.kinds import BreakerDecisionKind, OutcomeKind, Refusal
 from api_orchestration.resilience.outcome import (
     Outcome,
+    RetryAfter,
     classify_exception,
     classify_status,
     may_retry_method,
     retry_after_of,
+)
+from api_orchestration.resilience.ratelimit_headers import (
+    PauseReason,
+    RateLimitInfo,
+    is_rate_limited,
+    parse_rate_limit,
+    pause_for,
 )
 
 HOLD_DEFER_SECONDS = 5.0  # how long to defer when calls in flight (or half-open trials) block a call
@@ -191,9 +200,11 @@ def attempt_flow(
     events: Events,
     clock: Callable[[], float],
     first_attempt: int = 1,
+    wall_clock: Callable[[], float] = time.time,
 ) -> Flow:
     """The call: attempts until one succeeds (returned: the response), the policy gives up (a typed
-    error), or a wait is longer than ``guard.max_sleep`` (:class:`DeferralNeeded`)."""
+    error), or a wait is longer than ``guard.max_sleep`` (:class:`DeferralNeeded`). ``wall_clock``
+    reads the epoch resets of rate-limit headers."""
     policy = guard.retry
     max_attempts = policy.max_attempts if call.retry_ok else 1
     attempt, sent_calls, waits = first_attempt, 0, _Waits()
@@ -221,8 +232,12 @@ def attempt_flow(
             yield from _report(guard, events, Verdict.of(request, admission, False), urgent=True, calls=1)
             events.publish(TokenRefused(guard.limit_key, guard.tokens.token_key, attempt))  # type: ignore[union-attr]
             continue
+        limits, throttled, wall = None, False, wall_clock()
         if sent.response is not None:
-            outcome = classify_status(sent.response.status_code, policy)
+            limits = _limits(sent.response, wall)
+            throttled = sent.response.status_code == 403 and is_rate_limited(limits)
+            # a rate-limit 403 (GitHub's secondary limit) is a 429 by another name: retried, not permanent
+            outcome = classify_status(429 if throttled else sent.response.status_code, policy)
         else:
             outcome = classify_exception(sent.timeout, policy)
         will_retry = not outcome.ok and outcome.retryable and attempt < max_attempts
@@ -232,6 +247,8 @@ def attempt_flow(
         retry_after = None
         if sent.response is not None:
             retry_after = retry_after_of(sent.response.status_code, sent.response.headers, policy)
+            if (retry_after is None or not retry_after.pause_key) and limits is not None:
+                retry_after = _header_pause(limits, throttled, policy, wall) or retry_after
             if retry_after is not None and retry_after.pause_key:
                 yield Pause(retry_after.seconds)
                 events.publish(KeyPaused(guard.limit_key, retry_after.seconds))
@@ -259,6 +276,30 @@ def attempt_flow(
             raise DeferralNeeded(delay, why, attempt)
         yield Sleep(delay)
         waits.add(delay, f"for {why}")
+
+
+def _limits(response: Any, now: float) -> RateLimitInfo:
+    """What the response's rate-limit headers say (a 403's body may say it is a rate limit)."""
+    body = None
+    if response.status_code == 403:
+        try:
+            body = response.text[:2000]
+        except Exception:
+            body = None
+    return parse_rate_limit(response.headers, status=response.status_code, now=now, body=body)
+
+
+def _header_pause(info: RateLimitInfo, throttled: bool, policy: Any, now: float) -> RetryAfter | None:
+    """A pause of the key for every caller from the rate-limit headers: an exhausted window
+    (``X-RateLimit-Remaining: 0``, ``RateLimit: r=0``) until its reset, on a success too; a
+    rate-limit 403 for its ``Retry-After`` (or GitHub's default minute). Capped at
+    ``max_retry_after``; nothing when the policy does not respect the server's timing."""
+    if not policy.respect_retry_after:
+        return None
+    pause = pause_for(info, now=now)
+    if not pause or (pause.reason != PauseReason.EXHAUSTED and not throttled):
+        return None
+    return RetryAfter(min(pause.seconds, policy.max_retry_after), True)
 
 
 def _admit(

@@ -1,0 +1,64 @@
+"""Limits from responses, through the call path against the demo's /limits endpoints (counted at the
+server, /admin/ratelimits), on SQLite and Redis: ``X-RateLimit-Remaining: 0`` pauses the key for every
+worker until the reset; a GitHub secondary-limit 403 is retried after its Retry-After."""
+
+from __future__ import annotations
+
+import time
+
+import requests
+
+from api_orchestration import Guard, ResilientCaller, RetryPolicy
+from api_orchestration.calls.events import Granted, RecordingListener
+
+
+def _policy(demo, tenant: str, **body) -> None:
+    requests.post(
+        f"{demo.url}/admin/ratelimits", json={"tenant": tenant, **body}, timeout=5
+    ).raise_for_status()
+
+
+def _report(demo, tenant: str) -> dict:
+    return requests.get(f"{demo.url}/admin/ratelimits", timeout=5).json()["tenants"][tenant]
+
+
+def test_remaining_zero_stops_every_worker_until_the_reset(demo, backend) -> None:
+    _policy(demo, "acme", windows=[{"name": "two_seconds", "limit": 5, "seconds": 2}])
+    recording = RecordingListener()
+    workers = [
+        ResilientCaller(
+            requests.Session(),
+            Guard(
+                backend=backend, limit_key="acme", retry=RetryPolicy(max_attempts=3), listeners=[recording]
+            ),
+            timeout=5,
+        )
+        for _ in range(2)
+    ]  # two workers, one store, no limit of their own: only what the server's headers say
+    url = f"{demo.url}/limits/github/acme/repos"
+    started = time.time()
+    for i in range(12):
+        assert workers[i % 2].call("GET", url).status_code == 200
+    report = _report(demo, "acme")
+    assert report["admitted"] == 12 and report["breaches"] == {}  # never sent into an exhausted window
+    assert time.time() - started >= 2.0  # 12 calls at 5 per 2-s window: two resets waited for
+    waited = [e.wait for e in recording.of(Granted) if e.wait > 0.05]
+    assert len(waited) >= 2  # the worker after the one told "remaining 0" waited at its admission
+    assert backend.limiter_status("acme").paused_until > started
+
+
+def test_a_secondary_limit_403_is_retried_after_retry_after(demo, backend) -> None:
+    _policy(
+        demo, "beta", windows=[{"name": "hour", "limit": 1000, "seconds": 3600}],
+        secondary={"limit": 3, "seconds": 1, "retry_after": 1},
+    )  # fmt: skip
+    caller = ResilientCaller(
+        requests.Session(),
+        Guard(backend=backend, limit_key="beta", retry=RetryPolicy(max_attempts=3)),
+        timeout=5,
+    )
+    for _ in range(5):
+        assert caller.call("GET", f"{demo.url}/limits/github/beta/search").status_code == 200
+    report = _report(demo, "beta")
+    assert report["admitted"] == 5 and report["secondary_refusals"] >= 1
+    assert backend.limiter_status("beta").last_retry_after == 1.0  # the pause every worker sees
