@@ -87,3 +87,24 @@ def test_oauth2_conn_id_is_checked() -> None:
         ResilientHttpOperator(task_id="t", endpoint="/x", oauth2_conn_id="")
     with pytest.raises(ConfigurationError, match="auth_type must not be set with oauth2_conn_id"):
         ResilientHttpOperator(task_id="t", endpoint="/x", oauth2_conn_id="crm", auth_type=object())
+
+
+def test_limiter_and_breaker_keys_are_templated_per_tenant(demo) -> None:
+    from airflow.sdk import DAG
+
+    from api_orchestration import BreakerPolicy, RateLimit
+    from api_orchestration.state import get_backend
+
+    with DAG("it_tenant_keys", schedule=None, start_date=START, params={"tenant": "acme"}) as dag:
+        ResilientHttpOperator(
+            task_id="call", http_conn_id="demo_api", endpoint="/limits/github/{{ params.tenant }}/repos",
+            rate_limit=RateLimit(5, 1.0), rate_limit_key="gh:{{ params.tenant }}",
+            breaker=BreakerPolicy(), breaker_key="gh:{{ params.tenant }}",
+        )  # fmt: skip
+    _register(dag)
+    run = dag.test(run_conf={"tenant": "globex"})
+    assert run.state == "success", _states(run)
+    backend = get_backend()
+    assert backend.limiter_status("gh:globex").granted >= 1
+    assert backend.breaker_status("gh:globex") is not None
+    assert backend.limiter_status("gh:{{ params.tenant }}") is None

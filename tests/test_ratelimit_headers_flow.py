@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import requests
 
 from api_orchestration import Guard, ResilientCaller, RetryPolicy
@@ -62,3 +63,27 @@ def test_a_secondary_limit_403_is_retried_after_retry_after(demo, backend) -> No
     report = _report(demo, "beta")
     assert report["admitted"] == 5 and report["secondary_refusals"] >= 1
     assert backend.limiter_status("beta").last_retry_after == 1.0  # the pause every worker sees
+
+
+def test_one_key_one_policy_a_second_policy_names_both_places(backend) -> None:
+    from api_orchestration import BreakerPolicy, PolicyConflictError, RateLimit
+
+    def guard(limit: RateLimit, breaker: BreakerPolicy | None = None) -> Guard:
+        return Guard(backend=backend, limit_key="crm", rate_limit=limit, breaker_key="crm", breaker=breaker)
+
+    guard(RateLimit(10, 1.0)).claim_policies("dag 'a' task 'x'")
+    guard(RateLimit(10, 1.0)).claim_policies("dag 'b' task 'y'")  # the same policy: shared
+    with pytest.raises(PolicyConflictError) as caught:
+        guard(RateLimit(5, 1.0)).claim_policies("dag 'b' task 'z'")
+    text = str(caught.value)
+    assert "limiter key 'crm'" in text and "dag 'a' task 'x'" in text and "dag 'b' task 'z'" in text
+    assert "permits=10" in text and "permits=5" in text
+    guard(RateLimit(5, 1.0)).claim_policies("dag 'a' task 'x'")  # its own place, edited: taken over
+    guard(RateLimit(5, 1.0), BreakerPolicy()).claim_policies("dag 'c' task 'w'")
+    with pytest.raises(PolicyConflictError, match="breaker key 'crm'"):
+        guard(RateLimit(5, 1.0), BreakerPolicy(min_calls=3)).claim_policies("dag 'd' task 'v'")
+    # a claim unused for the TTL gives way
+    assert backend.policy_claim("limiter", "old", "p1", "here", ttl=0.2).ok
+    assert not backend.policy_claim("limiter", "old", "p2", "there", ttl=0.2).ok
+    time.sleep(0.3)
+    assert backend.policy_claim("limiter", "old", "p2", "there", ttl=0.2).ok

@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from api_orchestration.calls.events import Listener
+from api_orchestration.errors import PolicyConflictError
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
 from api_orchestration.resilience.admission import AdmissionRequest
 from api_orchestration.state.base import StateBackend
@@ -57,6 +58,21 @@ class Guard:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "on_circuit_open", OnCircuitOpen(self.on_circuit_open))
+
+    def claim_policies(self, owner: str) -> None:
+        """Store this call site's policies with their keys; raise :class:`PolicyConflictError` when
+        another place uses one of the keys with another policy (see ``resilience.policy_claims``)."""
+        claims = []
+        if self.rate_limit is not None or self.max_in_flight is not None:
+            claims.append(
+                ("limiter", self.limit_key, f"{self.rate_limit!r}, max_in_flight={self.max_in_flight}")
+            )
+        if self.breaker is not None and self.breaker_key:
+            claims.append(("breaker", self.breaker_key, repr(self.breaker)))
+        for kind, key, policy in claims:
+            result = self.backend.policy_claim(kind, key, policy, owner)
+            if not result.ok:
+                raise PolicyConflictError(kind, key, policy, owner, result.policy, result.owner)
 
     def admission_request(self, lease: float) -> AdmissionRequest:
         """What every admission of a call under this guard asks for (``lease``: see

@@ -104,11 +104,12 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
     :param headers: extra headers (templated).
     :param timeout: seconds, or ``(connect, read)``; default ``(10, 60)``.
     :param rate_limit: :class:`RateLimit` shared by every task using ``rate_limit_key``.
-    :param rate_limit_key: default: the connection id.
+    :param rate_limit_key: default: the connection id (templated: a key per tenant or account, e.g.
+        ``"crm:{{ params.tenant }}"``).
     :param max_in_flight: the bulkhead: at most this many calls in flight under ``rate_limit_key``,
         across all workers (default: no cap).
     :param breaker: :class:`BreakerPolicy` shared by every task using ``breaker_key``.
-    :param breaker_key: default: the connection id.
+    :param breaker_key: default: the connection id (templated).
     :param retry: :class:`RetryPolicy` for retries inside one task try.
     :param idempotency_key: ``None`` (default): derived from dag, run, task and map index for
         POST/PUT/PATCH/DELETE; a string (templated) to set it; ``False`` to send none.
@@ -138,6 +139,8 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         "idempotency_key",
         "http_conn_id",
         "oauth2_conn_id",
+        "rate_limit_key",
+        "breaker_key",
     )
     template_fields_renderers = {"json": "json", "headers": "json", "query": "json"}
     ui_color = "#e8f4ff"
@@ -302,9 +305,11 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         hook = HttpHook(method=spec.method, http_conn_id=spec.http_conn_id, auth_type=self.auth_type)
         register_secrets(connection_secrets(hook.get_connection(spec.http_conn_id)))
         session = hook.get_conn(extra_options=self.extra_options)
+        guard = self.guard(spec)
+        guard.claim_policies(f"dag {self.dag_id!r} task {self.task_id!r}")
         caller = ResilientCaller(
             session,
-            self.guard(spec),
+            guard,
             timeout=self.timeout,
             send_options=compat.merged_extra(hook),
             log=self.log,

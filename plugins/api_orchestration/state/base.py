@@ -20,6 +20,7 @@ from api_orchestration.resilience.admission import (
     Verdict,
 )
 from api_orchestration.resilience.breaker import BreakerDecision
+from api_orchestration.resilience.policy_claims import CLAIM_TTL, ClaimResult
 from api_orchestration.resilience.tokens import TokenDecision
 from api_orchestration.state.records import BreakerStatus, LimiterStatus, Snapshot
 
@@ -51,6 +52,7 @@ OPERATIONS = (
     "token_lease",
     "token_store",
     "token_release",
+    "policy_claim",
 )
 
 
@@ -150,6 +152,13 @@ class StateBackend(abc.ABC):
     @abc.abstractmethod
     def clear(self) -> None:
         """Delete every key this backend owns (tests and resets)."""
+
+    # -- one key, one policy (see api_orchestration.resilience.policy_claims) ---------------------
+    @abc.abstractmethod
+    def policy_claim(
+        self, kind: str, name: str, policy: str, owner: str, ttl: float = CLAIM_TTL
+    ) -> ClaimResult:
+        """Claim limiter (``kind`` ``limiter``) or breaker key ``name`` for ``policy`` from ``owner``."""
 
     # -- shared OAuth2 tokens (see api_orchestration.resilience.tokens) ----------------------------
     @abc.abstractmethod

@@ -22,6 +22,7 @@ from api_orchestration.policy import BreakerPolicy
 from api_orchestration.resilience import admission as adm
 from api_orchestration.resilience.breaker import HOLD_SECONDS, BreakerDecision
 from api_orchestration.resilience.kinds import BreakerDecisionKind, BreakerState, Refusal
+from api_orchestration.resilience.policy_claims import CLAIM_TTL, ClaimResult
 from api_orchestration.resilience.tokens import TokenDecision, TokenDecisionKind
 from api_orchestration.state.base import (
     Admission,
@@ -37,7 +38,7 @@ from api_orchestration.state.base import (
 
 DEFAULT_PREFIX = "apiorch:"
 LUA = Path(__file__).with_name("lua")
-OPERATIONS = ("admit_many", "record", "pause", "reset", "token_lease", "token_store")
+OPERATIONS = ("admit_many", "record", "pause", "reset", "token_lease", "token_store", "policy_claim")
 MAX_WAIT = 1e12  # JSON has no infinity
 
 
@@ -188,6 +189,13 @@ class RedisBackend(StateBackend):
 
     def breaker_reset(self, key: str) -> None:
         self._run("reset", breaker_key=key)
+
+    # -- one key, one policy ------------------------------------------------------------------------------
+    def policy_claim(
+        self, kind: str, name: str, policy: str, owner: str, ttl: float = CLAIM_TTL
+    ) -> ClaimResult:
+        reply = self._run("policy_claim", kind=kind, name=name, policy=policy, owner=owner, ttl=ttl)
+        return ClaimResult(bool(reply["ok"]), reply["policy"], reply["owner"])
 
     # -- shared OAuth2 tokens ------------------------------------------------------------------------
     def token_lease(

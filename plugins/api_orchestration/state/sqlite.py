@@ -22,6 +22,7 @@ from api_orchestration.errors import ConfigurationError
 from api_orchestration.resilience import admission as adm
 from api_orchestration.resilience import breaker as brk
 from api_orchestration.resilience import limiter as rl
+from api_orchestration.resilience import policy_claims as pc
 from api_orchestration.resilience import tokens as tok
 from api_orchestration.resilience.kinds import BreakerState
 from api_orchestration.state.base import (
@@ -36,10 +37,11 @@ from api_orchestration.state.base import (
     Verdict,
 )
 
-SCHEMA_VERSION = 5  # bump on any change: older state is dropped (it is only rate and breaker state)
+SCHEMA_VERSION = 6  # bump on any change: older state is dropped (it is only rate and breaker state)
 _DROP = (
     "DROP TABLE IF EXISTS limiter; DROP TABLE IF EXISTS limiter_slot; DROP TABLE IF EXISTS breaker;"
     "DROP TABLE IF EXISTS saga_outcome; DROP TABLE IF EXISTS oauth_token;"
+    "DROP TABLE IF EXISTS policy_claim;"
 )
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS limiter (
@@ -55,6 +57,7 @@ CREATE TABLE IF NOT EXISTS breaker (
 CREATE TABLE IF NOT EXISTS saga_outcome (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL, body TEXT);
 CREATE TABLE IF NOT EXISTS oauth_token (
     name TEXT PRIMARY KEY, entry TEXT, expires_at REAL, fingerprint TEXT, lease_holder TEXT, lease_until REAL);
+CREATE TABLE IF NOT EXISTS policy_claim (name TEXT PRIMARY KEY, policy TEXT, owner TEXT, seen_at REAL);
 """
 _LIMITER_FIELDS = [f.name for f in fields(rl.LimiterRecord)]
 _BREAKER_FIELDS = [f.name for f in fields(brk.BreakerRecord)]
@@ -278,7 +281,14 @@ class SQLiteBackend(StateBackend):
 
     def clear(self) -> None:
         with self._transaction() as conn:
-            for table in ("limiter", "limiter_slot", "breaker", "saga_outcome", "oauth_token"):
+            for table in (
+                "limiter",
+                "limiter_slot",
+                "breaker",
+                "saga_outcome",
+                "oauth_token",
+                "policy_claim",
+            ):
                 conn.execute(f"DELETE FROM {table}")
 
     # -- status: read-only snapshot -----------------------------------------------------------------
@@ -308,6 +318,23 @@ class SQLiteBackend(StateBackend):
                 in_flight = len(adm.live(_parse_leases(row[-1]), now))
                 breakers[name] = BreakerStatus(name, now, **fields_b, in_flight=in_flight)
             return Snapshot(now, limiters, breakers)
+
+    # -- one key, one policy --------------------------------------------------------------------------
+    def policy_claim(
+        self, kind: str, name: str, policy: str, owner: str, ttl: float = pc.CLAIM_TTL
+    ) -> pc.ClaimResult:
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT policy, owner, seen_at FROM policy_claim WHERE name = ?", (f"{kind}:{name}",)
+            ).fetchone()
+            rec = pc.PolicyClaim(*row) if row else pc.PolicyClaim()
+            result = pc.claim(rec, policy, owner, self.clock(), ttl)
+            if result.ok:
+                conn.execute(
+                    "INSERT OR REPLACE INTO policy_claim (name, policy, owner, seen_at) VALUES (?, ?, ?, ?)",
+                    (f"{kind}:{name}", rec.policy, rec.owner, rec.seen_at),
+                )
+            return result
 
     # -- shared OAuth2 tokens ---------------------------------------------------------------------
     def _token(self, conn: sqlite3.Connection, name: str) -> tok.TokenRecord:
