@@ -171,7 +171,6 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
             rate_limit=self.rate_limit, breaker_key=self.breaker_key or self.http_conn_id, breaker=self.breaker,
             retry=self.retry, max_sleep=3600.0, max_in_flight=self.max_in_flight,
         )  # fmt: skip
-        guard.claim_policies(f"dag {self.dag_id!r} task {self.task_id!r}")
         base_key = task_key(ti)
         select = jmespath.compile(self.select) if self.select else None
         results = UpstreamResults(ti)

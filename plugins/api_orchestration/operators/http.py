@@ -306,7 +306,6 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         register_secrets(connection_secrets(hook.get_connection(spec.http_conn_id)))
         session = hook.get_conn(extra_options=self.extra_options)
         guard = self.guard(spec)
-        guard.claim_policies(f"dag {self.dag_id!r} task {self.task_id!r}")
         caller = ResilientCaller(
             session,
             guard,
