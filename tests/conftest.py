@@ -24,6 +24,13 @@ os.environ.update(
 )
 os.environ.pop("AIRFLOW_CONN_DEMO_API", None)
 
+# The checkout as an installed provider (entry points: connection type, @task.resilient_http,
+# the status page plugin), before anything asks Airflow's providers manager.
+sys.path.insert(0, str(REPO / "include"))
+from devtools import dev_metadata  # noqa: E402
+
+dev_metadata.write()
+
 import pytest  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

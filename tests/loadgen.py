@@ -124,6 +124,7 @@ def run_bulk(args: dict) -> dict:
         breaker=BreakerPolicy(**args["policy"]) if "policy" in args else None,
         retry=RetryPolicy(max_attempts=1),
         max_sleep=3600.0,
+        max_in_flight=args.get("max_in_flight"),
     )
     backend.limiter_status(args["key"])  # connect before the start
     requests.get(args["target"].rsplit("/", 2)[0] + "/health", timeout=10)

@@ -128,3 +128,11 @@ def test_every_field_renders_through_the_hook_with_the_runner_environment_replac
     from airflow.sdk.execution_time import task_runner
 
     assert "ti.task.dag.get_template_env()" in inspect.getsource(task_runner._prepare)
+
+
+def test_determine_kwargs_passes_the_context_keys_a_callable_names():
+    context = {"ti": "TI", "run_id": "r1", "params": {}}
+    assert compat.context_kwargs(lambda response: 1, ["resp"], context) == {}
+    assert compat.context_kwargs(lambda response, ti: 1, ["resp"], context) == {"ti": "TI"}
+    assert compat.context_kwargs(lambda r, run_id, **kw: 1, ["resp"], context) == context
+    assert compat.context_kwargs(len, ["resp"], context) == {}  # a builtin without a signature

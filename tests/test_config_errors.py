@@ -99,4 +99,5 @@ def test_airflow_does_not_import_package_modules_as_plugins():
     from conftest import REPO
 
     found = list(find_path_from_directory(str(REPO / "plugins"), ".airflowignore", "glob"))
-    assert not [f for f in found if "/api_orchestration/" in f and f.endswith(".py")], found
+    packages = ("/api_orchestration/", "/api_orchestration_provider/")
+    assert not [f for f in found if any(p in f for p in packages) and f.endswith(".py")], found

@@ -24,6 +24,7 @@ from api_orchestration import (
 from api_orchestration.calls.events import (
     AttemptFinished,
     BreakerTransition,
+    Deferred,
     Events,
     KeyPaused,
     Next,
@@ -141,7 +142,7 @@ def run(
         Events([recording]),
         script.clock,
         first_attempt,
-        wall_clock=lambda: EPOCH,
+        wall=lambda: EPOCH,
     )
     stepper = Stepper(flow)
     while (command := stepper.next()) is not None:
@@ -214,10 +215,11 @@ def test_retry_after_replaces_the_backoff_and_pauses_the_key_on_429():
 
 
 def test_a_wait_longer_than_max_sleep_defers_at_the_next_attempt():
-    script = Script([granted()], [ok(503, **{"Retry-After": "60"})], Clock())
+    script, rec = Script([granted()], [ok(503, **{"Retry-After": "60"})], Clock()), RecordingListener()
     with pytest.raises(DeferralNeeded) as info:
-        run(script, max_sleep=10)
+        run(script, max_sleep=10, recording=rec)
     assert info.value.attempt == 2 and info.value.seconds == 60
+    assert [(e.seconds, e.attempt) for e in rec.of(Deferred)] == [(60, 2)]
 
 
 def test_a_resumed_call_continues_at_its_attempt():
@@ -435,7 +437,10 @@ def test_a_401_gets_one_new_token_and_one_retry_and_is_no_failure():
     response, rec = run(script, tokens=tokens, retry=RetryPolicy(max_attempts=1))
     assert response.status_code == 200
     sends = [c for c in script.commands if isinstance(c, Send)]
-    assert [s.headers for s in sends] == [{"Authorization": "Bearer t1"}, {"Authorization": "Bearer t2"}]
+    assert [dict(s.headers) for s in sends] == [
+        {"Authorization": "Bearer t1"},
+        {"Authorization": "Bearer t2"},
+    ]
     assert [c.reject for c in script.commands if isinstance(c, Authorize)] == [None, "fp1"]
     assert not next(c for c in script.commands if isinstance(c, Report)).verdict.failed
     assert rec.of(TokenRefused)[0].attempt == 1

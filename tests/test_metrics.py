@@ -42,6 +42,10 @@ CALLS = textwrap.dedent(
         except (HttpStatusError, CircuitOpenError) as exc:
             print("RESULT", type(exc).__name__)
     caller("partner").call("GET", f"{demo}/ratelimited/metrics?times=1&retry_after=1")  # 429, pause, ok
+    from api_orchestration.policy import CachePolicy
+    ref = caller("ref", cache=CachePolicy(ttl=60))
+    for name in ("countries", "countries", "currencies", "currencies", "rates"):  # stored, hit, stored, 304, no-store
+        ref.call("GET", f"{demo}/reference/{name}")
     """
 )
 
@@ -97,6 +101,8 @@ def test_calls_send_statsd_metrics(demo, tmp_path):
     assert count("api_orchestration.breaker.rejected.down") == 1
     assert count("api_orchestration.limiter.paused.partner") == 1
     assert count("api_orchestration.call.ok.partner") == 1
+    for what, n in (("hit", 1), ("stored", 2), ("revalidated", 1), ("not_stored", 1)):
+        assert count(f"api_orchestration.cache.{what}.ref") == n, (what, lines)
     assert all(line.startswith("airflow.api_orchestration.") for line in lines), lines
 
 

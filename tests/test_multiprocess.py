@@ -102,14 +102,21 @@ def test_bulk_engines_in_four_processes_share_one_limit(state_url, demo):
     assert max(finished) - min(finished) < 0.15 * floor, f"not shared fairly: {finished}"
 
 
-def test_bulk_engines_in_four_processes_send_a_downed_endpoint_exactly_min_calls(state_url, demo):
+def test_bulk_engines_in_four_processes_send_a_downed_endpoint_what_the_breaker_bounds(state_url, demo):
+    """Without a bulkhead: the calls in flight when the first failure is recorded (at most 4 x 8)
+    plus what trips it (min_calls); with a shared bulkhead of 1: exactly min_calls."""
     policy = {"failure_rate": 0.5, "window_size": 10, "min_calls": 6, "open_seconds": 30}
-    path = "/status/503"
-    args = [
-        {"mode": "bulk", "state_url": state_url, "key": "bulk-down", "policy": policy, "calls": 50,
-         "concurrency": 8, "target": f"{demo.url}{path}"}
-        for _ in range(4)
-    ]  # fmt: skip
-    _, results = run_workers(args)
-    assert demo.calls(path=path)["paths"][path] == policy["min_calls"], results
-    assert sum(r.get("CircuitOpenError", 0) for r in results) == 200 - policy["min_calls"]
+    for key, bulkhead, most in (("bulk-down", None, 4 * 8 + 6), ("bulk-down-bulkhead", 1, 6)):
+        demo.reset()
+        path = "/status/503"
+        args = [
+            {"mode": "bulk", "state_url": state_url, "key": key, "policy": policy, "calls": 50,
+             "concurrency": 8, "target": f"{demo.url}{path}", "max_in_flight": bulkhead}
+            for _ in range(4)
+        ]  # fmt: skip
+        _, results = run_workers(args)
+        sent = demo.calls(path=path)["paths"][path]
+        assert policy["min_calls"] <= sent <= most, results
+        assert sum(r.get("CircuitOpenError", 0) for r in results) == 200 - sent
+        if bulkhead:
+            assert sent == policy["min_calls"]

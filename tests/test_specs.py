@@ -503,11 +503,14 @@ def test_dagbag_loads_good_specs_and_reports_every_bad_file(workflows_dir, tmp_p
 
     dags = tmp_path / "dags"
     dags.mkdir()
-    (dags / "workflows.py").write_text((ROOT / "dags" / "workflows.py").read_text())
+    for name in ("workflows.py", "workflow_spec_errors.py"):
+        (dags / name).write_text((ROOT / "dags" / name).read_text())
     monkeypatch.setenv("AIRFLOW__API_ORCHESTRATION__WORKFLOWS_DIR", str(workflows_dir))
     bag = DagBag(dag_folder=str(dags))
     assert set(bag.dag_ids) == {"order_saga_spec", "user_enrichment_spec"}
-    (error,) = bag.import_errors.values()
+    # the good specs' file has no import error (Airflow would not trigger its DAGs): the errors' file has
+    ((path, error),) = bag.import_errors.items()
+    assert path.endswith("workflow_spec_errors.py")
     assert "3 invalid workflow spec file(s)" in error
     assert "orders.yaml: steps[0].retry.max_attempts: must be an integer >= 1, got 0" in error
     assert "broken.yaml: line 2, column 1: YAML error" in error

@@ -207,3 +207,23 @@ def test_redis_snapshot_reads_only_its_own_prefix(redis_available):
         for b in (mine, other):
             b.clear()
             b.close()
+
+
+def test_cache_entries_show_on_the_api_and_the_page(backend, demo, server, auth):
+    from api_orchestration import Guard, ResilientCaller
+    from api_orchestration.policy import CachePolicy
+
+    g = Guard(backend=backend, limit_key="reference", cache=CachePolicy(ttl=60))
+    caller = ResilientCaller(requests.Session(), g, timeout=5)
+    for name in ("countries", "currencies", "rates"):  # rates is no-store: not cached
+        caller.call("GET", f"{demo.url}/reference/{name}")
+    viewer = {"Authorization": f"Bearer {auth('viewer')}"}
+    [row] = requests.get(f"{server}/api/caches", headers=viewer, timeout=10).json()
+    assert (row["key"], row["entries"]) == ("reference", 2) and row["bytes"] > 200
+    assert requests.get(f"{server}/api/status", headers=viewer, timeout=10).json()["caches"] == [row]
+    assert requests.get(f"{server}/api/caches", timeout=10).status_code == 401
+    html = requests.get(f"{server}/", headers=viewer, timeout=10).text
+    assert (
+        f'<tr data-cache="reference"><td><b>reference</b></td><td class="num">2</td><td class="num">{row["bytes"]}</td>'
+        in html
+    )

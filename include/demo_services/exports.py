@@ -7,7 +7,7 @@
 ``succeeded`` (or ``failed``, with an ``error``, when ``fail`` is true).
 
 ``GET /exports/<id>`` -> 200 ``{"id", "status", "progress", ...}``; while pending or running it
-carries ``Retry-After: <retry_after>``; once succeeded it names ``result_url``. A status URL
+carries ``Retry-After: <retry_after>`` (none when ``retry_after`` is null); once succeeded it names ``result_url``. A status URL
 expires ``expires_in`` seconds after the job finished: then 410 ``job_expired``; an unknown id is
 404 ``job_not_found``. ``GET /exports/<id>/result`` -> 200 ``{"id", "rows": [...]}`` once
 succeeded, 409 ``job_not_finished`` (with ``Retry-After``) before, 409 ``job_failed`` after a
@@ -38,7 +38,7 @@ class Job:
     pending: float
     duration: float
     fail: bool
-    retry_after: int
+    retry_after: int | None
     expires_in: float
     polls: int = 0
     downloads: int = 0
@@ -140,7 +140,9 @@ def submit(request: Request, state: DemoState) -> Response:
         pending=min(float(_number(body, "pending", min(0.2, duration / 2), 0, 3600)), duration),
         duration=duration,
         fail=fail,
-        retry_after=int(_number(body, "retry_after", 1, 0, 3600, integer=True)),
+        retry_after=None
+        if body.get("retry_after", 1) is None
+        else int(_number(body, "retry_after", 1, 0, 3600, integer=True)),
         expires_in=float(_number(body, "expires_in", 300, 0.001, 86400)),
     )
     url = f"/exports/{job.id}"
@@ -151,7 +153,8 @@ def status(request: Request, state: DemoState) -> Response:
     now = time.time()
     job = state.extension(Jobs).get(request.params["job_id"], now, "polls")
     view = job.view(now)
-    headers = {"Retry-After": str(job.retry_after)} if view["status"] in ("pending", "running") else {}
+    running = view["status"] in ("pending", "running")
+    headers = {"Retry-After": str(job.retry_after)} if running and job.retry_after is not None else {}
     return Response(200, view, headers)
 
 

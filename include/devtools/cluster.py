@@ -110,7 +110,8 @@ class LocalAirflow:
     Process output goes to ``log_dir`` (default ``home/proc-logs``), task logs to ``home/logs``.
     ``extra_env`` is passed to :func:`airflow_env` as ``extra`` (it wins over everything else).
 
-    ``executor`` sets ``[core] executor`` (default: LocalExecutor, from :func:`airflow_env`).
+    ``airflow`` is the Airflow CLI to run (default: this interpreter's), e.g. another virtualenv's
+    ``bin/airflow``. ``executor`` sets ``[core] executor`` (default: LocalExecutor, from :func:`airflow_env`).
     ``workers`` names Celery workers to start (CeleryExecutor only): process ``worker-<name>``,
     ``airflow celery worker --celery-hostname <name>@%h --concurrency <worker_concurrency>``.
     Each reports its task instances' ``hostname`` as ``<name>@<fqdn>``
@@ -130,6 +131,7 @@ class LocalAirflow:
         executor: str | None = None,
         workers: Sequence[str] = (),
         worker_concurrency: int = 2,
+        airflow: Sequence[str] | None = None,
     ) -> None:
         if workers and (executor or (extra_env or {}).get("AIRFLOW__CORE__EXECUTOR")) != deployment.EXECUTOR:
             raise ValueError(f"Celery workers need executor={deployment.EXECUTOR!r}")
@@ -141,6 +143,7 @@ class LocalAirflow:
         self.workers = tuple(workers)
         self.worker_concurrency = worker_concurrency
         self.worker_nodes: list[str] = []  # Celery node names that answered the start-up ping
+        self.airflow = tuple(airflow) if airflow else None  # another installation's CLI (bin/airflow)
         self.log_dir = Path(log_dir).resolve() if log_dir else self.home / "proc-logs"
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
@@ -272,11 +275,14 @@ class LocalAirflow:
                 extra[key] = str(free_port())
         return extra
 
+    def _command(self, *args: str) -> list[str]:
+        return [*self.airflow, *args] if self.airflow else airflow_command(*args)
+
     def _migrate(self) -> None:
         log = self.log_path("db-migrate")
         with log.open("wb") as fh:
             proc = subprocess.run(
-                airflow_command(*deployment.MIGRATE_ARGS),
+                self._command(*deployment.MIGRATE_ARGS),
                 env=self.env,
                 cwd=self.home,
                 stdout=fh,
@@ -297,7 +303,7 @@ class LocalAirflow:
         fh = self.log_path(name).open("wb")
         self._log_files[name] = fh
         self.processes[name] = subprocess.Popen(
-            airflow_command(*args),
+            self._command(*args),
             env=dict(env) if env is not None else self.env,
             cwd=self.home,
             stdin=subprocess.DEVNULL,

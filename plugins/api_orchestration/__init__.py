@@ -16,6 +16,9 @@ from api_orchestration.errors import (
     ConfigurationError,
     HttpCallError,
     HttpStatusError,
+    JobError,
+    JobFailedError,
+    JobTimeoutError,
     PermanentHttpStatusError,
     PolicyConflictError,
     ResponseCheckError,
@@ -25,9 +28,10 @@ from api_orchestration.errors import (
 )
 from api_orchestration.operators.bulk import BulkHttpOperator
 from api_orchestration.operators.http import ResilientHttpOperator
+from api_orchestration.operators.poll import PollingHttpOperator
 from api_orchestration.operators.saga import CompensationOperator, SagaOutcomeOperator
 from api_orchestration.operators.step import StepOperator
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.policy import BreakerPolicy, Poll, RateLimit, RetryPolicy
 from api_orchestration.workflows.build import build
 from api_orchestration.workflows.model import Bulk, Call, FanOut, Step, Workflow, result
 
@@ -46,8 +50,13 @@ __all__ = [
     "Guard",
     "HttpCallError",
     "HttpStatusError",
+    "JobError",
+    "JobFailedError",
+    "JobTimeoutError",
     "PermanentHttpStatusError",
     "PolicyConflictError",
+    "Poll",
+    "PollingHttpOperator",
     "RateLimit",
     "ResilientCaller",
     "ResilientHttpOperator",

@@ -17,6 +17,8 @@
   (``allow_redirects`` and friends), read after ``get_conn``.
 - providers-http ``HttpAsyncHook.aget_connection``: overridden so ``config()`` (base URL,
   credentials, headers, options read from the connection) runs in a plain event loop of a task.
+- Airflow ``airflow.sdk.bases.decorator.determine_kwargs(func, args, context)``: the context keys a
+  callable names (what providers-http's ``HttpOperator`` passes to ``response_check``/``response_filter``).
 - aiohttp ``ClientSession._retry_connection``: off, so aiohttp never silently re-sends an admitted
   request on a dropped keep-alive connection (aiohttp's own test client sets it the same way).
 """
@@ -59,6 +61,20 @@ def airflow_template_filters() -> dict[str, Any]:
     return dict(FILTERS)
 
 
+def context_kwargs(func: Any, args: list[Any], context: Any) -> dict[str, Any]:
+    """The context entries ``func`` asks for besides ``args`` (``lambda response, ti: ...``), as
+    providers-http's ``HttpOperator`` passes them."""
+    import inspect
+
+    from airflow.sdk.bases.decorator import determine_kwargs
+
+    try:
+        inspect.signature(func)
+    except (TypeError, ValueError):  # a builtin without a signature: it takes the response only
+        return {}
+    return dict(determine_kwargs(func, args, context))
+
+
 def mask_registered_secrets(text: str) -> str:
     """``text`` with every secret registered with Airflow's secrets masker replaced by ``***``
     (what the masker does to log lines; no masking by key name)."""
@@ -78,12 +94,20 @@ class _SyncFetchAsyncHook(HttpAsyncHook):
     runs in belongs to this task alone, so the synchronous fetch blocks nothing)."""
 
     async def aget_connection(self, conn_id: str) -> Any:  # type: ignore[override]
-        return self.get_connection(conn_id)
+        from api_orchestration.connections.hook import without_policy_fields  # not headers
+
+        return without_policy_fields(self.get_connection(conn_id))
+
+
+async def connection_config(method: str, conn_id: str) -> Any:
+    """``HttpAsyncHook.config()`` for ``conn_id`` in a running event loop: ``base_url``, ``headers``,
+    ``auth``, ``extra_options``."""
+    return await _SyncFetchAsyncHook(method=method, http_conn_id=conn_id).config()
 
 
 def async_connection_config(method: str, conn_id: str) -> Any:
-    """``HttpAsyncHook.config()`` for ``conn_id``: ``base_url``, ``headers``, ``auth``, ``extra_options``."""
-    return asyncio.run(_SyncFetchAsyncHook(method=method, http_conn_id=conn_id).config())
+    """:func:`connection_config` from synchronous code (in an event loop of its own)."""
+    return asyncio.run(connection_config(method, conn_id))
 
 
 def no_silent_resend(session: aiohttp.ClientSession) -> None:

@@ -8,6 +8,9 @@
     ├── SpecError (also ValueError)                 a YAML workflow spec is invalid: every problem, by field path
     ├── StateBackendError                           shared state store unreachable or broken (fail closed)
     ├── CircuitOpenError                            the breaker for a key is open: the call was not made
+    ├── JobError                                    an async job (a poll step) did not succeed: its last status
+    │   ├── JobFailedError                          its failure condition held (Airflow does not retry it)
+    │   └── JobTimeoutError                         the poll deadline passed while it was still running
     └── HttpCallError                               a call was made (or attempted) and did not succeed
         ├── TransportError                          no HTTP response: connection refused, reset, ...
         │   └── CallTimeoutError                    connect or read timeout (the effect is unknown)
@@ -141,7 +144,8 @@ class CallTimeoutError(TransportError):
 
 
 class HttpStatusError(HttpCallError):
-    """The server answered with an error status."""
+    """The server answered with an error status. ``request_id``: the server's id for the request
+    (``X-Request-Id``, ...); ``body``: a truncated (about 2 KB), redacted snippet of its body."""
 
     def __init__(
         self,
@@ -152,11 +156,16 @@ class HttpStatusError(HttpCallError):
         response: requests.Response | None,
         retry_after: float | None = None,
         attempts: int = 1,
+        request_id: str | None = None,
+        body: str | None = None,
     ) -> None:
         self.status, self.response, self.retry_after = status, response, retry_after
+        self.request_id, self.body = request_id, body
         reason = getattr(response, "reason", "") or ""
+        message = f"{method} {url} answered {status} {reason}".rstrip() + f" after {attempts} attempt(s)"
+        message += f" (request id {request_id})" if request_id else ""
         super().__init__(
-            f"{method} {url} answered {status} {reason}".rstrip() + f" after {attempts} attempt(s)",
+            message + (f": {body}" if body else ""),
             method=method,
             url=url,
             attempts=attempts,
@@ -169,3 +178,22 @@ class PermanentHttpStatusError(HttpStatusError, AirflowFailException):
 
 class ResponseCheckError(HttpCallError):
     """``response_check`` rejected a successful response (Airflow task retries apply, as in HttpOperator)."""
+
+
+class JobError(ApiOrchestrationError):
+    """An async job did not succeed. ``status_url`` (redacted), ``polls`` made in this task try and
+    ``status``: the job's last status (the status response's JSON or text, secrets masked)."""
+
+    def __init__(self, message: str, *, status_url: str, polls: int, status: Any = None) -> None:
+        self.status_url, self.polls, self.status = status_url, polls, status
+        super().__init__(message)
+
+
+class JobFailedError(JobError, AirflowFailException):
+    """The job reported failure (the poll's ``failure`` condition held). An Airflow retry would
+    re-submit with the same idempotency key and find the same failed job, so it is not retried."""
+
+
+class JobTimeoutError(JobError):
+    """The poll's deadline passed while the job was still running (Airflow task retries apply: a
+    retry re-submits with the same idempotency key, so it polls the same job again)."""

@@ -6,6 +6,8 @@ import math
 import random
 from dataclasses import dataclass, field
 
+import jmespath
+
 from api_orchestration.errors import ConfigurationError
 
 DEFAULT_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -232,6 +234,99 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(max_attempts=1)
 
 
+def _jmespath_problem(expression: object) -> str | None:
+    if not isinstance(expression, str) or not expression.strip():
+        return "must be a non-empty JMESPath string"
+    try:
+        jmespath.compile(expression)
+    except jmespath.exceptions.JMESPathError as exc:
+        return f"is not a valid JMESPath expression ({str(exc).splitlines()[0]})"
+    return None
+
+
+@dataclass(frozen=True)
+class Poll:
+    """Poll an async job until done: the call submits it, then its status URL is polled (GETs
+    through the same limiter, breaker and retries) until ``success`` or ``failure`` holds.
+
+    ``success`` and ``failure`` are JMESPath over the status response (JSON); ``status`` is JMESPath
+    over the submit response giving the status URL (default: its ``Location`` header); ``result`` is
+    JMESPath over the final status giving a URL to fetch the result from (default: the final status
+    is the result). Polls are ``Retry-After`` apart when the status response says so, else
+    ``interval`` seconds; the job fails with its last status ``timeout`` seconds after the submit.
+    """
+
+    success: str
+    failure: str | None = None
+    status: str | None = None
+    result: str | None = None
+    interval: float = 5.0
+    timeout: float = 3600.0
+
+    def __post_init__(self) -> None:
+        o = "Poll"
+        for name in ("success", "failure", "status", "result"):
+            value = getattr(self, name)
+            if value is None and name != "success":
+                continue
+            problem = _jmespath_problem(value)
+            _check(o, name, value, problem is None, problem or "")
+        for name in ("interval", "timeout"):
+            value = getattr(self, name)
+            _check(o, name, value, _is_number(value) and value > 0, "must be a number of seconds > 0")
+
+
 def allowed_failures(tolerate: float, total: int) -> float:
     """How many of ``total`` items may fail: ``tolerate`` is a count (>= 1) or a fraction (< 1)."""
     return tolerate if tolerate >= 1 else tolerate * total
+
+
+CACHE_METHODS = ("GET", "HEAD")
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """A response cache shared by every worker through the state store (see :mod:`.resilience.http_cache`).
+
+    A response to one of ``methods`` is stored for at most ``ttl`` seconds (less when its
+    ``Cache-Control``/``Expires`` says so; ``no-store`` is never stored, ``no-cache`` is stored but
+    revalidated before every use); a stored response with an ``ETag``/``Last-Modified`` stays
+    ``ttl`` seconds longer to be revalidated (a 304 refreshes it without a body). ``key`` is a
+    template for the entry's key (default: the method and full URL). An entry larger than
+    ``max_entry_bytes`` is not stored; the entries of one cache scope (the call's limiter key)
+    hold at most ``max_total_bytes``, the ones nearest expiry evicted first.
+    """
+
+    ttl: float
+    key: str | None = None
+    methods: tuple[str, ...] = CACHE_METHODS
+    max_entry_bytes: int = 1_000_000
+    max_total_bytes: int = 64_000_000
+
+    def __post_init__(self) -> None:
+        o = "CachePolicy"
+        _check(o, "ttl", self.ttl, _is_number(self.ttl) and self.ttl > 0, "must be a number of seconds > 0")
+        _check(
+            o, "key", self.key, self.key is None or (isinstance(self.key, str) and self.key.strip() != ""),
+            "must be None (the method and URL) or a non-empty (templated) string",
+        )  # fmt: skip
+        methods = (self.methods,) if isinstance(self.methods, str) else self.methods
+        ok = isinstance(methods, tuple | list | frozenset | set) and len(methods) > 0
+        upper = tuple(str(m).upper() for m in methods) if ok else ()
+        _check(
+            o, "methods", self.methods, ok and all(m in CACHE_METHODS for m in upper),
+            "must be a non-empty list of GET and HEAD (other methods change things: their responses "
+            "are not reusable)",
+        )  # fmt: skip
+        object.__setattr__(self, "methods", tuple(dict.fromkeys(upper)))
+        _check(
+            o, "max_entry_bytes", self.max_entry_bytes,
+            isinstance(self.max_entry_bytes, int) and not isinstance(self.max_entry_bytes, bool)
+            and self.max_entry_bytes >= 1, "must be an integer >= 1",
+        )  # fmt: skip
+        _check(
+            o, "max_total_bytes", self.max_total_bytes,
+            isinstance(self.max_total_bytes, int) and not isinstance(self.max_total_bytes, bool)
+            and self.max_total_bytes >= self.max_entry_bytes,
+            f"must be an integer >= max_entry_bytes ({self.max_entry_bytes})",
+        )  # fmt: skip

@@ -115,3 +115,30 @@ def mask_secrets(value: Any) -> Any:
     if isinstance(value, tuple):
         return tuple(mask_secrets(v) for v in value)
     return value
+
+
+# a JSON member whose name looks like a credential: "access_token": "..." (value masked)
+_JSON_CREDENTIAL = re.compile(r'"(?P<name>[^"\\]{1,64})"(?P<sep>\s*:\s*)"(?:[^"\\]|\\.)*"')
+# a credential in text: "Bearer abc...", "api_key=abc..." (form bodies, URLs, header dumps)
+_TEXT_SCHEME = re.compile(r"\b(bearer|basic|token|digest)(\s+)[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE)
+_TEXT_PARAM = re.compile(
+    r"\b((?:access|refresh|id)?[-_]?(?:token|secret|password|passwd|api[-_]?key|apikey|client[-_]?secret|"
+    r"signature|sig|key))=([^&\s\"']+)",
+    re.IGNORECASE,
+)
+
+
+def redact_text(text: str) -> str:
+    """``text`` (a response body, say) without credentials: JSON members and ``name=value`` pairs
+    named like credentials, ``Bearer``/``Basic`` tokens, and every secret registered with
+    Airflow's masker (the connection's and the request's), each replaced by ``***``."""
+
+    def json_member(m: re.Match[str]) -> str:
+        if CREDENTIAL_NAME.search(m.group("name")):
+            return f'"{m.group("name")}"{m.group("sep")}"***"'
+        return m.group(0)
+
+    text = _JSON_CREDENTIAL.sub(json_member, text)
+    text = _TEXT_SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+    text = _TEXT_PARAM.sub(lambda m: f"{m.group(1)}=***", text)
+    return mask_secrets(text)

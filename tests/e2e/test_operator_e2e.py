@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from conftest import REPO
 from devtools.cluster import LocalAirflow, free_port
 
@@ -53,6 +54,23 @@ NEW_SPEC = textwrap.dedent(
         output: items[*].user_id
     """
 )
+POLL_DAG = textwrap.dedent(
+    """
+    \"\"\"An Airflow DAG file: a poll step (built by api_orchestration's builder).\"\"\"
+    import pendulum
+    from api_orchestration import Call, Poll, Step, Workflow, build
+
+    job = {"rows": 2, "duration": 10, "pending": 1, "retry_after": 11}  # Retry-After 11 s > max_sleep 10 s
+    dag = build(
+        Workflow("e2e_export_poll", conn_id="demo_api", steps=(
+            Step("export", Call("POST", "/exports", json=job), output="rows[*].value",
+                 poll=Poll(success="status == 'succeeded'", failure="status == 'failed'", result="result_url",
+                           timeout=120)),
+        )),
+        schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), tags=["api-orchestration", "e2e"],
+    )
+    """
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +80,7 @@ def airflow(tmp_path_factory, demo_server) -> Iterator[LocalAirflow]:
     dags = base / "dags"
     shutil.copytree(REPO / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
     (dags / "e2e_secrets.py").write_text(SECRET_DAG)
+    (dags / "e2e_export_poll.py").write_text(POLL_DAG)
     workflows = base / "workflows"  # the repo's specs plus one bad file; tests drop more in
     shutil.copytree(REPO / "include" / "workflows", workflows)
     (workflows / "bad_orders.yaml").write_text(BAD_SPEC)
@@ -234,17 +253,43 @@ def test_spec_files_load_next_to_a_bad_one_and_new_files_appear(airflow):
     client = airflow.client()
     client.wait_for_dag("order_saga_spec", timeout=120)
     client.wait_for_dag("user_enrichment_spec", timeout=30)
-    errors = _wait_for(lambda: [e for e in client.import_errors() if e["filename"].endswith("workflows.py")])
+    errors = _wait_for(
+        lambda: [e for e in client.import_errors() if e["filename"].endswith("workflow_spec_errors.py")]
+    )
     assert (
         "bad_orders.yaml: steps[0].retry.max_attempts: must be an integer >= 1, got 0"
         in errors[0]["stack_trace"]
     )
+    assert not [e for e in client.import_errors() if e["filename"].endswith("/workflows.py")]
+    run_id, state = _run(airflow, "user_enrichment_spec", conf={"user_id": 3})  # triggerable meanwhile
+    assert state == "success"
 
     workflows = airflow.env["AIRFLOW__API_ORCHESTRATION__WORKFLOWS_DIR"]
     (Path(workflows) / "user_pipeline.yaml").write_text(NEW_SPEC)
     (Path(workflows) / "bad_orders.yaml").unlink()
     client.wait_for_dag("user_pipeline", timeout=120)
-    _wait_for(lambda: not [e for e in client.import_errors() if e["filename"].endswith("workflows.py")])
+    _wait_for(
+        lambda: not [e for e in client.import_errors() if e["filename"].endswith("workflow_spec_errors.py")]
+    )
     run_id, state = _run(airflow, "user_pipeline", conf={"user_id": 9})
     assert state == "success"
     assert client.xcom("user_pipeline", run_id, "posts") == [9, 9]
+
+
+def test_a_poll_step_defers_between_polls_on_the_real_triggerer(airflow, demo_server):
+    """Retry-After: 11 > max_sleep (10 s): the task leaves its worker between polls (state
+    *deferred*), the triggerer waits, a worker resumes polling the same job, then fetches its rows."""
+    demo_server.reset()
+    client = airflow.client()
+    client.wait_for_dag("e2e_export_poll", timeout=120)
+    client.unpause("e2e_export_poll")
+    run_id = client.trigger("e2e_export_poll")
+    states = lambda: {ti["state"] for ti in client.task_instances("e2e_export_poll", run_id)}  # noqa: E731
+    assert _wait_for(lambda: "deferred" in states(), timeout=120)  # no worker slot while the job runs
+    assert client.wait_for_run("e2e_export_poll", run_id, timeout=180) == "success"
+    jobs = requests.get(f"{demo_server.url}/admin/exports", timeout=5).json()["jobs"]
+    assert len(jobs) == 1 and jobs[0]["downloads"] == 1 and jobs[0]["polls"] >= 2
+    assert client.xcom("e2e_export_poll", run_id, "export") == [f"{jobs[0]['id']}-1", f"{jobs[0]['id']}-2"]
+    text = client.log("e2e_export_poll", run_id, "export", 1)
+    assert "deferring" in text and "polling /exports/" in text and "resumed after deferral" in text
+    assert "the job succeeded" in text

@@ -15,10 +15,12 @@ import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp
 import requests.utils
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from api_orchestration import compat
@@ -26,6 +28,9 @@ from api_orchestration.calls.batching import AdmissionQueue
 from api_orchestration.calls.flow import (
     Admit,
     Authorize,
+    CacheFound,
+    CacheLookup,
+    CacheStore,
     CallInfo,
     Command,
     HttpRequest,
@@ -38,6 +43,7 @@ from api_orchestration.calls.flow import (
     attempt_flow,
 )
 from api_orchestration.redaction import redact_url
+from api_orchestration.resilience.http_cache import CacheEntry
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +58,7 @@ class Reply:
     content: bytes
     url: str
     encoding: str = "utf-8"
+    from_cache: bool = False
 
     @property
     def text(self) -> str:
@@ -62,6 +69,18 @@ class Reply:
 
     def json(self) -> Any:
         return jsonlib.loads(self.content)
+
+    @classmethod
+    def from_entry(cls, entry: CacheEntry, url: str) -> Reply:
+        """A reply serving a cached entry."""
+        headers = CIMultiDict(entry.headers)
+        charset = next(
+            (p.split("=", 1)[1].strip('" ') for p in headers.get("Content-Type", "").split(";")[1:]
+             if p.strip().lower().startswith("charset=")),
+            "utf-8",
+        )  # fmt: skip
+        reason = HTTPStatus(entry.status).phrase if entry.status in HTTPStatus._value2member_map_ else ""
+        return cls(entry.status, reason, CIMultiDictProxy(headers), entry.body, url, charset, from_cache=True)
 
 
 def query_pairs(params: Mapping[str, Any]) -> list[tuple[str, str | int | float]]:
@@ -142,22 +161,28 @@ class AsyncCaller:
         proxy = self._proxies[origin]
         return {"proxy": proxy} if proxy else {}
 
-    async def call(self, r: HttpRequest) -> Reply:
-        """Make the call; return the successful reply or raise a typed error (or DeferralNeeded)."""
+    async def call(self, r: HttpRequest, cache_key: str | None = None) -> Reply:
+        """Make the call; return the successful reply or raise a typed error (or DeferralNeeded).
+        ``cache_key``: the entry's key in the guard's cache (default: the method and full URL)."""
         target = URL(r.url).extend_query(query_pairs(r.params)) if r.params else URL(r.url)
         body = {}
         if r.has_body:
             body = {"data": r.data} if r.data is not None else {"json": r.json} if r.json is not None else {}
         options = {**body, **self.options, **self._proxy(target)}
+        headers = r.all_headers
+        sent_headers = {**self.session.headers, **headers}  # what goes out (the cache's Vary, auth rules)
+        if self.session.auth is not None:
+            sent_headers.setdefault("Authorization", "<session auth>")
         info = CallInfo(
-            r.method, redact_url(str(target)), r.idempotency_key, (str(target), target.raw_path_qs)
-        )
+            r.method, redact_url(str(target)), r.idempotency_key, (str(target), target.raw_path_qs),
+            sent_headers, cache_key,
+        )  # fmt: skip
         stepper = Stepper(
             attempt_flow(info, self.guard, self.admissions.request, self.events, time.monotonic)
         )
         while (command := stepper.next()) is not None:
             try:
-                stepper.succeeded(await self._execute(command, r.method, target, r.all_headers, options))
+                stepper.succeeded(await self._execute(command, r.method, target, headers, options))
             except BaseException as exc:
                 stepper.failed(exc)
         return stepper.result  # type: ignore[return-value]
@@ -166,8 +191,8 @@ class AsyncCaller:
         self, command: Command, method: str, target: URL, headers: dict[str, str], options: dict[str, Any]
     ) -> Any:
         if isinstance(command, Send):
-            if command.headers:
-                headers = {**headers, **command.headers}
+            if command.headers:  # the OAuth2 Authorization, a revalidation's If-None-Match
+                headers = {**headers, **dict(command.headers)}
             started = time.perf_counter()
             try:
                 async with self.session.request(method, target, headers=headers, **options) as resp:
@@ -190,4 +215,15 @@ class AsyncCaller:
             return None
         if isinstance(command, Pause):
             return await self.admissions.pause(command.seconds)
+        if isinstance(command, CacheLookup):  # one short store operation, off the event loop
+            backend = self.guard.backend
+            found = await asyncio.to_thread(backend.cache_get, command.scope, command.key)
+            entry = CacheEntry.from_dict(found) if found else None
+            return CacheFound(entry, lambda e: Reply.from_entry(e, str(target)))
+        if isinstance(command, CacheStore):
+            e = command.entry
+            return await asyncio.to_thread(
+                self.guard.backend.cache_put, command.scope, command.key, e.to_dict(), e.size, command.keep,
+                command.max_total_bytes,
+            )  # fmt: skip
         raise TypeError(f"unknown command {command!r}")

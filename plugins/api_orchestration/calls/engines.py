@@ -1,7 +1,8 @@
 """The two engines of bulk mode: many calls through one :class:`~api_orchestration.calls.guard.Guard`.
 
-Both take ``request(i)`` (call i's ``method``, ``url`` and keyword arguments) and yield one row per
-call, in order: ``{"index", "ok": True, "status", "result"}`` or ``{"index", "ok": False, "error"}``.
+Both take ``request(i)`` (call i's ``method``, ``url`` and keyword arguments, ``cache_key`` among
+them) and yield one row per call, in order: ``{"index", "ok": True, "status", "result"}`` (plus
+``"cached": True`` when the shared cache served it) or ``{"index", "ok": False, "error"}``.
 
 - :func:`call_concurrently_async` (the default): ``concurrency`` calls in flight on one asyncio
   event loop over aiohttp, admitted in batches (one store operation per batch, see
@@ -58,12 +59,15 @@ def _frozen_heap() -> Iterator[None]:
 
 def _row(index: int, response: Any, select: Callable[[Any], Any] | None) -> Row:
     value = default_response_filter(response)
-    return {
+    row = {
         "index": index,
         "ok": True,
         "status": response.status_code,
         "result": select(value) if select else value,
     }
+    if getattr(response, "from_cache", False):
+        row["cached"] = True  # served from the shared cache (fresh, or refreshed by a 304)
+    return row
 
 
 def _failed(index: int, exc: ApiOrchestrationError) -> Row:
@@ -137,8 +141,9 @@ def call_concurrently_async(
                 async def worker() -> None:
                     for index in indices:
                         kwargs = request(index)
+                        cache_key = kwargs.pop("cache_key", None)
                         try:
-                            reply = await caller.call(HttpRequest(**kwargs))
+                            reply = await caller.call(HttpRequest(**kwargs), cache_key)
                             rows[index] = _row(index, reply, select)
                         except ApiOrchestrationError as exc:
                             rows[index] = _failed(index, exc)

@@ -44,6 +44,30 @@ class AttemptFinished:
     delay: float = 0.0  # before the retry
     why: str = ""  # "backoff" or "Retry-After"
     unkeyed: bool = False  # given up only because a POST/PATCH without a key is not retried
+    request_id: str | None = None  # the server's id for the request (X-Request-Id, ...)
+    body: str | None = None  # a redacted snippet of an error's body (a success's with log_response)
+
+
+class CacheResult(StrEnum):
+    HIT = "hit"  # served from the shared cache: no call, no permit
+    REVALIDATED = "revalidated"  # a 304 refreshed the stored entry
+    STORED = "stored"
+    NOT_STORED = "not stored"
+
+
+@dataclass(frozen=True)
+class CacheUsed:
+    """The shared response cache served, refreshed, stored or declined a response of ``scope``.
+    ``age``: seconds since the entry was stored (a hit); ``detail``: why not stored, or evictions."""
+
+    method: str
+    url: str  # redacted
+    scope: str
+    result: CacheResult
+    age: float = 0.0
+    fresh_for: float = 0.0
+    size: int = 0
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +98,17 @@ class Refused:
     breaker_key: str
     reason: str
     wait: float
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """The next step is ``seconds`` away, longer than the caller sleeps: the task defers to the
+    triggerer and resumes at attempt ``attempt``."""
+
+    limit_key: str
+    seconds: float
+    why: str
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -111,8 +146,10 @@ class VerdictNotRecorded:
 
 Event = (
     AttemptFinished
+    | CacheUsed
     | Granted
     | Refused
+    | Deferred
     | BreakerTransition
     | KeyPaused
     | SlotMissed
@@ -162,12 +199,28 @@ def attempt_line(e: AttemptFinished) -> str:
     result = str(e.status) if e.status is not None else (e.error or "error").split(":", 1)[0]
     line = f"{e.method} {e.url} attempt {e.number}/{e.max_attempts} -> {result} in {e.elapsed * 1000:.1f} ms"
     parts = [f"{seconds:.3f} s {why}" for seconds, why in e.waits if seconds > 0.0005]
-    return line + (f"; waited {', '.join(parts)}" if parts else "")
+    line += f"; waited {', '.join(parts)}" if parts else ""
+    line += f"; request id {e.request_id}" if e.request_id else ""
+    return line + (f"; body: {e.body}" if e.body else "")
+
+
+def cache_line(e: CacheUsed) -> str:
+    """The log line of a cache event."""
+    what = {
+        CacheResult.HIT: f"served from the shared cache {e.scope!r} (stored {e.age:.1f} s ago, fresh "
+        f"{e.fresh_for:.1f} s more): no call made",
+        CacheResult.REVALIDATED: f"304 Not Modified: cache entry refreshed (fresh {e.fresh_for:.1f} s)",
+        CacheResult.STORED: f"stored in the shared cache {e.scope!r} ({e.size} bytes, fresh {e.fresh_for:.1f} s)",
+        CacheResult.NOT_STORED: f"not stored in the shared cache {e.scope!r}",
+    }[e.result]
+    return f"{e.method} {e.url} {what}" + (f": {e.detail}" if e.detail else "")
 
 
 class LogListener:
-    """One line per attempt (info, warning when retried, error when given up); breaker transitions,
-    trial calls and lost verdicts as warnings."""
+    """One line per attempt (info, warning when retried, error when given up; with the server's
+    request id and, for errors or with ``log_response``, a redacted body snippet); one info line per
+    cache hit, store, 304 refresh or refusal to store; breaker transitions, trial calls and lost
+    verdicts as warnings."""
 
     def __init__(self, log: logging.Logger | logging.LoggerAdapter | Any = None) -> None:
         self.log = log or logging.getLogger("api_orchestration.calls")
@@ -185,6 +238,8 @@ class LogListener:
                     f" ({event.method} without an idempotency key is not retried)" if event.unkeyed else ""
                 )
                 log.error("%s; giving up%s%s", line, reason, f": {event.error}" if event.error else "")
+        elif isinstance(event, CacheUsed):
+            log.info("%s", cache_line(event))
         elif isinstance(event, BreakerTransition):
             log.warning("circuit %r: %s -> %s", event.key, event.before, event.after)
         elif isinstance(event, Granted) and event.trial:
@@ -194,6 +249,8 @@ class LogListener:
                 "%r answered 401 to the OAuth2 token of %r: sending attempt %d again with a new token",
                 event.limit_key, event.token_key.removesuffix(":token"), event.attempt,
             )  # fmt: skip
+        elif isinstance(event, Deferred):
+            log.info("deferring %.2f s to the triggerer: %s", event.seconds, event.why)
         elif isinstance(event, SlotMissed):
             log.warning("limiter %r: slot missed %d times in a row, sending anyway", event.key, event.times)
         elif isinstance(event, VerdictNotRecorded):
@@ -229,3 +286,5 @@ class MetricsListener:
             metrics.breaker_transition(event.key, event.before, event.after)
         elif isinstance(event, KeyPaused):
             metrics.limiter_paused(event.key)
+        elif isinstance(event, CacheUsed):
+            metrics.incr(f"cache.{event.result.name.lower()}", event.scope)

@@ -3,7 +3,9 @@
 A call is a generator (the httpx ``auth_flow`` pattern) that yields *commands* and receives their
 results: :class:`Admit` (a limiter slot, bulkhead place and breaker permit, one store operation),
 :class:`Sleep`, :class:`Send` (the request), :class:`Report` (a verdict for the breaker and the
-bulkhead) and :class:`Pause` (a 429's ``Retry-After`` for every caller of the key). The requests
+bulkhead), :class:`Pause` (a 429's ``Retry-After`` for every caller of the key), and with a
+:class:`~api_orchestration.policy.CachePolicy` :class:`CacheLookup` (before any admission: a hit
+spends no permit and makes no call) and :class:`CacheStore` (after a storable response). The requests
 driver (:mod:`.requests_driver`) and the aiohttp driver (:mod:`.aiohttp_driver`) are thin loops that
 carry the commands out; they share everything here: the idempotency rules, admission and refusal
 handling, the late-slot rule, classification, verdicts, ``Retry-After``, backoff, deferral and the
@@ -15,14 +17,19 @@ the exception into the flow, so the flow decides (a call killed mid-request is r
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from api_orchestration.calls import diagnostics
 from api_orchestration.calls.events import (
     AttemptFinished,
     BreakerTransition,
+    CacheResult,
+    CacheUsed,
+    Deferred,
     Events,
     Granted,
     KeyPaused,
@@ -41,6 +48,8 @@ from api_orchestration.errors import (
     StateBackendError,
     TransportError,
 )
+from api_orchestration.policy import CachePolicy
+from api_orchestration.resilience import http_cache
 from api_orchestration.resilience.admission import Admission, AdmissionRequest, Transition, Verdict
 from api_orchestration.resilience.kinds import BreakerDecisionKind, OutcomeKind, Refusal
 from api_orchestration.resilience.outcome import (
@@ -58,6 +67,7 @@ from api_orchestration.resilience.ratelimit_headers import (
     parse_rate_limit,
     pause_for,
 )
+from api_orchestration.state.records import CachePut
 
 HOLD_DEFER_SECONDS = 5.0  # how long to defer when calls in flight (or half-open trials) block a call
 MAX_RESLOTS = 3  # new slots a late call may take before it goes anyway (and says so)
@@ -105,9 +115,10 @@ class Authorize:
 
 @dataclass(frozen=True)
 class Send:
-    """Send the request, with ``headers`` (the ``Authorization``) added. Result: :class:`Sent`."""
+    """Send the request, with ``headers`` added (the ``Authorization`` of OAuth2, a revalidation's
+    ``If-None-Match``). Result: :class:`Sent`."""
 
-    headers: Mapping[str, str] | None = field(default=None, repr=False)
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -137,7 +148,36 @@ class Pause:
     seconds: float
 
 
-Command = Admit | Sleep | Authorize | Send | Report | Pause
+@dataclass(frozen=True)
+class CacheLookup:
+    """Read the call's entry from the shared cache. Result: :class:`CacheFound`."""
+
+    scope: str
+    key: str
+
+
+@dataclass(frozen=True)
+class CacheFound:
+    """The stored entry (None: none), and the driver's way to turn an entry into its response type
+    (a ``requests.Response`` or an aiohttp driver ``Reply``; no I/O)."""
+
+    entry: http_cache.CacheEntry | None
+    respond: Callable[[http_cache.CacheEntry], Any]
+
+
+@dataclass(frozen=True)
+class CacheStore:
+    """Store ``entry`` under the key for ``keep`` seconds, the scope kept under ``max_total_bytes``.
+    Result: the store's :class:`~api_orchestration.state.records.CachePut`."""
+
+    scope: str
+    key: str
+    entry: http_cache.CacheEntry
+    keep: float
+    max_total_bytes: int
+
+
+Command = Admit | Sleep | Authorize | Send | Report | Pause | CacheLookup | CacheStore
 Flow = Generator[Command, Any, Any]
 
 
@@ -177,7 +217,9 @@ class CallInfo:
     method: str
     safe_url: str
     idempotency_key: str | None = None
-    raw_urls: tuple[str, ...] = ()
+    raw_urls: tuple[str, ...] = ()  # the first is the full URL (the cache's default key)
+    request_headers: Mapping[str, str] | None = None  # as sent (the cache's Vary and Authorization rules)
+    cache_key: str | None = None  # the rendered CachePolicy.key (None: the method and full URL)
 
     @property
     def retry_ok(self) -> bool:
@@ -200,23 +242,39 @@ def attempt_flow(
     events: Events,
     clock: Callable[[], float],
     first_attempt: int = 1,
-    wall_clock: Callable[[], float] = time.time,
+    wall: Callable[[], float] = time.time,
 ) -> Flow:
-    """The call: attempts until one succeeds (returned: the response), the policy gives up (a typed
-    error), or a wait is longer than ``guard.max_sleep`` (:class:`DeferralNeeded`). ``wall_clock``
-    reads the epoch resets of rate-limit headers."""
+    """The call: served from the shared cache (with ``guard.cache``), else attempts until one
+    succeeds (returned: the response), the policy gives up (a typed error), or a wait is longer than
+    ``guard.max_sleep`` (:class:`DeferralNeeded`). ``clock`` is monotonic (slots), ``wall`` is unix
+    time (cache freshness, rate-limit resets; shared by every worker)."""
     policy = guard.retry
     max_attempts = policy.max_attempts if call.retry_ok else 1
     attempt, sent_calls, waits = first_attempt, 0, _Waits()
     auth, reject, reauthorized = None, None, False
+    cache = _Cache.of(call, guard)
+    found: CacheFound | None = None
+    if cache is not None:
+        found = yield CacheLookup(cache.scope, cache.key)
+        decision = http_cache.lookup(found.entry, cache.request_headers, now=wall())
+        if decision == http_cache.CacheLookup.FRESH and found.entry is not None:
+            now, entry = wall(), found.entry
+            fresh_for = http_cache.remaining_freshness(entry, now)
+            events.publish(cache.event(call, CacheResult.HIT, age=now - entry.stored_at, fresh_for=fresh_for))
+            return found.respond(entry)
+        if decision != http_cache.CacheLookup.REVALIDATE:
+            found = None
     while True:
+        conditional = http_cache.conditional_headers(found.entry) if found and found.entry else {}
         if guard.tokens is not None:  # before admission: a token request must not make a slot late
             auth = yield Authorize(reject)
         admitted = yield from _admit(guard, events, attempt, waits, sent_calls)
         admission = admitted.admission
         try:
             yield from _until_slot(guard, events, clock, admitted, attempt, waits, sent_calls)
-            sent: Sent = yield Send({"Authorization": auth.header} if auth is not None else None)
+            sent: Sent = yield Send(
+                tuple(conditional.items()) + ((("Authorization", auth.header),) if auth is not None else ())
+            )
         except BaseException:  # killed mid-call: the effect is unknown, count a failure
             yield from _report(guard, events, Verdict.of(request, admission, True), urgent=True, calls=1)
             raise
@@ -232,9 +290,9 @@ def attempt_flow(
             yield from _report(guard, events, Verdict.of(request, admission, False), urgent=True, calls=1)
             events.publish(TokenRefused(guard.limit_key, guard.tokens.token_key, attempt))  # type: ignore[union-attr]
             continue
-        limits, throttled, wall = None, False, wall_clock()
+        limits, throttled, now = None, False, wall()
         if sent.response is not None:
-            limits = _limits(sent.response, wall)
+            limits = _limits(sent.response, now)
             throttled = sent.response.status_code == 403 and is_rate_limited(limits)
             # a rate-limit 403 (GitHub's secondary limit) is a 429 by another name: retried, not permanent
             outcome = classify_status(429 if throttled else sent.response.status_code, policy)
@@ -248,24 +306,46 @@ def attempt_flow(
         if sent.response is not None:
             retry_after = retry_after_of(sent.response.status_code, sent.response.headers, policy)
             if (retry_after is None or not retry_after.pause_key) and limits is not None:
-                retry_after = _header_pause(limits, throttled, policy, wall) or retry_after
+                retry_after = _header_pause(limits, throttled, policy, now) or retry_after
             if retry_after is not None and retry_after.pause_key:
                 yield Pause(retry_after.seconds)
                 events.publish(KeyPaused(guard.limit_key, retry_after.seconds))
         error_text = _redacted(sent.error, call.raw_urls)
+        response = sent.response
+        request_id = body = None
+        if response is not None:
+            request_id = diagnostics.request_id_of(response.headers)
+            if not outcome.ok or guard.log_response:
+                body = diagnostics.body_snippet(response)
         finished = dict(
             method=call.method, url=call.safe_url, limit_key=guard.limit_key, number=attempt,
-            max_attempts=max_attempts, status=sent.response.status_code if sent.response is not None else None,
+            max_attempts=max_attempts, status=response.status_code if response is not None else None,
             error=error_text or None, elapsed=sent.elapsed, waits=tuple(waits.parts),
+            request_id=request_id, body=body,
         )  # fmt: skip
         if outcome.ok:
             events.publish(AttemptFinished(**finished, next=Next.DONE))
-            return sent.response
+            if cache is None:
+                return response
+            if found is not None and found.entry is not None and response.status_code == 304:
+                try:
+                    entry = http_cache.refreshed(
+                        found.entry, response.headers, now=wall(), ttl=cache.policy.ttl
+                    )
+                except ValueError as exc:  # the 304 validates another response: fetch it unconditionally
+                    events.publish(cache.event(call, CacheResult.NOT_STORED, detail=str(exc)))
+                    found, attempt, waits = None, attempt + 1, _Waits()
+                    max_attempts = max(max_attempts, attempt)
+                    continue
+                yield from _cache_store(cache, call, events, entry, wall(), CacheResult.REVALIDATED)
+                return found.respond(entry)
+            yield from _cache_response(cache, call, events, response, wall())
+            return response
         if not will_retry:
             unkeyed = not call.retry_ok and outcome.retryable
             events.publish(AttemptFinished(**finished, next=Next.GIVE_UP, unkeyed=unkeyed))
             seconds = retry_after.seconds if retry_after else None
-            raise _error(call, attempt, outcome, sent, error_text, seconds)
+            raise _error(call, attempt, outcome, sent, error_text, seconds, request_id, body)
         if retry_after is not None and policy.respect_retry_after:
             delay, why = retry_after.seconds, "Retry-After"
         else:
@@ -273,7 +353,7 @@ def attempt_flow(
         events.publish(AttemptFinished(**finished, next=Next.RETRY, delay=delay, why=why))
         attempt, waits = attempt + 1, _Waits()
         if delay > guard.max_sleep:
-            raise DeferralNeeded(delay, why, attempt)
+            raise _deferral(guard, events, delay, why, attempt)
         yield Sleep(delay)
         waits.add(delay, f"for {why}")
 
@@ -300,6 +380,77 @@ def _header_pause(info: RateLimitInfo, throttled: bool, policy: Any, now: float)
     if not pause or (pause.reason != PauseReason.EXHAUSTED and not throttled):
         return None
     return RetryAfter(min(pause.seconds, policy.max_retry_after), True)
+
+
+@dataclass(frozen=True)
+class _Cache:
+    """The cache settings of one call: where its entry lives, and the headers its request carries."""
+
+    policy: CachePolicy
+    scope: str
+    key: str
+    request_headers: Mapping[str, str]
+
+    @classmethod
+    def of(cls, call: CallInfo, guard: Guard) -> _Cache | None:
+        """None when the call is not cached (no policy, or a method the policy does not cache)."""
+        policy = guard.cache
+        if policy is None or call.method not in policy.methods:
+            return None
+        text = f"{call.method} {call.cache_key if call.cache_key is not None else call.raw_urls[0]}"
+        key = hashlib.sha256(text.encode()).hexdigest()[:40]  # no URL (or secret in it) in the store's keys
+        return cls(policy, guard.limit_key, key, dict(call.request_headers or {}))
+
+    def event(self, call: CallInfo, result: CacheResult, **fields: Any) -> CacheUsed:
+        return CacheUsed(call.method, call.safe_url, self.scope, result, **fields)
+
+
+def _cache_response(cache: _Cache, call: CallInfo, events: Events, response: Any, now: float) -> Flow:
+    """Store a successful response if HTTP caching rules and the policy allow it."""
+    p = cache.policy
+    verdict = http_cache.store_decision(
+        call.method, response.status_code, cache.request_headers, response.headers, ttl=p.ttl,
+        methods=p.methods, now=now,
+    )  # fmt: skip
+    if verdict != http_cache.StoreVerdict.STORE:
+        events.publish(cache.event(call, CacheResult.NOT_STORED, detail=str(verdict)))
+        return
+    entry = http_cache.entry_from_response(
+        response.status_code, cache.request_headers, list(response.headers.items()), response.content,
+        now=now, ttl=p.ttl,
+    )  # fmt: skip
+    yield from _cache_store(cache, call, events, entry, now, CacheResult.STORED)
+
+
+def _cache_store(
+    cache: _Cache,
+    call: CallInfo,
+    events: Events,
+    entry: http_cache.CacheEntry,
+    now: float,
+    result: CacheResult,
+) -> Flow:
+    """Store ``entry``; a store failure is logged, not raised (the call was made, its result stands)."""
+    p, fresh_for = cache.policy, http_cache.remaining_freshness(entry, now)
+    if entry.size > p.max_entry_bytes:
+        detail = f"{entry.size} bytes is more than max_entry_bytes ({p.max_entry_bytes})"
+        events.publish(cache.event(call, CacheResult.NOT_STORED, size=entry.size, detail=detail))
+        return
+    keep = fresh_for + (p.ttl if entry.etag or entry.last_modified else 0.0)  # stale ones kept to revalidate
+    try:
+        put: CachePut = yield CacheStore(cache.scope, cache.key, entry, keep, p.max_total_bytes)
+    except StateBackendError as exc:
+        events.publish(cache.event(call, CacheResult.NOT_STORED, detail=exc.cause_text))
+        return
+    if not put.stored:
+        events.publish(
+            cache.event(call, CacheResult.NOT_STORED, size=entry.size, detail="larger than max_total_bytes")
+        )
+        return
+    detail = (
+        f"{put.evicted} older entries evicted (max_total_bytes {p.max_total_bytes})" if put.evicted else ""
+    )
+    events.publish(cache.event(call, result, fresh_for=fresh_for, size=entry.size, detail=detail))
 
 
 def _admit(
@@ -333,19 +484,24 @@ def _refused(guard: Guard, events: Events, admission: Admission, attempt: int, h
     events.publish(Refused(g.limit_key, g.breaker_key, reason, admission.wait))
     if reason == Refusal.DEFER:
         why = "Retry-After pause" if admission.paused else "rate limit"
-        raise DeferralNeeded(admission.wait, f"{why} on {g.limit_key!r}", attempt)
+        raise _deferral(g, events, admission.wait, f"{why} on {g.limit_key!r}", attempt)
     if reason in (Refusal.HOLD, Refusal.FULL):
         if held + admission.wait <= g.max_sleep:
             return admission.wait
         what = (
             f"circuit {g.breaker_key!r}" if reason == Refusal.HOLD else f"key {g.limit_key!r} (max_in_flight)"
         )
-        raise DeferralNeeded(HOLD_DEFER_SECONDS, f"calls in flight on {what}", attempt)
+        raise _deferral(g, events, HOLD_DEFER_SECONDS, f"calls in flight on {what}", attempt)
     if g.on_circuit_open == OnCircuitOpen.DEFER:  # open or busy (half-open, trials taken)
         seconds = admission.wait if reason == Refusal.OPEN else HOLD_DEFER_SECONDS
-        raise DeferralNeeded(max(seconds, 0.0), f"circuit {g.breaker_key!r} {reason}", attempt)
+        raise _deferral(g, events, max(seconds, 0.0), f"circuit {g.breaker_key!r} {reason}", attempt)
     reopen_at = admission.breaker.reopen_at if admission.breaker else None
     raise CircuitOpenError(g.breaker_key, reopen_at, str(reason))
+
+
+def _deferral(guard: Guard, events: Events, seconds: float, why: str, attempt: int) -> DeferralNeeded:
+    events.publish(Deferred(guard.limit_key, seconds, why, attempt))
+    return DeferralNeeded(seconds, why, attempt)
 
 
 def _until_slot(
@@ -411,7 +567,14 @@ def _redacted(error: Exception | None, raw_urls: tuple[str, ...]) -> str:
 
 
 def _error(
-    call: CallInfo, attempt: int, outcome: Outcome, sent: Sent, error_text: str, retry_after: float | None
+    call: CallInfo,
+    attempt: int,
+    outcome: Outcome,
+    sent: Sent,
+    error_text: str,
+    retry_after: float | None,
+    request_id: str | None = None,
+    body: str | None = None,
 ) -> Exception:
     if sent.response is not None:
         cls = HttpStatusError if (outcome.breaker_failure or outcome.retryable) else PermanentHttpStatusError
@@ -422,6 +585,8 @@ def _error(
             response=sent.response,
             retry_after=retry_after,
             attempts=attempt,
+            request_id=request_id,
+            body=body,
         )
     cls_t = CallTimeoutError if outcome.kind == OutcomeKind.TIMEOUT else TransportError
     # no __cause__: the client's exception text holds the raw URL; ``error_text`` is its redacted text

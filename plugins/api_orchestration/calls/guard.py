@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from api_orchestration.calls.events import Listener
 from api_orchestration.errors import PolicyConflictError
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.policy import BreakerPolicy, CachePolicy, RateLimit, RetryPolicy
 from api_orchestration.resilience.admission import AdmissionRequest
 from api_orchestration.state.base import StateBackend
 
@@ -41,8 +41,10 @@ class Guard:
 
     ``limit_key`` names the limiter (and the bulkhead, ``max_in_flight``), ``breaker_key`` the
     breaker; waits up to ``max_sleep`` seconds are slept, longer ones raise ``DeferralNeeded``.
-    ``listeners`` see every event of the call besides the log and metrics listeners. ``tokens``:
-    the OAuth2 connection's shared tokens (each attempt sends ``Authorization: Bearer``)."""
+    ``listeners`` see every event of the call besides the log and metrics listeners. ``cache``:
+    responses shared through the store under the scope ``limit_key`` (see :class:`CachePolicy`);
+    ``log_response``: successful bodies are logged (truncated, redacted) as error bodies are.
+    ``tokens``: the OAuth2 connection's shared tokens (each attempt sends ``Authorization: Bearer``)."""
 
     backend: StateBackend
     limit_key: str
@@ -54,6 +56,8 @@ class Guard:
     on_circuit_open: str = OnCircuitOpen.FAIL
     max_in_flight: int | None = None
     listeners: Sequence[Listener] = ()
+    cache: CachePolicy | None = None
+    log_response: bool = False
     tokens: TokenSource | None = None
 
     def __post_init__(self) -> None:

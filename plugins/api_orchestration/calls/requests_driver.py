@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import logging
 import time
+from http import HTTPStatus
 from typing import Any
 
 import requests
+from requests.structures import CaseInsensitiveDict
+from requests.utils import get_encoding_from_headers
 
 from api_orchestration.calls.events import BreakerTransition, VerdictNotRecorded, default_events
 from api_orchestration.calls.flow import (
     Admit,
     Admitted,
     Authorize,
+    CacheFound,
+    CacheLookup,
+    CacheStore,
     CallInfo,
     Command,
     DeferralNeeded,
@@ -35,9 +41,22 @@ from api_orchestration.calls.guard import Guard, lease_seconds
 from api_orchestration.errors import StateBackendError
 from api_orchestration.redaction import redact_url
 from api_orchestration.resilience.admission import Transition, Verdict
+from api_orchestration.resilience.http_cache import CacheEntry
 
-__all__ = ["DeferralNeeded", "Guard", "ResilientCaller", "lease_seconds"]
+__all__ = ["DeferralNeeded", "Guard", "ResilientCaller", "lease_seconds", "response_from_entry"]
 logger = logging.getLogger(__name__)
+
+
+def response_from_entry(entry: CacheEntry, request: requests.PreparedRequest) -> requests.Response:
+    """A ``requests.Response`` serving a cached entry (``from_cache`` is True on it)."""
+    response = requests.Response()
+    response.status_code, response._content = entry.status, entry.body
+    response.headers = CaseInsensitiveDict(dict(entry.headers))
+    response.encoding = get_encoding_from_headers(response.headers)
+    response.reason = HTTPStatus(entry.status).phrase if entry.status in HTTPStatus._value2member_map_ else ""
+    response.url, response.request = request.url or "", request
+    response.from_cache = True  # type: ignore[attr-defined]
+    return response
 
 
 class ResilientCaller:
@@ -74,19 +93,28 @@ class ResilientCaller:
         idempotency_key: str | None = None,
         idempotency_header: str = "Idempotency-Key",
         first_attempt: int = 1,
+        cache_key: str | None = None,
     ) -> requests.Response:
-        """Make the call; return the successful response or raise a typed error (or DeferralNeeded)."""
+        """Make the call; return the successful response or raise a typed error (or DeferralNeeded).
+        ``cache_key``: the entry's key in the guard's cache (default: the method and full URL)."""
         r = HttpRequest(method, url, params, json, data, headers, idempotency_key, idempotency_header)
         body = {"json": r.json, "data": r.data} if r.has_body else {}
         request = requests.Request(r.method, r.url, params=r.params, headers=r.all_headers, **body)
-        return self.send(self.session.prepare_request(request), idempotency_key, first_attempt)
+        return self.send(self.session.prepare_request(request), idempotency_key, first_attempt, cache_key)
 
     def send(
-        self, prepared: requests.PreparedRequest, idempotency_key: str | None = None, first_attempt: int = 1
+        self,
+        prepared: requests.PreparedRequest,
+        idempotency_key: str | None = None,
+        first_attempt: int = 1,
+        cache_key: str | None = None,
     ) -> requests.Response:
         """Send a prepared request under the guard (its idempotency header, if any, already set)."""
         url = prepared.url or ""
-        info = CallInfo(prepared.method or "GET", redact_url(url), idempotency_key, (url, prepared.path_url))
+        info = CallInfo(
+            prepared.method or "GET", redact_url(url), idempotency_key, (url, prepared.path_url),
+            prepared.headers, cache_key,
+        )  # fmt: skip
         settings = self._send_settings(url)  # before admission: nothing slow between slot and send
         stepper = Stepper(
             attempt_flow(info, self.guard, self.request, self.events, time.monotonic, first_attempt)
@@ -114,8 +142,9 @@ class ResilientCaller:
     # -- the commands -----------------------------------------------------------------------------
     def _execute(self, command: Command, prepared: requests.PreparedRequest, settings: dict[str, Any]) -> Any:
         if isinstance(command, Send):
-            if command.headers:
-                prepared.headers.update(command.headers)
+            if command.headers:  # the OAuth2 Authorization, a revalidation's If-None-Match
+                prepared = prepared.copy()
+                prepared.headers.update(dict(command.headers))
             started = time.perf_counter()
             try:
                 response = self.session.send(prepared, timeout=self.timeout, **settings)
@@ -138,6 +167,15 @@ class ResilientCaller:
             return self.guard.backend.record(command.verdict)
         if isinstance(command, Pause):
             return self.guard.backend.limiter_pause(self.guard.limit_key, command.seconds)
+        if isinstance(command, CacheLookup):
+            found = self.guard.backend.cache_get(command.scope, command.key)
+            entry = CacheEntry.from_dict(found) if found else None
+            return CacheFound(entry, lambda e: response_from_entry(e, prepared))
+        if isinstance(command, CacheStore):
+            e = command.entry
+            return self.guard.backend.cache_put(
+                command.scope, command.key, e.to_dict(), e.size, command.keep, command.max_total_bytes
+            )
         raise TypeError(f"unknown command {command!r}")
 
     def _admit(self, command: Admit) -> Admitted:

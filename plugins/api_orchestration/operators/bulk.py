@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import jmespath
-from airflow.providers.http.hooks.http import HttpHook
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -27,12 +26,13 @@ from api_orchestration.calls.aiohttp_driver import options_from_connection
 from api_orchestration.calls.engines import call_concurrently, call_concurrently_async
 from api_orchestration.calls.guard import Guard
 from api_orchestration.calls.idempotency import task_key
+from api_orchestration.connections import ResilientHttpHook, connection_policies
 from api_orchestration.errors import ConfigurationError
 from api_orchestration.operators.http import UNSAFE_METHODS, check_oauth2_conn_id, oauth2_tokens
 from api_orchestration.operators.step import items_from
 from api_orchestration.operators.templates import UpstreamResults, referenced_results
 from api_orchestration.paths import data_path
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy, allowed_failures
+from api_orchestration.policy import BreakerPolicy, CachePolicy, RateLimit, RetryPolicy, allowed_failures
 from api_orchestration.rendering import SandboxedNativeEnvironment, SandboxedTemplates
 from api_orchestration.state import get_backend
 
@@ -71,15 +71,36 @@ def join_url(base_url: str, endpoint: str) -> str:
 class BulkHttpOperator(SandboxedTemplates, BaseOperator):
     """Call ``endpoint`` once per item of ``items``, ``concurrency`` calls at a time.
 
-    :param items: a list, or a JMESPath over ``{"conf", "params", "results"}`` (``inputs`` names the
-        upstream steps it may read).
-    :param endpoint, method, json, query, headers: per-item templates (``{{ item }}``, ``{{ index }}``,
-        the task context, ``{{ results.<step> }}``, ``{{ conf }}`` for ``dag_run.conf``).
+    Per-item templates (``endpoint``, ``json``, ``query``, ``headers``) see ``{{ item }}``,
+    ``{{ index }}``, the task context, ``{{ results.<step> }}`` and ``{{ conf }}`` (``dag_run.conf``).
+
+    :param items: a list, or a JMESPath over ``{"conf", "params", "results"}``.
+    :param endpoint: path under the connection's base URL (a per-item template).
+    :param method: HTTP method of every call.
+    :param http_conn_id: Airflow Connection (``resilient_http`` or ``http``) (templated).
+    :param json: JSON body (a per-item template).
+    :param query: query-string parameters (a per-item template).
+    :param headers: extra request headers (a per-item template).
+    :param inputs: the upstream steps ``items`` may read as ``results.<step>``.
+    :param concurrency: calls in flight at once (1 to 256).
     :param tolerate_failures: how many items may fail (a count, or a fraction when < 1).
+    :param rate_limit: :class:`~api_orchestration.RateLimit`; default: the connection's, else none.
+    :param rate_limit_key: default: the connection id.
+    :param max_in_flight: the bulkhead: at most this many calls in flight under ``rate_limit_key``,
+        across all workers (default: no cap).
+    :param breaker: :class:`~api_orchestration.BreakerPolicy`; default: the connection's, else none.
+    :param breaker_key: default: the connection id.
+    :param retry: :class:`~api_orchestration.RetryPolicy`; default: the connection's, else ``RetryPolicy()``.
+    :param timeout: seconds, or ``(connect, read)``, per call.
+    :param select: JMESPath applied to each JSON response to form the row's result.
+    :param state_url: override ``[api_orchestration] state_url`` for this task.
     :param engine: ``"async"`` (default): one asyncio event loop over aiohttp, the connection read
         by ``HttpAsyncHook``, admissions batched into one store operation; ``"threads"``:
         ``concurrency`` threads with ``requests`` sessions from ``HttpHook``, one store operation
         per call (about 3x slower). Same rows, limits, breaker, retries and log lines.
+    :param cache: :class:`CachePolicy` shared with every other task on the same key (its ``key``
+        template renders per item, with ``{{ item }}``); a row served from the cache has ``"cached": true``.
+    :param log_response: log successful bodies (truncated, redacted), as error bodies always are.
     """
 
     template_fields: Sequence[str] = ("http_conn_id", "oauth2_conn_id")
@@ -108,12 +129,23 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         select: str | None = None,
         state_url: str | None = None,
         engine: str = "async",
+        cache: CachePolicy | None = None,
+        log_response: bool = False,
         oauth2_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         check_oauth2_conn_id(f"task {self.task_id!r}", oauth2_conn_id)
         self.oauth2_conn_id = oauth2_conn_id
+        if cache is not None and not isinstance(cache, CachePolicy):
+            raise ConfigurationError(
+                f"task {self.task_id!r}", "cache", cache, "must be a CachePolicy(ttl, ...)"
+            )
+        if cache is not None and method.upper() not in cache.methods:
+            raise ConfigurationError(
+                f"task {self.task_id!r}", "cache", method,
+                f"caches only {', '.join(cache.methods)} responses; remove cache from this {method.upper()} call",
+            )  # fmt: skip
         if engine not in ENGINES:
             raise ConfigurationError(f"task {self.task_id!r}", "engine", engine, f"must be one of {ENGINES}")
         if not (isinstance(concurrency, int) and 1 <= concurrency <= 256):
@@ -128,9 +160,10 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         )
         self.json, self.query, self.headers, self.inputs = json, query, headers, tuple(inputs)
         self.concurrency, self.tolerate_failures = concurrency, tolerate_failures
-        self.rate_limit, self.breaker, self.retry = rate_limit, breaker, retry or RetryPolicy()
+        self.rate_limit, self.breaker, self.retry = rate_limit, breaker, retry  # None: the connection's
         self.rate_limit_key, self.breaker_key, self.max_in_flight = rate_limit_key, breaker_key, max_in_flight
         self.timeout, self.select, self.state_url, self.engine = timeout, select, state_url, engine
+        self.cache, self.log_response = cache, bool(log_response)
 
     def _rows(
         self,
@@ -143,11 +176,11 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         by the providers-http hook of that engine."""
         common = {"guard": guard, "concurrency": self.concurrency, "timeout": self.timeout, "log": self.log}
         if self.engine == "threads":
-            hook = HttpHook(method=self.method, http_conn_id=self.http_conn_id)
+            hook = ResilientHttpHook(method=self.method, http_conn_id=self.http_conn_id)
             hook.get_conn()  # resolves the connection: base URL
 
             def sessions() -> Any:
-                return HttpHook(method=self.method, http_conn_id=self.http_conn_id).get_conn()
+                return ResilientHttpHook(method=self.method, http_conn_id=self.http_conn_id).get_conn()
 
             return call_concurrently(
                 count, request(hook.base_url), sessions=sessions, select=select, **common
@@ -164,17 +197,22 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         items = self._items(context)
         ti = context["ti"]
+        policies = connection_policies(self.http_conn_id).under(
+            rate_limit=self.rate_limit, breaker=self.breaker, retry=self.retry
+        )  # the DAG's own policies win over the connection's
         backend = get_backend(self.state_url)
         guard = Guard(
             backend=backend, tokens=oauth2_tokens(self.oauth2_conn_id, backend),
             limit_key=self.rate_limit_key or self.http_conn_id,
-            rate_limit=self.rate_limit, breaker_key=self.breaker_key or self.http_conn_id, breaker=self.breaker,
-            retry=self.retry, max_sleep=3600.0, max_in_flight=self.max_in_flight,
+            rate_limit=policies.rate_limit, breaker_key=self.breaker_key or self.http_conn_id,
+            breaker=policies.breaker, retry=policies.retry or RetryPolicy(), max_sleep=3600.0,
+            max_in_flight=self.max_in_flight, cache=self.cache, log_response=self.log_response,
         )  # fmt: skip
+        cache_key = self.cache.key if self.cache is not None else None
         base_key = task_key(ti)
         select = jmespath.compile(self.select) if self.select else None
         results = UpstreamResults(ti)
-        for step in referenced_results([self.endpoint, self.json, self.query, self.headers]):
+        for step in referenced_results([self.endpoint, self.json, self.query, self.headers, cache_key]):
             results[step]  # pulled here, once, not from the engine's threads or event loop
         shared = {
             **context,
@@ -190,6 +228,7 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
                     "method": self.method, "url": join_url(base_url, render(self.endpoint, v)),
                     "json": render(self.json, v), "params": render(self.query, v), "headers": render(self.headers, v),
                     "idempotency_key": f"{base_key}-{index}" if self.method in UNSAFE_METHODS else None,
+                    "cache_key": None if cache_key is None else str(render(cache_key, v)),
                 }  # fmt: skip
 
             return one

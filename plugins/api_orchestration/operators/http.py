@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import requests
-from airflow.providers.http.hooks.http import HttpHook
 from airflow.sdk import BaseOperator, Context
 
 from api_orchestration import compat
@@ -19,6 +18,7 @@ from api_orchestration.calls.oauth2 import load_config
 from api_orchestration.calls.requests_driver import ResilientCaller
 from api_orchestration.calls.responses import default_response_filter
 from api_orchestration.calls.tokens import SharedTokens, shared_tokens
+from api_orchestration.connections import ResilientHttpHook, connection_policies
 from api_orchestration.errors import (
     CircuitOpenError,
     ConfigurationError,
@@ -28,7 +28,7 @@ from api_orchestration.errors import (
 )
 from api_orchestration.operators.resume import Resume, ResumeTrigger
 from api_orchestration.operators.templates import UpstreamResults
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.policy import BreakerPolicy, CachePolicy, RateLimit, RetryPolicy
 from api_orchestration.redaction import (
     connection_secrets,
     mask_secrets,
@@ -87,6 +87,7 @@ class CallSpec:
     rate_limit_key: str | None = None
     breaker_key: str | None = None
     idempotency_key: str | None = None  # resolved: None sends none
+    cache_key: str | None = None  # rendered CachePolicy.key (None: the method and full URL)
     oauth2_conn_id: str | None = None  # the OAuth2 connection whose shared token the call sends
 
 
@@ -97,27 +98,38 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
 
     :param endpoint: path appended to the connection's base URL (templated).
     :param method: HTTP method.
-    :param http_conn_id: Airflow Connection (type ``http``) with host, credentials and headers.
+    :param http_conn_id: Airflow Connection (type ``resilient_http`` or ``http``) with host, credentials
+        and headers (templated).
     :param json: JSON body (templated).
     :param data: form body or raw text (templated); not together with ``json``.
     :param query: query-string parameters (templated; ``params`` is Airflow's DAG params).
     :param headers: extra headers (templated).
     :param timeout: seconds, or ``(connect, read)``; default ``(10, 60)``.
-    :param rate_limit: :class:`RateLimit` shared by every task using ``rate_limit_key``.
+    :param rate_limit: :class:`RateLimit` shared by every task using ``rate_limit_key``; default:
+        the connection's (a ``resilient_http`` connection's form fields), else none.
     :param rate_limit_key: default: the connection id (templated: a key per tenant or account, e.g.
         ``"crm:{{ params.tenant }}"``).
     :param max_in_flight: the bulkhead: at most this many calls in flight under ``rate_limit_key``,
         across all workers (default: no cap).
-    :param breaker: :class:`BreakerPolicy` shared by every task using ``breaker_key``.
+    :param breaker: :class:`BreakerPolicy` shared by every task using ``breaker_key``; default: the
+        connection's, else none.
     :param breaker_key: default: the connection id (templated).
-    :param retry: :class:`RetryPolicy` for retries inside one task try.
+    :param retry: :class:`RetryPolicy` for retries inside one task try; default: the connection's,
+        else ``RetryPolicy()``.
     :param idempotency_key: ``None`` (default): derived from dag, run, task and map index for
         POST/PUT/PATCH/DELETE; a string (templated) to set it; ``False`` to send none.
     :param idempotency_header: header name, default ``Idempotency-Key``.
     :param max_sleep: waits up to this many seconds sleep in the worker; longer ones defer to the triggerer.
     :param on_circuit_open: ``"fail"`` (raise :class:`CircuitOpenError`) or ``"defer"`` until half-open.
-    :param response_check: ``f(response) -> bool``; False fails the task.
-    :param response_filter: ``f(response) -> value`` pushed to XCom (default: JSON or text).
+    :param response_check: ``f(response) -> bool``; False fails the task. Like providers-http's
+        ``HttpOperator``, it may also name task-context keys: ``lambda response, ti: ...``.
+    :param response_filter: ``f(response) -> value`` pushed to XCom (default: JSON or text); may
+        name context keys as ``response_check`` does.
+    :param cache: :class:`CachePolicy`: GET/HEAD responses shared by every worker through the state
+        store (``Cache-Control``, ``ETag`` revalidation; a hit makes no call and spends no permit);
+        its ``key`` is a template rendered with the task context.
+    :param log_response: log successful bodies (truncated to about 2 KB, credentials redacted), as
+        error bodies always are.
     :param extra_options: providers-http request options for ``HttpHook.get_conn``.
     :param auth_type: providers-http ``auth_type`` (default: HTTP basic from the connection's login).
     :param oauth2_conn_id: an OAuth2 client connection (see the README's "OAuth2 connections"): every
@@ -141,9 +153,11 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         "oauth2_conn_id",
         "rate_limit_key",
         "breaker_key",
+        "cache_key",
     )
     template_fields_renderers = {"json": "json", "headers": "json", "query": "json"}
     ui_color = "#e8f4ff"
+    first_phase = "call"  # the phase execute() starts with
 
     def __init__(
         self,
@@ -166,12 +180,14 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         idempotency_header: str = DEFAULT_HEADER,
         max_sleep: float = 10.0,
         on_circuit_open: str = "fail",
-        response_check: Callable[[requests.Response], bool] | None = None,
-        response_filter: Callable[[requests.Response], Any] | None = None,
+        response_check: Callable[..., bool] | None = None,
+        response_filter: Callable[..., Any] | None = None,
         extra_options: dict[str, Any] | None = None,
         auth_type: Any = None,
         oauth2_conn_id: str | None = None,
         state_url: str | None = None,
+        cache: CachePolicy | None = None,
+        log_response: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -185,6 +201,20 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         )
         _check_type(owner, "breaker", breaker, BreakerPolicy, "must be a BreakerPolicy(...)")
         _check_type(owner, "retry", retry, RetryPolicy, "must be a RetryPolicy(...)")
+        _check_type(owner, "cache", cache, CachePolicy, "must be a CachePolicy(ttl, key=..., methods=...)")
+        _check_type(owner, "log_response", log_response, bool, "must be True or False")
+        if cache is not None and method not in cache.methods:
+            raise ConfigurationError(
+                owner,
+                "cache",
+                method,
+                f"caches only {', '.join(cache.methods)} responses; remove cache from this {method} call",
+            )
+        for name, fn in (("response_check", response_check), ("response_filter", response_filter)):
+            if fn is not None and not callable(fn):
+                raise ConfigurationError(
+                    owner, name, fn, "must be a callable: f(response) or f(response, ti)"
+                )
         _check_type(
             owner,
             "idempotency_key",
@@ -216,12 +246,14 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         self.timeout = timeout
         self.rate_limit, self.rate_limit_key, self.max_in_flight = rate_limit, rate_limit_key, max_in_flight
         self.breaker, self.breaker_key = breaker, breaker_key
-        self.retry = retry or RetryPolicy()
+        self.retry = retry  # None: the connection's, else RetryPolicy()
         self.idempotency_key, self.idempotency_header = idempotency_key, idempotency_header
         self.max_sleep, self.on_circuit_open = float(max_sleep), on_circuit_open
         self.response_check, self.response_filter = response_check, response_filter
         self.extra_options, self.auth_type, self.state_url = extra_options or {}, auth_type, state_url
         self.oauth2_conn_id = oauth2_conn_id
+        self.cache, self.log_response = cache, log_response
+        self.cache_key = cache.key if cache is not None else None  # a template, rendered with the task
 
     # -- what is called -------------------------------------------------------------------------------
     def template_context(self, context: Any) -> None:
@@ -248,12 +280,13 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
             raise ValueError(f"task {self.task_id!r} has no call phase {phase!r}")
         return CallSpec(
             self.endpoint, self.method, self.http_conn_id, self.json, self.data, self.query, self.headers,
-            self.rate_limit_key, self.breaker_key, self.own_key(context), self.oauth2_conn_id,
+            self.rate_limit_key, self.breaker_key, self.own_key(context), self.cache_key,
+            oauth2_conn_id=self.oauth2_conn_id,
         )  # fmt: skip
 
     # -- execution --------------------------------------------------------------------------------------
     def execute(self, context: Context) -> Any:
-        return self.run_phase(context, Resume())
+        return self.run_phase(context, Resume(self.first_phase))
 
     def execute_resume(self, context: Context, event: Any = None, attempt: int = 1, **_: Any) -> Any:
         """Resume after a deferral (a long limiter, breaker or Retry-After wait), where it left off."""
@@ -276,7 +309,8 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         raise error
 
     def on_call_succeeded(self, context: Context, phase: str, spec: CallSpec, response: Any) -> Any:
-        if self.response_check is not None and not self.response_check(response):
+        check, keep = self.response_check, self.response_filter or default_response_filter
+        if check is not None and not check(response, **compat.context_kwargs(check, [response], context)):
             url = redact_url(spec.endpoint)
             raise ResponseCheckError(
                 f"response_check returned False for {spec.method} {url} (status {response.status_code})",
@@ -284,25 +318,39 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
                 url=url,
             )
         # an echoed credential never reaches XCom: the connection's and the request's are masked
-        return mask_secrets((self.response_filter or default_response_filter)(response))
+        return mask_secrets(keep(response, **compat.context_kwargs(keep, [response], context)))
+
+    def defer_resume(self, seconds: float, resume: Resume) -> NoReturn:
+        """Free the worker slot: the triggerer waits ``seconds``, then :meth:`execute_resume`
+        continues at ``resume`` (the caller has logged why)."""
+        self.defer(
+            trigger=ResumeTrigger.after(seconds, resume),
+            method_name="execute_resume",
+            timeout=timedelta(seconds=seconds + 3600),
+        )
 
     def guard(self, spec: CallSpec) -> Guard:
         backend = get_backend(self.state_url)
+        policies = connection_policies(spec.http_conn_id).under(
+            rate_limit=self.rate_limit, breaker=self.breaker, retry=self.retry
+        )  # the DAG's own policies win over the connection's
         return Guard(
             backend=backend,
             tokens=oauth2_tokens(spec.oauth2_conn_id, backend),
             limit_key=spec.rate_limit_key or spec.http_conn_id,
-            rate_limit=self.rate_limit,
+            rate_limit=policies.rate_limit,
             breaker_key=spec.breaker_key or spec.http_conn_id,
-            breaker=self.breaker,
-            retry=self.retry,
+            breaker=policies.breaker,
+            retry=policies.retry or RetryPolicy(),
             max_sleep=self.max_sleep,
             on_circuit_open=self.on_circuit_open,
             max_in_flight=self.max_in_flight,
+            cache=self.cache,
+            log_response=self.log_response,
         )
 
     def _call(self, spec: CallSpec, resume: Resume) -> requests.Response:
-        hook = HttpHook(method=spec.method, http_conn_id=spec.http_conn_id, auth_type=self.auth_type)
+        hook = ResilientHttpHook(method=spec.method, http_conn_id=spec.http_conn_id, auth_type=self.auth_type)
         register_secrets(connection_secrets(hook.get_connection(spec.http_conn_id)))
         session = hook.get_conn(extra_options=self.extra_options)
         guard = self.guard(spec)
@@ -324,14 +372,10 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
                 idempotency_key=spec.idempotency_key,
                 idempotency_header=self.idempotency_header,
                 first_attempt=resume.attempt,
+                cache_key=spec.cache_key,
             )
         except DeferralNeeded as wait:
             caller.flush()
-            self.log.info("deferring %.2f s to the triggerer: %s", wait.seconds, wait.reason)
-            self.defer(
-                trigger=ResumeTrigger.after(wait.seconds, Resume(resume.phase, wait.attempt)),
-                method_name="execute_resume",
-                timeout=timedelta(seconds=wait.seconds + 3600),
-            )
+            self.defer_resume(wait.seconds, replace(resume, attempt=wait.attempt))  # logged by the flow
         finally:
             caller.flush()

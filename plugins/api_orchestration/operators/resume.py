@@ -15,16 +15,30 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 @dataclass(frozen=True)
 class Resume:
-    """Where a deferred call resumes: ``phase`` (``call``, or ``fallback`` for a step's fallback)
-    and the attempt number."""
+    """Where a deferred call resumes: ``phase`` (``call``, ``fallback`` for a step's fallback;
+    ``submit``, ``poll`` or ``fetch`` for a poll step) and the attempt number. A poll step also
+    carries its job: the status URL, the deadline (unix seconds), the polls made so far, and in the
+    ``fetch`` phase the result URL. Every field is JSON (the trigger's event)."""
 
     phase: str = "call"
     attempt: int = 1
+    status_url: str | None = None
+    deadline: float | None = None
+    polls: int = 0
+    result_url: str | None = None
 
     @classmethod
     def from_event(cls, event: Any, attempt: int = 1) -> Resume:
         if isinstance(event, dict) and "phase" in event:
-            return cls(str(event["phase"]), int(event.get("attempt", 1)))
+            deadline = event.get("deadline")
+            return cls(
+                str(event["phase"]),
+                int(event.get("attempt", 1)),
+                event.get("status_url"),
+                None if deadline is None else float(deadline),
+                int(event.get("polls", 0)),
+                event.get("result_url"),
+            )
         return cls("call", attempt)  # a deferral made before this format existed
 
 

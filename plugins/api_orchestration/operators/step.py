@@ -110,7 +110,7 @@ class StepOperator(ResilientHttpOperator):
         return CallSpec(
             f["endpoint"], method, f.get("http_conn_id") or self.http_conn_id, f.get("json"), f.get("data"),
             f.get("query"), f.get("headers"), f.get("rate_limit_key"), f.get("breaker_key"), key,
-            f.get("oauth2_conn_id", self.oauth2_conn_id),
+            oauth2_conn_id=f.get("oauth2_conn_id", self.oauth2_conn_id),
         )  # fmt: skip
 
     def on_call_failed(self, context: Context, phase: str, error: Exception) -> Any:

@@ -193,6 +193,10 @@ def _expressions(step: StepSpec) -> Iterator[tuple[str, str]]:
     for field, mode in (("fan_out", step.fan_out), ("bulk", step.bulk)):
         if mode is not None and isinstance(mode.over, str):
             yield f"{field}.over", mode.over
+    if step.poll is not None:
+        for field in ("success", "failure", "status", "result"):
+            if (expression := getattr(step.poll, field)) is not None:
+                yield f"poll.{field}", expression
 
 
 def _jmespath(expression: str, before: set[str], names: set[str], field: str) -> list[str]:
@@ -200,7 +204,7 @@ def _jmespath(expression: str, before: set[str], names: set[str], field: str) ->
         parsed = jmespath.compile(expression).parsed
     except jmespath.exceptions.JMESPathError as exc:
         return [f"is not a valid JMESPath expression ({str(exc).splitlines()[0]}), got {expression!r}"]
-    if field == "output":  # applies to the response, not to conf/params/results
+    if field == "output" or field.startswith("poll."):  # apply to responses, not to conf/params/results
         return []
     problems = []
     for chain in _field_chains(parsed):

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pendulum
 
 from api_orchestration.errors import ConfigurationError
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.policy import BreakerPolicy, CachePolicy, Poll, RateLimit, RetryPolicy
 from api_orchestration.specs.model import CallSpec, StepSpec, WorkflowSpec
 from api_orchestration.specs.problems import Problem, shown
 from api_orchestration.workflows.model import Bulk, Call, FanOut, Step, Workflow
@@ -36,15 +36,17 @@ class _Collector:
 def to_workflow(spec: WorkflowSpec, dag_id: str) -> tuple[Workflow | None, list[Problem]]:
     c = _Collector()
     d = spec.defaults
-    retry = _policy(c, "defaults.retry", RetryPolicy, d.retry) or RetryPolicy()
+    retry = _policy(c, "defaults.retry", RetryPolicy, d.retry)
     rate_limit = _policy(c, "defaults.rate_limit", RateLimit, d.rate_limit)
     breaker = _policy(c, "defaults.breaker", BreakerPolicy, d.breaker)
+    cache = _cache(c, "defaults.cache", d.cache)
     steps = [_step(c, f"steps[{i}]", s) for i, s in enumerate(spec.steps)]
     if c.problems:
         return None, c.problems
     wf = Workflow(
-        dag_id, tuple(s for s in steps if s), conn_id=d.conn_id, oauth2_conn_id=d.oauth2_conn_id, retry=retry, rate_limit=rate_limit,
-        breaker=breaker, timeout=d.timeout, max_in_flight=d.max_in_flight, output=spec.output,
+        dag_id, tuple(s for s in steps if s), conn_id=d.conn_id, oauth2_conn_id=d.oauth2_conn_id, retry=retry,
+        rate_limit=rate_limit, breaker=breaker, timeout=d.timeout, max_in_flight=d.max_in_flight, output=spec.output,
+        cache=cache, log_response=d.log_response,
     )  # fmt: skip
     try:
         wf.validate()
@@ -96,6 +98,15 @@ def _policy(c: _Collector, path: str, cls: Callable[..., T], spec: Any) -> T | N
     return None if spec is None else c.make(path, cls, **spec.model_dump(exclude_none=True))
 
 
+def _cache(c: _Collector, path: str, spec: Any) -> CachePolicy | None:
+    if spec is None:
+        return None
+    fields = spec.model_dump(exclude_none=True)
+    if "methods" in fields:
+        fields["methods"] = tuple(fields["methods"])
+    return c.make(path, CachePolicy, **fields)
+
+
 def _call(c: _Collector, path: str, spec: CallSpec | None) -> Call | None:
     if spec is None:
         return None
@@ -115,5 +126,7 @@ def _step(c: _Collector, path: str, s: StepSpec) -> Step | None:
         retry=_policy(c, f"{path}.retry", RetryPolicy, s.retry),
         rate_limit=_policy(c, f"{path}.rate_limit", RateLimit, s.rate_limit),
         breaker=_policy(c, f"{path}.breaker", BreakerPolicy, s.breaker), timeout=s.timeout,
-        max_in_flight=s.max_in_flight,
+        max_in_flight=s.max_in_flight, cache=_cache(c, f"{path}.cache", s.cache),
+        log_response=bool(s.log_response),
+        poll=_policy(c, f"{path}.poll", Poll, s.poll),
     )  # fmt: skip

@@ -1,10 +1,12 @@
-"""What ``dags/workflows.py`` runs: every spec in the workflows folder -> a DAG, bad files reported.
+"""What the DAG files of the specs run: good specs -> DAGs (``dags/workflows.py``), bad ones ->
+one import error (``dags/workflow_spec_errors.py``).
 
-Airflow keeps import errors per DAG *file*, and one exception in ``dags/workflows.py`` would drop
-every DAG it defines. So good specs become DAGs, and the bad ones are collected into one
-:class:`InvalidSpecsDag` whose ``validate()`` (called by Airflow's DagBag on every DAG it loads)
-raises them: the UI's import errors show ``dags/workflows.py`` with one line per problem, naming
-file and field, while every good spec's DAG still loads.
+Airflow keeps import errors per DAG *file*, and a DAG file with an import error must not be the one
+that defines the good specs' DAGs: Airflow lists such DAGs but refuses to trigger them. So the good
+specs and the bad ones are reported by two files: ``workflows.py`` defines every good spec's DAG and
+never fails; ``workflow_spec_errors.py`` defines none and raises :class:`InvalidSpecFiles` (one line
+per problem, naming file and field) while any spec is bad, so the UI shows it as that file's import
+error.
 """
 
 from __future__ import annotations
@@ -13,13 +15,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG
-
 from api_orchestration.errors import ApiOrchestrationError, SpecError
 from api_orchestration.specs.loader import load_directory
 
 WORKFLOWS_DIR_ENV = "AIRFLOW__API_ORCHESTRATION__WORKFLOWS_DIR"
-ERRORS_DAG_ID = "workflow_spec_errors"
 
 
 class InvalidSpecFiles(SpecError):
@@ -32,28 +31,20 @@ class InvalidSpecFiles(SpecError):
         ApiOrchestrationError.__init__(self, "\n".join([header, *map(str, errors)]))
 
 
-class InvalidSpecsDag(DAG):
-    """Never loads: Airflow's DagBag calls ``validate()``, which raises the collected spec errors,
-    and records them as the DAG file's import error."""
-
-    spec_errors: InvalidSpecFiles
-
-    def validate(self) -> None:
-        raise self.spec_errors
-
-
 def workflows_dir(default: str | Path) -> Path:
     """``[api_orchestration] workflows_dir`` (env ``AIRFLOW__API_ORCHESTRATION__WORKFLOWS_DIR``), else ``default``."""
     return Path(os.environ.get(WORKFLOWS_DIR_ENV) or default)
 
 
 def workflow_dags(default_dir: str | Path) -> dict[str, Any]:
-    """``{dag_id: DAG}`` for every valid spec, plus the :class:`InvalidSpecsDag` when some are bad."""
+    """``{dag_id: DAG}`` for every valid spec (the bad ones are :func:`raise_spec_errors`'s)."""
+    good, _ = load_directory(workflows_dir(default_dir))
+    return {spec.dag.dag_id: spec.dag for spec in good}
+
+
+def raise_spec_errors(default_dir: str | Path) -> None:
+    """Raise :class:`InvalidSpecFiles` if any spec in the folder is invalid."""
     directory = workflows_dir(default_dir)
-    good, bad = load_directory(directory)
-    dags: dict[str, Any] = {spec.dag.dag_id: spec.dag for spec in good}
+    _, bad = load_directory(directory)
     if bad:
-        errors_dag = InvalidSpecsDag(dag_id=ERRORS_DAG_ID, schedule=None)
-        errors_dag.spec_errors = InvalidSpecFiles(str(directory), bad)
-        dags[ERRORS_DAG_ID] = errors_dag
-    return dags
+        raise InvalidSpecFiles(str(directory), bad)

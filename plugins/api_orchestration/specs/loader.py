@@ -125,7 +125,8 @@ def load_document(document: Any, source: str, *, default_dag_id: str | None = No
     dag_id = spec.dag_id or default_dag_id or ""
     problems = check(spec, dag_id)
     workflow, more = to_workflow(spec, dag_id)
-    problems += [p for p in more if p not in problems]
+    reported = {path for path, _ in problems}  # one message per field (checks and the model agree)
+    problems += [p for p in more if p[0] not in reported]
     if problems or workflow is None:
         raise SpecError(source, problems)
     try:

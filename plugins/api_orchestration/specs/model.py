@@ -79,6 +79,19 @@ class BreakerSpec(_Spec):
     half_open_timeout: float | None = Field(None, description="seconds to wait for trial verdicts (120)")
 
 
+class CacheSpec(_Spec):
+    """A response cache shared by every worker (``CachePolicy``): GET/HEAD responses kept ``ttl``
+    seconds at most, ``Cache-Control`` and ``ETag`` honoured."""
+
+    ttl: float = Field(description="seconds a response is kept at most (the server may say less)")
+    key: str | None = Field(None, description="entry key template (default: the method and full URL)")
+    methods: list[str] | None = Field(None, description="GET and/or HEAD (default both)")
+    max_entry_bytes: int | None = Field(None, description="larger responses are not stored (1,000,000)")
+    max_total_bytes: int | None = Field(
+        None, description="bytes kept per key; the entries nearest expiry are evicted first (64,000,000)"
+    )
+
+
 class CallSpec(_Spec):
     """One HTTP request through an Airflow HTTP Connection. Strings are Jinja templates."""
 
@@ -116,6 +129,24 @@ class BulkSpec(_ItemsSpec):
     concurrency: int = Field(16, description="calls in flight, 1 to 256")
 
 
+class PollSpec(_Spec):
+    """The call submits an async job: poll its status URL until done, then fetch the result."""
+
+    success: str = Field(description="JMESPath over the status response: true when the job is done")
+    failure: str | None = Field(
+        None, description="JMESPath over the status response: true when the job failed (fails the step)"
+    )
+    status: str | None = Field(
+        None, description="JMESPath over the submit response giving the status URL (default: Location)"
+    )
+    result: str | None = Field(
+        None,
+        description="JMESPath over the final status giving the result URL (default: the status is the result)",
+    )
+    interval: float | None = Field(None, description="seconds between polls without Retry-After (5)")
+    timeout: float | None = Field(None, description="seconds from the submit until the step fails (3600)")
+
+
 class StepSpec(_Spec):
     """One node of the workflow: a call, or a ``merge`` of other steps' results."""
 
@@ -145,6 +176,9 @@ class StepSpec(_Spec):
     max_in_flight: int | None = Field(
         None, description="at most this many calls in flight on the step's key, across all workers"
     )
+    cache: CacheSpec | None = Field(None, description="share GET/HEAD responses through the state store")
+    log_response: bool | None = Field(None, description="log successful bodies (truncated, redacted)")
+    poll: PollSpec | None = Field(None, description="the call submits an async job: poll it until done")
 
     _lists = field_validator("depends_on", "merge", mode="before")(_as_list)
 
@@ -161,6 +195,8 @@ class DefaultsSpec(_Spec):
     breaker: BreakerSpec | None = None
     timeout: float = Field(30.0, description="read timeout, seconds")
     max_in_flight: int | None = Field(None, description="calls in flight per key, across all workers")
+    cache: CacheSpec | None = Field(None, description="share every GET/HEAD step's responses (see steps)")
+    log_response: bool = Field(False, description="log successful bodies (truncated, redacted)")
 
 
 class WorkflowSpec(_Spec):

@@ -22,7 +22,13 @@ from api_orchestration.resilience.admission import (
 from api_orchestration.resilience.breaker import BreakerDecision
 from api_orchestration.resilience.policy_claims import CLAIM_TTL, ClaimResult
 from api_orchestration.resilience.tokens import TokenDecision
-from api_orchestration.state.records import BreakerStatus, LimiterStatus, Snapshot
+from api_orchestration.state.records import (
+    BreakerStatus,
+    CachePut,
+    CacheStats,
+    LimiterStatus,
+    Snapshot,
+)
 
 __all__ = [
     "NO_WAIT_LIMIT",
@@ -30,6 +36,8 @@ __all__ = [
     "AdmissionRequest",
     "Batch",
     "BreakerStatus",
+    "CachePut",
+    "CacheStats",
     "LimiterStatus",
     "Snapshot",
     "StateBackend",
@@ -53,6 +61,9 @@ OPERATIONS = (
     "token_store",
     "token_release",
     "policy_claim",
+    "cache_get",
+    "cache_put",
+    "cache_stats",
 )
 
 
@@ -186,6 +197,29 @@ class StateBackend(abc.ABC):
     @abc.abstractmethod
     def saga_recent(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest recorded saga outcomes, newest first."""
+
+    # -- the response cache (see api_orchestration.resilience.http_cache) -----------------------------
+    @abc.abstractmethod
+    def cache_get(self, scope: str, key: str) -> dict[str, Any] | None:
+        """The entry stored under ``key`` in ``scope`` (a JSON-able dict), None if none is kept."""
+
+    @abc.abstractmethod
+    def cache_put(
+        self,
+        scope: str,
+        key: str,
+        entry: dict[str, Any],
+        size: int,
+        keep_seconds: float,
+        max_total_bytes: int,
+    ) -> CachePut:
+        """Store ``entry`` (``size`` bytes) for ``keep_seconds``, replacing the key's previous one; the
+        scope's expired entries are dropped, then the ones nearest expiry evicted until the scope
+        holds at most ``max_total_bytes``. One atomic operation."""
+
+    @abc.abstractmethod
+    def cache_stats(self) -> list[CacheStats]:
+        """Every cache scope's live entries and bytes, by scope."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

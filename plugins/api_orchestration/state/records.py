@@ -58,3 +58,22 @@ class Snapshot:
     now: float
     limiters: dict[str, LimiterStatus] = field(default_factory=dict)
     breakers: dict[str, BreakerStatus] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """One cache scope's live entries and their bytes (body plus headers)."""
+
+    scope: str
+    entries: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class CachePut:
+    """What storing a cache entry did: ``stored`` (False: larger than the scope's cap), how many
+    entries were evicted to make room, and the scope's bytes afterwards."""
+
+    stored: bool
+    evicted: int
+    total_bytes: int

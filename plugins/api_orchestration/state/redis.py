@@ -29,6 +29,8 @@ from api_orchestration.state.base import (
     AdmissionRequest,
     Batch,
     BreakerStatus,
+    CachePut,
+    CacheStats,
     LimiterStatus,
     Snapshot,
     StateBackend,
@@ -38,7 +40,16 @@ from api_orchestration.state.base import (
 
 DEFAULT_PREFIX = "apiorch:"
 LUA = Path(__file__).with_name("lua")
-OPERATIONS = ("admit_many", "record", "pause", "reset", "token_lease", "token_store", "policy_claim")
+OPERATIONS = (
+    "admit_many",
+    "record",
+    "pause",
+    "reset",
+    "cache_put",
+    "token_lease",
+    "token_store",
+    "policy_claim",
+)
 MAX_WAIT = 1e12  # JSON has no infinity
 
 
@@ -290,6 +301,44 @@ class RedisBackend(StateBackend):
     def saga_recent(self, limit: int = 20) -> list[dict[str, Any]]:
         bodies = self.client.lrange(f"{self.prefix}saga_outcomes", 0, limit - 1)
         return [json.loads(body) for body in bodies]
+
+    # -- the response cache (cache_put.lua) --------------------------------------------------------------
+    def cache_get(self, scope: str, key: str) -> dict[str, Any] | None:
+        body = self.client.get(self._key("ca", scope) + ":e:" + key)
+        return json.loads(body) if body else None
+
+    def cache_put(
+        self,
+        scope: str,
+        key: str,
+        entry: dict[str, Any],
+        size: int,
+        keep_seconds: float,
+        max_total_bytes: int,
+    ) -> CachePut:
+        reply = self._run(
+            "cache_put", scope=scope, key=key, body=json.dumps(entry), size=size, keep=keep_seconds,
+            max_total=max_total_bytes,
+        )  # fmt: skip
+        return CachePut(bool(reply["stored"]), int(reply["evicted"]), int(reply["total"]))
+
+    def cache_stats(self) -> list[CacheStats]:
+        scopes = self._scan_keys("ca")
+        (sec, usec) = self.client.time()
+        now = self.clock() if self.clock is not None else sec + usec / 1e6
+        pipe = self.client.pipeline(transaction=False)
+        for scope in scopes:
+            pipe.zrangebyscore(self._key("ca", scope) + ":z", f"({now!r}", "+inf")
+        live = pipe.execute()
+        pipe = self.client.pipeline(transaction=False)
+        for scope, keys in zip(scopes, live, strict=True):
+            pipe.hmget(self._key("ca", scope), keys) if keys else pipe.echo("")
+        sizes = pipe.execute()
+        return [
+            CacheStats(scope, len(keys), sum(int(s or 0) for s in found))
+            for scope, keys, found in zip(scopes, live, sizes, strict=True)
+            if keys
+        ]
 
     def clear(self) -> None:
         for name in self.client.scan_iter(match=_glob_escape(self.prefix) + "*", count=500):

@@ -30,6 +30,8 @@ from api_orchestration.state.base import (
     AdmissionRequest,
     Batch,
     BreakerStatus,
+    CachePut,
+    CacheStats,
     LimiterStatus,
     Snapshot,
     StateBackend,
@@ -40,7 +42,7 @@ from api_orchestration.state.base import (
 SCHEMA_VERSION = 6  # bump on any change: older state is dropped (it is only rate and breaker state)
 _DROP = (
     "DROP TABLE IF EXISTS limiter; DROP TABLE IF EXISTS limiter_slot; DROP TABLE IF EXISTS breaker;"
-    "DROP TABLE IF EXISTS saga_outcome; DROP TABLE IF EXISTS oauth_token;"
+    "DROP TABLE IF EXISTS saga_outcome; DROP TABLE IF EXISTS cache_entry; DROP TABLE IF EXISTS oauth_token;"
     "DROP TABLE IF EXISTS policy_claim;"
 )
 _SCHEMA = """
@@ -58,6 +60,10 @@ CREATE TABLE IF NOT EXISTS saga_outcome (id INTEGER PRIMARY KEY AUTOINCREMENT, a
 CREATE TABLE IF NOT EXISTS oauth_token (
     name TEXT PRIMARY KEY, entry TEXT, expires_at REAL, fingerprint TEXT, lease_holder TEXT, lease_until REAL);
 CREATE TABLE IF NOT EXISTS policy_claim (name TEXT PRIMARY KEY, policy TEXT, owner TEXT, seen_at REAL);
+CREATE TABLE IF NOT EXISTS cache_entry (
+    scope TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL, size INTEGER NOT NULL, expires_at REAL NOT NULL,
+    PRIMARY KEY (scope, key));
+CREATE INDEX IF NOT EXISTS cache_entry_expiry ON cache_entry (scope, expires_at);
 """
 _LIMITER_FIELDS = [f.name for f in fields(rl.LimiterRecord)]
 _BREAKER_FIELDS = [f.name for f in fields(brk.BreakerRecord)]
@@ -286,6 +292,7 @@ class SQLiteBackend(StateBackend):
                 "limiter_slot",
                 "breaker",
                 "saga_outcome",
+                "cache_entry",
                 "oauth_token",
                 "policy_claim",
             ):
@@ -392,6 +399,57 @@ class SQLiteBackend(StateBackend):
         with self._transaction(begin="BEGIN") as conn:
             rows = conn.execute("SELECT body FROM saga_outcome ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [json.loads(body) for (body,) in rows]
+
+    # -- the response cache -----------------------------------------------------------------------
+    def cache_get(self, scope: str, key: str) -> dict[str, Any] | None:
+        with self._transaction(begin="BEGIN") as conn:
+            row = conn.execute(
+                "SELECT body FROM cache_entry WHERE scope = ? AND key = ? AND expires_at > ?",
+                (scope, key, self.clock()),
+            ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def cache_put(
+        self,
+        scope: str,
+        key: str,
+        entry: dict[str, Any],
+        size: int,
+        keep_seconds: float,
+        max_total_bytes: int,
+    ) -> CachePut:
+        body = json.dumps(entry)
+        with self._transaction() as conn:
+            now = self.clock()
+            conn.execute(
+                "DELETE FROM cache_entry WHERE scope = ? AND (expires_at <= ? OR key = ?)", (scope, now, key)
+            )
+            if size > max_total_bytes:
+                total = conn.execute(
+                    "SELECT COALESCE(SUM(size), 0) FROM cache_entry WHERE scope = ?", (scope,)
+                )
+                return CachePut(False, 0, int(total.fetchone()[0]))
+            rows = conn.execute(
+                "SELECT key, size FROM cache_entry WHERE scope = ? ORDER BY expires_at DESC", (scope,)
+            ).fetchall()
+            total, evicted = sum(s for _, s in rows), 0
+            while rows and total + size > max_total_bytes:
+                victim, victim_size = rows.pop()  # the one nearest expiry
+                conn.execute("DELETE FROM cache_entry WHERE scope = ? AND key = ?", (scope, victim))
+                total, evicted = total - victim_size, evicted + 1
+            conn.execute(
+                "INSERT INTO cache_entry (scope, key, body, size, expires_at) VALUES (?, ?, ?, ?, ?)",
+                (scope, key, body, size, now + keep_seconds),
+            )
+            return CachePut(True, evicted, total + size)
+
+    def cache_stats(self) -> list[CacheStats]:
+        with self._transaction(begin="BEGIN") as conn:
+            rows = conn.execute(
+                "SELECT scope, COUNT(*), SUM(size) FROM cache_entry WHERE expires_at > ? GROUP BY scope ORDER BY scope",
+                (self.clock(),),
+            ).fetchall()
+        return [CacheStats(scope, int(n), int(total)) for scope, n, total in rows]
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

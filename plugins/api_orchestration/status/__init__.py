@@ -3,7 +3,7 @@ configured state backend (the same store every worker decides on).
 
 ``views`` turns the backend's raw :meth:`~api_orchestration.state.base.StateBackend.snapshot` into
 plain JSON-able rows; ``sagas`` is the small record the saga outcome task writes; ``app`` is the
-FastAPI app (imported only by the api-server, through ``plugins/api_orchestration_plugin.py``).
+FastAPI app (imported only by the api-server, through ``plugin``, the Airflow plugin).
 """
 
 from api_orchestration.state.sagas import record_saga_outcome

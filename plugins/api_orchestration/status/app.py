@@ -17,7 +17,7 @@ Routes (relative to the mount):
 - ``GET /`` the page (no credentials: redirect to Airflow's login, then back);
   ``POST /`` the same page (the Refresh button); ``POST /breakers/{key}/reset`` reset, then the page;
 - ``GET /api/status``, ``/api/breakers``, ``/api/breakers/{key}``, ``/api/limiters``,
-  ``/api/limiters/{key}``, ``/api/sagas``: JSON;
+  ``/api/limiters/{key}``, ``/api/sagas``, ``/api/caches``: JSON;
 - ``POST /api/breakers/{key}/reset``: JSON.
 """
 
@@ -36,7 +36,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from api_orchestration import metrics
 from api_orchestration.state import StateBackend, get_backend
-from api_orchestration.status.views import breaker_view, collect_status, limiter_view
+from api_orchestration.status.views import breaker_view, cache_views, collect_status, limiter_view
 
 logger = logging.getLogger(__name__)
 MOUNT = "/api-orchestration"
@@ -188,6 +188,11 @@ def create_app(backend: StateBackend | Callable[[], StateBackend] | None = None)
         if found is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no limiter with key {key!r}")
         return limiter_view(found)
+
+    @app.get("/api/caches")
+    def api_caches(user: Reader) -> list[dict[str, Any]]:
+        """The shared response cache: entries and bytes per key."""
+        return cache_views(store())
 
     @app.get("/api/sagas")
     def api_sagas(user: Reader, limit: int = 20) -> list[dict[str, Any]]:

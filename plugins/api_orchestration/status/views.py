@@ -115,4 +115,10 @@ def collect_status(backend: StateBackend, sagas: int = 20) -> dict[str, Any]:
         "breakers": [breaker_view(b) for _, b in sorted(snap.breakers.items())],
         "limiters": [limiter_view(status) for _, status in sorted(snap.limiters.items())],
         "sagas": [{**s, "at": iso(s.get("at"))} for s in backend.saga_recent(sagas)] if sagas > 0 else [],
+        "caches": cache_views(backend),
     }
+
+
+def cache_views(backend: StateBackend) -> list[dict[str, Any]]:
+    """The shared response cache: live entries and their bytes per key (the calls' limiter key)."""
+    return [{"key": c.scope, "entries": c.entries, "bytes": c.bytes} for c in backend.cache_stats()]

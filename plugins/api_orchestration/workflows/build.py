@@ -3,6 +3,7 @@
 Each step becomes a task named after it, so the graph shows the workflow's shape:
 
 - a call step -> ``StepOperator`` (condition ``when``, ``output`` filter, ``fallback`` call);
+- a poll step -> ``PollingHttpOperator`` (a ``StepOperator`` that submits, polls until done, fetches);
 - a bulk step -> ``BulkHttpOperator`` (every call in one task);
 - a merge step -> a task returning ``{step: result}`` for the merged steps;
 - a fan-out step -> ``<step>_items`` (the list) -> ``<step>_each`` (mapped, ``max_active`` at once)
@@ -27,6 +28,7 @@ from airflow.sdk import DAG, TriggerRule, literal
 from airflow.sdk.exceptions import AirflowFailException
 
 from api_orchestration.operators.bulk import BulkHttpOperator
+from api_orchestration.operators.poll import PollingHttpOperator
 from api_orchestration.operators.saga import (
     CompensationOperator,
     SagaOutcomeOperator,
@@ -56,6 +58,11 @@ def _call_kwargs(wf: Workflow, call: Call) -> dict[str, Any]:
 
 def _policies(wf: Workflow, step: Step) -> dict[str, Any]:
     timeout = step.timeout or wf.timeout
+    cache = step.cache or wf.cache  # the workflow's applies to the steps whose method it caches
+    if cache is not None and step.call is not None and step.call.method not in cache.methods:
+        cache = None
+    if step.poll is not None:  # a job's status must be read anew at every poll
+        cache = None
     return {
         "rate_limit_key": step.key,
         "breaker_key": step.key,
@@ -64,6 +71,8 @@ def _policies(wf: Workflow, step: Step) -> dict[str, Any]:
         "breaker": step.breaker or wf.breaker,
         "max_in_flight": step.max_in_flight or wf.max_in_flight,
         "timeout": (min(10.0, timeout), timeout),
+        "cache": cache,
+        "log_response": step.log_response or wf.log_response,
     }
 
 
@@ -117,9 +126,12 @@ def _step_task(wf: Workflow, step: Step, dag: DAG, saga: bool) -> tuple[Any, Any
     if step.fallback is not None:  # its own breaker: the step's may be open, which is why it runs
         key = f"{step.key or step.fallback.conn_id or wf.conn_id}:fallback"
         kwargs["fallback"] = {**_call_kwargs(wf, step.fallback), "breaker_key": key}
+    operator: type[StepOperator] = StepOperator
+    if step.poll is not None:
+        operator, kwargs["poll"] = PollingHttpOperator, step.poll
     if step.fan_out is None:
         extra = {"on_failure_callback": record_failure} if saga else {}
-        task = StepOperator(task_id=step.name, dag=dag, **kwargs, **extra)
+        task = operator(task_id=step.name, dag=dag, **kwargs, **extra)
         return task, task
     fan_out = step.fan_out
     if isinstance(fan_out.over, str):
@@ -130,7 +142,7 @@ def _step_task(wf: Workflow, step: Step, dag: DAG, saga: bool) -> tuple[Any, Any
         source: Any = items.output
     else:
         items, source = None, list(fan_out.over)
-    each = StepOperator.partial(
+    each = operator.partial(
         task_id=f"{step.name}_each", dag=dag, max_active_tis_per_dagrun=fan_out.max_active, **kwargs
     ).expand(item=source)
     collect = PythonOperator(
@@ -179,7 +191,7 @@ def _wire_saga(wf: Workflow, dag: DAG, ends: dict[str, tuple[Any, Any]]) -> None
             continue
         undo = CompensationOperator(
             task_id=f"undo_{name}", dag=dag, undoes=name, saga_steps=steps, trigger_rule=TriggerRule.ALL_DONE,
-            **_call_kwargs(wf, step.compensate), **_policies(wf, step),
+            **_call_kwargs(wf, step.compensate), **{**_policies(wf, step), "cache": None},
         )  # fmt: skip
         previous >> undo
         previous = undo

@@ -6,13 +6,20 @@ into the same model. Validation errors name the workflow, the step and the field
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from api_orchestration.errors import ConfigurationError, did_you_mean
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy, allowed_failures
+from api_orchestration.policy import (
+    BreakerPolicy,
+    CachePolicy,
+    Poll,
+    RateLimit,
+    RetryPolicy,
+    allowed_failures,
+)
 
-__all__ = ["Bulk", "Call", "FanOut", "Step", "Workflow", "allowed_failures", "result"]
+__all__ = ["Bulk", "Call", "FanOut", "Poll", "Step", "Workflow", "allowed_failures", "result"]
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
@@ -119,6 +126,9 @@ class Step:
     breaker: BreakerPolicy | None = None
     timeout: float | None = None
     max_in_flight: int | None = None  # the bulkhead on the step's key: calls in flight, all workers
+    cache: CachePolicy | None = None  # GET/HEAD responses shared through the store (not compensations)
+    log_response: bool = False  # log successful bodies (truncated, redacted)
+    poll: Poll | None = None  # the call submits an async job: poll its status until done, fetch the result
 
 
 @dataclass(frozen=True)
@@ -129,11 +139,13 @@ class Workflow:
     steps: tuple[Step, ...]
     conn_id: str = "http_default"
     oauth2_conn_id: str | None = None  # an OAuth2 client connection: every call sends its shared token
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry: RetryPolicy | None = None  # None: the connection's (resilient_http), else RetryPolicy()
     rate_limit: RateLimit | None = None
     breaker: BreakerPolicy | None = None
     timeout: float = 30.0
     max_in_flight: int | None = None
+    cache: CachePolicy | None = None  # for every GET/HEAD step without its own
+    log_response: bool = False
     output: str | None = None  # the step whose result is the workflow's result (the DAG's result)
 
     def step(self, name: str) -> Step:
@@ -168,6 +180,20 @@ class Workflow:
                 )
             if s.fan_out and s.bulk:
                 raise ConfigurationError(where, "fan_out/bulk", "both", "must not both be set", step=step)
+            if s.poll is not None and not isinstance(s.poll, Poll):
+                raise ConfigurationError(
+                    where, "poll", s.poll, "must be a Poll(success=..., failure=..., ...)", step=step
+                )
+            if s.poll is not None and s.cache is not None:
+                raise ConfigurationError(
+                    where, "cache", s.cache, "is not supported on a poll step (a cached status would never "
+                    "change); remove it", step=step,
+                )  # fmt: skip
+            if s.poll is not None and (s.bulk or s.merge):
+                raise ConfigurationError(
+                    where, "poll", s.poll, "needs a call step (not bulk or merge): the call submits the job",
+                    step=step,
+                )  # fmt: skip
             if s.compensate and (s.fan_out or s.bulk or s.merge):
                 raise ConfigurationError(
                     where, "compensate", s.compensate, "is supported on single-call steps only", step=step
@@ -194,6 +220,20 @@ class Workflow:
                     f"{owner} step {s.name!r}", "max_in_flight", s.max_in_flight, "must be an integer >= 1",
                     step=s.name,
                 )  # fmt: skip
+        for s in self.steps:
+            where = f"{owner} step {s.name!r}"
+            if s.cache is not None and not isinstance(s.cache, CachePolicy):
+                raise ConfigurationError(
+                    where, "cache", s.cache, "must be a CachePolicy(ttl, ...)", step=s.name
+                )
+            if s.cache is not None and s.call is not None and s.call.method not in s.cache.methods:
+                raise ConfigurationError(
+                    where, "cache", s.call.method,
+                    f"caches only {', '.join(s.cache.methods)} responses; remove cache from this {s.call.method} step",
+                    step=s.name,
+                )  # fmt: skip
+        if self.cache is not None and not isinstance(self.cache, CachePolicy):
+            raise ConfigurationError(owner, "cache", self.cache, "must be a CachePolicy(ttl, ...)")
         if self.max_in_flight is not None and not _count(self.max_in_flight):
             raise ConfigurationError(owner, "max_in_flight", self.max_in_flight, "must be an integer >= 1")
         if not _positive(self.timeout):

@@ -1,0 +1,128 @@
+"""A connection's default policies: read from its extra, validated by the policy classes themselves.
+
+:func:`connection_policies` is the one place that turns a ``resilient_http`` connection into
+policies; the operators, the bulk operator, ``build()`` and specs (through the operators) and
+``@task.resilient_http`` call it. The DAG's own policy wins where it sets one
+(:meth:`ConnectionPolicies.under`). A bad value never means "unlimited": it raises a
+:class:`~api_orchestration.errors.ConfigurationError` naming the connection and the field, with the
+policy class's own message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from api_orchestration.connections.fields import BY_NAME, CONN_TYPE, FIELDS, PREFIXES
+from api_orchestration.errors import ConfigurationError, did_you_mean
+from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+
+_CLASSES: dict[str, type] = {
+    "RateLimit": RateLimit,
+    "BreakerPolicy": BreakerPolicy,
+    "RetryPolicy": RetryPolicy,
+}
+
+
+@dataclass(frozen=True)
+class ConnectionPolicies:
+    """The policies a connection sets (None: the connection sets none of that kind)."""
+
+    conn_id: str
+    rate_limit: RateLimit | None = None
+    breaker: BreakerPolicy | None = None
+    retry: RetryPolicy | None = None
+
+    def under(
+        self,
+        *,
+        rate_limit: RateLimit | None = None,
+        breaker: BreakerPolicy | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> ConnectionPolicies:
+        """The policies in force: the DAG's own where given, else the connection's."""
+        return ConnectionPolicies(
+            self.conn_id, rate_limit or self.rate_limit, breaker or self.breaker, retry or self.retry
+        )
+
+
+def policy_fields(extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The extra's keys that belong to policies (every key with a policy prefix)."""
+    return {k: v for k, v in extra.items() if k.startswith(PREFIXES)}
+
+
+def _value(conn_id: str, name: str, value: Any, kind: str) -> Any:
+    """A form or URI value in the type the policy expects; anything else is passed on for the
+    policy class to reject with its own message."""
+    if isinstance(value, str):
+        text = value.strip()
+        if kind == "string":  # a list of status codes: "429, 503"
+            parts = [p.strip() for p in text.split(",") if p.strip()]
+            if not all(p.isdigit() for p in parts):
+                raise ConfigurationError(
+                    f"connection {conn_id!r}",
+                    name,
+                    value,
+                    "must be comma-separated HTTP status codes, such as 429,503",
+                )
+            return frozenset(int(p) for p in parts)
+        if kind == "boolean" and text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        for cast in (int, float) if kind in ("integer", "number") else ():
+            try:
+                return cast(text)
+            except ValueError:
+                continue
+    if kind == "number" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind == "string" and isinstance(value, list | tuple):
+        return frozenset(value)
+    return value
+
+
+def policies_from_extra(conn_id: str, extra: Mapping[str, Any]) -> ConnectionPolicies:
+    """Build the policies a connection's extra sets; raise ConfigurationError naming the
+    connection and the field on an unknown field or a value the policy class refuses."""
+    given = {k: v for k, v in policy_fields(extra).items() if v is not None and v != ""}
+    owner = f"connection {conn_id!r}"
+    for name in given:
+        if name not in BY_NAME:
+            raise ConfigurationError(
+                owner, name, given[name],
+                f"is not a field of a {CONN_TYPE} connection{did_you_mean(name, BY_NAME)}; "
+                f"the fields are {', '.join(f.name for f in FIELDS)}",
+            )  # fmt: skip
+    if "rate_limit_permits" not in given and any(n.startswith("rate_limit_") for n in given):
+        other = next(n for n in given if n.startswith("rate_limit_"))
+        raise ConfigurationError(
+            owner, other, given[other], "needs rate_limit_permits too (the number of calls per period)"
+        )
+    built: dict[str, Any] = {}
+    for cls_name, cls in _CLASSES.items():
+        fields = [f for f in FIELDS if f.policy == cls_name and f.name in given]
+        if not fields:
+            continue
+        kwargs = {f.param: _value(conn_id, f.name, given[f.name], f.kind) for f in fields}
+        try:
+            built[cls_name] = cls(**kwargs)
+        except ConfigurationError as exc:
+            field = next((f.name for f in fields if f.param == exc.param), fields[0].name)
+            raise ConfigurationError(
+                owner, field, given.get(field, exc.value), f"{exc.expected} ({cls_name}.{exc.param})"
+            ) from exc
+    return ConnectionPolicies(
+        conn_id, built.get("RateLimit"), built.get("BreakerPolicy"), built.get("RetryPolicy")
+    )
+
+
+def connection_policies(conn_id: str) -> ConnectionPolicies:
+    """The default policies of the Airflow connection ``conn_id``: those its form fields set if it
+    is a ``resilient_http`` connection, none for any other type (an ``http`` connection's extras
+    are request headers). Reads the connection through Airflow's secrets backends (env vars first)."""
+    from airflow.sdk import BaseHook
+
+    conn = BaseHook.get_connection(conn_id)
+    if conn.conn_type != CONN_TYPE:
+        return ConnectionPolicies(conn_id)
+    return policies_from_extra(conn_id, conn.extra_dejson)

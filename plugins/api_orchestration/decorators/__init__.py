@@ -1,0 +1,1 @@
+"""TaskFlow decorators registered through the provider info (``@task.resilient_http``)."""

@@ -1,0 +1,247 @@
+"""The ``resilient_http`` connection type: form fields in the provider info, policies read from a
+real connection (``AIRFLOW_CONN_*`` JSON), validated with the policy classes' own messages, used by
+the operators unless the DAG sets its own, and never sent as headers."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pendulum
+import pytest
+from test_dags import _register, _states
+
+from api_orchestration import (
+    ConfigurationError,
+    RateLimit,
+    ResilientHttpOperator,
+    RetryPolicy,
+)
+from api_orchestration.connections import ConnectionPolicies, ResilientHttpHook, connection_policies
+from api_orchestration.connections.fields import FIELDS
+from api_orchestration.connections.policies import policies_from_extra
+from api_orchestration.operators.bulk import BulkHttpOperator
+from api_orchestration.policy import BreakerPolicy
+
+START = pendulum.datetime(2026, 1, 1, tz="UTC")
+
+
+def set_connection(
+    monkeypatch, conn_id: str, port: int, extra: dict, conn_type: str = "resilient_http"
+) -> None:
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{conn_id.upper()}",
+        json.dumps({"conn_type": conn_type, "host": "127.0.0.1", "port": port, "extra": extra}),
+    )
+
+
+# -- the policies, from the extra -----------------------------------------------------------------
+def test_fields_build_the_policies_and_leave_the_rest_at_their_defaults():
+    p = policies_from_extra(
+        "pay",
+        {"rate_limit_permits": 20, "rate_limit_burst": 5, "breaker_failure_rate": 0.25,
+         "retry_max_attempts": 5, "retry_statuses": "429, 503", "X-Team": "payments"},
+    )  # fmt: skip
+    assert p == ConnectionPolicies(
+        "pay",
+        RateLimit(20, burst=5),
+        BreakerPolicy(failure_rate=0.25),
+        RetryPolicy(max_attempts=5, retry_statuses=frozenset({429, 503})),
+    )
+    assert policies_from_extra("plain", {"X-Team": "payments"}) == ConnectionPolicies("plain")
+
+
+def test_uri_form_strings_are_read_as_the_field_types():
+    p = policies_from_extra(
+        "u",
+        {"rate_limit_permits": "3", "rate_limit_per_seconds": "2.5", "retry_respect_retry_after": "false"},
+    )
+    assert p.rate_limit == RateLimit(3, per_seconds=2.5)
+    assert p.retry == RetryPolicy(respect_retry_after=False)
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "cls", "kwargs"),
+    [
+        ({"rate_limit_permits": 0}, "rate_limit_permits", RateLimit, {"permits": 0}),
+        (
+            {"rate_limit_permits": 5, "rate_limit_burst": 9},
+            "rate_limit_burst",
+            RateLimit,
+            {"permits": 5, "burst": 9},
+        ),
+        ({"breaker_failure_rate": 1.5}, "breaker_failure_rate", BreakerPolicy, {"failure_rate": 1.5}),
+        ({"breaker_min_calls": 50}, "breaker_min_calls", BreakerPolicy, {"min_calls": 50}),
+        ({"retry_max_attempts": "many"}, "retry_max_attempts", RetryPolicy, {"max_attempts": "many"}),
+        ({"retry_statuses": "404"}, "retry_statuses", RetryPolicy, {"retry_statuses": frozenset({404})}),
+    ],
+)
+def test_a_bad_value_names_the_connection_and_field_with_the_policy_message(extra, field, cls, kwargs):
+    with pytest.raises(ConfigurationError) as python_side:
+        cls(**kwargs)
+    with pytest.raises(ConfigurationError) as caught:
+        policies_from_extra("payments", extra)
+    message = str(caught.value)
+    assert message.startswith(f"connection 'payments': {field} ")
+    assert python_side.value.expected in message  # the Python class's own words
+    assert f"({cls.__name__}.{python_side.value.param})" in message
+
+
+def test_unknown_policy_fields_and_incomplete_rate_limits_are_refused():
+    with pytest.raises(
+        ConfigurationError, match=r"rate_limit_permit is not a field .*did you mean 'rate_limit_permits'"
+    ):
+        policies_from_extra("c", {"rate_limit_permit": 5})
+    with pytest.raises(ConfigurationError, match="rate_limit_per_seconds needs rate_limit_permits too"):
+        policies_from_extra("c", {"rate_limit_per_seconds": 2})
+    with pytest.raises(ConfigurationError, match="comma-separated HTTP status codes"):
+        policies_from_extra("c", {"retry_statuses": "429;503"})
+
+
+def test_the_dags_own_policies_win():
+    conn = ConnectionPolicies("c", RateLimit(5), BreakerPolicy(), RetryPolicy(max_attempts=5))
+    mine = conn.under(rate_limit=RateLimit(1), retry=None)
+    assert (mine.rate_limit, mine.breaker, mine.retry) == (
+        RateLimit(1),
+        BreakerPolicy(),
+        RetryPolicy(max_attempts=5),
+    )
+
+
+def test_connection_policies_reads_a_real_connection(monkeypatch):
+    set_connection(monkeypatch, "pol_real", 9, {"rate_limit_permits": 7})
+    set_connection(monkeypatch, "pol_http", 9, {"rate_limit_permits": 7}, conn_type="http")
+    assert connection_policies("pol_real").rate_limit == RateLimit(7)
+    assert connection_policies("pol_http") == ConnectionPolicies("pol_http")  # http: extras are headers
+
+
+# -- the provider info and the connection form ----------------------------------------------------
+def test_provider_info_is_valid_and_offers_the_connection_form():
+    import importlib.resources
+
+    from api_orchestration_provider import get_provider_info
+
+    info = get_provider_info()
+    schema = json.loads(
+        importlib.resources.files("airflow").joinpath("provider_info.schema.json").read_text()
+    )
+    jsonschema.validate(info, schema)
+    (conn,) = info["connection-types"]
+    assert conn["connection-type"] == "resilient_http"
+    assert set(conn["conn-fields"]) == {f.name for f in FIELDS}
+
+    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+
+    meta = {m.connection_type: m for m in HookMetaService.hook_meta_data()}["resilient_http"]
+    assert meta.hook_name == "Resilient HTTP API"
+    assert meta.extra_fields["rate_limit_permits"]["schema"]["type"] == ["integer", "null"]
+    assert meta.extra_fields["rate_limit_permits"]["schema"]["title"] == "Rate limit: permits"
+
+
+# -- the operators use them -----------------------------------------------------------------------
+@pytest.mark.usefixtures("airflow_db")
+def test_operator_takes_the_connections_retry_policy_unless_the_dag_sets_one(demo, monkeypatch):
+    from airflow.sdk import DAG
+
+    fast = {"retry_max_attempts": 5, "retry_base_delay": 0.01, "retry_max_delay": 0.02}
+    set_connection(monkeypatch, "conn_retry", demo.port, {**fast, "X-Team": "payments"})
+    with DAG("conn_policy_retry", schedule=None, start_date=START) as dag:
+        ResilientHttpOperator(task_id="from_conn", http_conn_id="conn_retry", endpoint="/flaky/a?fail=3")
+        ResilientHttpOperator(
+            task_id="own",
+            http_conn_id="conn_retry",
+            endpoint="/flaky/b?fail=3",
+            retry=RetryPolicy(max_attempts=2),
+        )
+        ResilientHttpOperator(task_id="echo", http_conn_id="conn_retry", endpoint="/echo/h")
+    _register(dag)
+    run = dag.test()
+    states = _states(run)
+    assert (states["from_conn"], states["own"]) == ("success", "failed")
+    paths = demo.calls()["paths"]
+    assert (paths["/flaky/a"], paths["/flaky/b"]) == (4, 2)  # 3 failures + 1; the DAG's 2 attempts
+    ti = next(t for t in run.get_task_instances() if t.task_id == "echo")
+    headers = {k.lower(): v for k, v in ti.xcom_pull(task_ids="echo")["headers"].items()}
+    assert headers["x-team"] == "payments" and not any(h.startswith(("retry_", "retry-")) for h in headers)
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_bulk_takes_the_connections_rate_limit(demo, monkeypatch):
+    from airflow.sdk import DAG
+
+    set_connection(
+        monkeypatch, "conn_limited", demo.port, {"rate_limit_permits": 4, "rate_limit_per_seconds": 1}
+    )
+    with DAG("conn_policy_bulk", schedule=None, start_date=START) as dag:
+        BulkHttpOperator(
+            task_id="bulk",
+            http_conn_id="conn_limited",
+            items=list(range(6)),
+            endpoint="/echo/bulk-{{ item }}",
+        )
+    _register(dag)
+    assert dag.test().state == "success"
+    arrivals = sorted(
+        t
+        for p, ts in demo.calls(arrivals=True)["arrivals"].items()
+        if p.startswith("/echo/bulk-")
+        for t in ts
+    )
+    assert len(arrivals) == 6
+    # 4 per second, evenly spaced (burst 1): 0.255 s apart, 1.27 s for 6 (unlimited: a few ms)
+    assert arrivals[-1] - arrivals[0] >= 1.0, arrivals
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_bad_policy_in_the_connection_fails_the_task_without_calling(demo, monkeypatch):
+    from airflow.sdk import DAG
+
+    set_connection(monkeypatch, "conn_bad", demo.port, {"rate_limit_permits": 0})
+    with pytest.raises(
+        ConfigurationError, match=r"connection 'conn_bad': rate_limit_permits must be an integer >= 1"
+    ):
+        connection_policies("conn_bad")
+    with DAG("conn_policy_bad", schedule=None, start_date=START) as dag:
+        ResilientHttpOperator(task_id="call", http_conn_id="conn_bad", endpoint="/echo/never")
+        BulkHttpOperator(task_id="bulk", http_conn_id="conn_bad", items=[1, 2], endpoint="/echo/never")
+    _register(dag)
+    run = dag.test()
+    assert _states(run) == {"call": "failed", "bulk": "failed"}
+    assert demo.calls()["total"] == 0  # never silently unlimited
+
+
+def test_hook_reads_the_connection_without_the_policy_fields(demo, monkeypatch):
+    set_connection(monkeypatch, "conn_hook", demo.port, {"rate_limit_permits": 3, "X-Team": "t"})
+    session = ResilientHttpHook(method="GET", http_conn_id="conn_hook").get_conn()
+    assert session.headers["X-Team"] == "t" and "rate_limit_permits" not in session.headers
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_workflows_and_specs_take_the_connections_policies_unless_they_set_their_own(demo, monkeypatch):
+    from api_orchestration import Call, Step, Workflow, build
+    from api_orchestration.specs import load_text
+
+    fast = {"retry_max_attempts": 5, "retry_base_delay": 0.01, "retry_max_delay": 0.02}
+    set_connection(monkeypatch, "conn_wf", demo.port, fast)
+    wf = Workflow(
+        "conn_policy_workflow",
+        conn_id="conn_wf",
+        steps=(
+            Step("inherits", Call("GET", "/flaky/wf-a?fail=3")),
+            Step(
+                "own", Call("GET", "/flaky/wf-b?fail=3"), retry=RetryPolicy(max_attempts=2, base_delay=0.01)
+            ),
+        ),
+    )
+    dag = build(wf, schedule=None, start_date=START)
+    spec = load_text(
+        "dag_id: conn_policy_spec\ndefaults: {conn_id: conn_wf}\n"
+        "steps:\n  - name: inherits\n    call: {path: /flaky/spec-a?fail=3}\n",
+        "conn_policy_spec.yaml",
+    ).dag
+    for d in (dag, spec):
+        _register(d)
+    assert _states(dag.test()) == {"inherits": "success", "own": "failed"}
+    assert _states(spec.test()) == {"inherits": "success"}
+    paths = demo.calls()["paths"]
+    assert (paths["/flaky/wf-a"], paths["/flaky/wf-b"], paths["/flaky/spec-a"]) == (4, 2, 4)
