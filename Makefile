@@ -43,6 +43,7 @@ test: install lint docs browser  ## the whole suite (CI=true: missing services f
 bench: install  ## print the benchmark tables
 	$(BIN)/python tests/bench/run_bench.py $(BENCH_ARGS)
 	$(BIN)/python tests/bench/run_bench_workflows.py $(BENCH_ARGS)
+	$(BIN)/python tests/bench/run_bench_syncs.py $(BENCH_ARGS)
 
 dist: install  ## build the wheel and sdist into dist/ (python -m build) and check them (twine check)
 	rm -rf dist

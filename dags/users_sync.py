@@ -1,25 +1,25 @@
 """An hourly API sync: the users changed in the run's data interval, upserted into a local table.
 
-Each run pages through ``GET /users?updated_since=<interval start>&updated_before=<interval end>``
-(through the shared rate limit and breaker) and upserts the rows into the table ``users``: a
-SQLite file under ``AIRFLOW_HOME`` by default, or PostgreSQL when the ``target_conn_id`` param names
-an Airflow Postgres connection. Re-running an interval changes nothing (rows are updated only when
-``updated_at`` is newer). The schedule is a ``CronDataIntervalTimetable``: Airflow 3's default for
-cron strings (``CronTriggerTimetable``) gives every run an empty data interval. A run triggered
-from the UI or REST with ``logical_date: null`` has none either: it syncs the last 24 hours.
+Built on the general sync (``ApiSyncOperator``): each run pages through ``GET /users?page=&per_page=100
+&updated_since=<interval start>&updated_before=<interval end>`` (page numbers, stopping when
+``total`` is reached; every page through the shared rate limit and breaker) and upserts the rows on
+``id`` into the table ``users`` with declared columns: a SQLite file under ``AIRFLOW_HOME`` by default,
+or PostgreSQL when the ``target_conn_id`` param names an Airflow Postgres connection. Re-running an
+interval changes nothing; a run killed mid-way resumes at the page that was not committed. The
+schedule is a ``CronDataIntervalTimetable``: Airflow 3's default for cron strings
+(``CronTriggerTimetable``) gives every run an empty data interval. A run triggered from the UI or
+REST with ``logical_date: null`` has none either: it syncs the last 24 hours.
 """
 
 from __future__ import annotations
 
 import pendulum
-from airflow.providers.http.hooks.http import HttpHook
-from airflow.sdk import DAG, CronDataIntervalTimetable, Param, task
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
-from api_orchestration import Guard, RateLimit, ResilientCaller, RetryPolicy
-from api_orchestration.state import get_backend
-from api_orchestration.sync import fetch_all, sync_window, upsert
-
-CONN = "demo_api"
+from api_orchestration import RateLimit, RetryPolicy
+from api_orchestration.calls.pagination import Pagination
+from api_orchestration.operators.sync import ApiSyncOperator
+from api_orchestration.syncs.stream import Stream
 
 with DAG(
     dag_id="users_sync",
@@ -31,26 +31,24 @@ with DAG(
     doc_md=__doc__,
     params={"target_conn_id": Param("", type="string", description="empty: SQLite under AIRFLOW_HOME")},
 ) as dag:
-
-    @task
-    def sync_users(**context) -> dict:
-        since, before = sync_window(context)
-        hook = HttpHook(method="GET", http_conn_id=CONN)
-        guard = Guard(
-            backend=get_backend(), limit_key=CONN, rate_limit=RateLimit(20, 1.0, burst=5), retry=RetryPolicy()
-        )
-        caller = ResilientCaller(hook.get_conn(), guard)
-        query = {"updated_since": since.isoformat(), "updated_before": before.isoformat()}
-        try:
-            users = fetch_all(caller, hook.url_from_endpoint("/users"), query)
-        finally:
-            caller.flush()
-        counts = upsert(
-            users,
+    ApiSyncOperator(
+        task_id="sync_users",
+        http_conn_id="demo_api",
+        endpoint="/users",
+        pagination=Pagination(
+            "page_number", records="items", page_size=100, size_param="per_page", total_path="total"
+        ),
+        stream=Stream(
             "users",
-            ("id", "name", "email", "updated_at"),
-            conn_id=context["params"]["target_conn_id"] or None,
-        )
-        return {"window": [since.isoformat(), before.isoformat()], **counts}
-
-    sync_users()
+            primary_key=("id",),
+            cursor_field="updated_at",
+            mode="interval",
+            since_param="updated_since",
+            until_param="updated_before",
+        ),
+        columns={"id": "integer", "name": "text", "email": "text", "updated_at": "text"},
+        keep_raw=False,
+        destination="{{ 'postgres://' ~ params.target_conn_id if params.target_conn_id else '' }}",
+        rate_limit=RateLimit(20, 1.0, burst=5),
+        retry=RetryPolicy(),
+    )

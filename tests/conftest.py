@@ -125,6 +125,17 @@ def backend(state_url):
     b.close()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_shared_state():
+    """Every test starts with the suite's shared state store empty: a breaker opened by one test's
+    faults must not decide the next test's calls."""
+    if os.path.exists(f"{_HOME}/state.db"):
+        from api_orchestration.state import get_backend
+
+        get_backend().clear()
+    yield
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> str:
     """A migrated SQLite metadata DB (needed by dag.test())."""

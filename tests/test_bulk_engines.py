@@ -243,3 +243,29 @@ def test_a_stalled_loop_does_not_bunch_late_calls_into_one_window(backend, demo)
     arrivals = demo.calls(path="/echo/stall", arrivals=True)["arrivals"]["/echo/stall"]
     assert all(r["ok"] for r in rows) and len(arrivals) == 120
     assert window_stats(arrivals, 50, 1.0, started, wall).max_in_window <= 50  # 61 without new slots
+
+
+def test_bulk_results_go_to_object_storage_with_size_and_checksum(demo, tmp_path, monkeypatch):
+    import hashlib
+    import json
+
+    from airflow.sdk import DAG, ObjectStoragePath
+    from test_dags import _register
+
+    from api_orchestration.operators.bulk import BulkHttpOperator
+
+    monkeypatch.setenv("AIRFLOW__API_ORCHESTRATION__RESULTS_URL", (tmp_path / "shared").as_uri())
+    with DAG(
+        "bulk_results_storage", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")
+    ) as dag:
+        BulkHttpOperator(
+            task_id="fetch", http_conn_id="demo_api", endpoint="/echo/items/{{ item }}", items=[1, 2, 3]
+        )
+    _register(dag)
+    run_ = dag.test()
+    summary = next(t for t in run_.get_task_instances() if t.task_id == "fetch").xcom_pull(task_ids="fetch")
+    assert summary["uri"].startswith((tmp_path / "shared").as_uri() + "/bulk_results_storage/")
+    with ObjectStoragePath(summary["uri"]).open("rb") as f:  # as a task on any worker reads it
+        data = f.read()
+    assert len(data) == summary["bytes"] and hashlib.sha256(data).hexdigest() == summary["checksum"]
+    assert [json.loads(line)["ok"] for line in data.splitlines()] == [True, True, True]

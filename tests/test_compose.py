@@ -108,6 +108,7 @@ def native_cluster(tmp_path: Path) -> LocalAirflow:
         postgres_host="127.0.0.1", postgres_user="postgres", postgres_password="", postgres_db="apiorch_x",
         redis_host="127.0.0.1", broker_db=0, state_db=0, state_prefix="apiorch-x:state:", api_server_url="",
         passwords_file="", demo_api_host="127.0.0.1", demo_api_port=8901,
+        results_url=(tmp_path / "shared").as_uri(),
     )  # fmt: skip
     return LocalAirflow.distributed(tmp_path / "home", 18080, site, workers=("w1", "w2"), broker_prefix="x:")
 

@@ -107,15 +107,18 @@ def test_users_sync_is_idempotent_per_interval(dagbag, demo, airflow_db):
     dag = dagbag.get_dag("users_sync")
     logical = _window_with_users(5)
     first = _xcom(dag.test(logical_date=logical), "sync_users")
-    since, before = (pendulum.parse(t) for t in first["window"])
+    since, before = (pendulum.parse(first["window"][k]) for k in ("start", "end"))
     assert before - since == pendulum.duration(hours=1) and since.minute == 0  # the run's data interval
-    assert first["fetched"] >= 3 and first["written"] == first["fetched"]
-    again = _xcom(dag.test(logical_date=logical), "sync_users")
-    assert (again["fetched"], again["written"], again["unchanged"]) == (first["fetched"], 0, first["fetched"])
+    assert first["rows"] == 5 and first["pages"] == 1 and first["stop"] == "total reached"  # 5 users an hour
     db = os.path.join(airflow_db, "api_orchestration", "sync.db")
     with sqlite3.connect(db) as conn:
-        (count,) = conn.execute("SELECT COUNT(*) FROM users").fetchone()
-    assert count >= first["fetched"]
+        rows = conn.execute("SELECT id, name, email, updated_at FROM users ORDER BY id").fetchall()
+        in_window = [r for r in rows if since.isoformat() <= r[3].replace("Z", "+00:00") < before.isoformat()]
+    assert len(in_window) == 5 and all(isinstance(r[0], int) for r in rows)
+    again = _xcom(dag.test(logical_date=logical), "sync_users")
+    assert (again["rows"], again["checksum"]) == (first["rows"], first["checksum"])
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT id, name, email, updated_at FROM users ORDER BY id").fetchall() == rows
 
 
 def test_users_sync_into_postgresql(dagbag, demo, postgres_url):
@@ -133,7 +136,7 @@ def test_users_sync_into_postgresql(dagbag, demo, postgres_url):
             logical_date=_window_with_users(7), run_conf={"target_conn_id": "sync_pg"}
         )
         result = _xcom(run, "sync_users")
-        assert result["written"] == result["fetched"] >= 3
+        assert result["rows"] == 5 and result["uri"] == "postgres://sync_pg/users"
         import psycopg2
 
         with (
@@ -141,7 +144,11 @@ def test_users_sync_into_postgresql(dagbag, demo, postgres_url):
             conn.cursor() as cur,
         ):
             cur.execute("SELECT COUNT(*) FROM users")
-            assert cur.fetchone()[0] == result["fetched"]
+            assert cur.fetchone()[0] == result["rows"]
+            cur.execute(
+                "SELECT data_type FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'id'"
+            )
+            assert cur.fetchone()[0] == "bigint"  # the declared column type
         conn.close()
     finally:
         os.environ.pop("AIRFLOW_CONN_SYNC_PG", None)

@@ -466,7 +466,9 @@ def _python_dag(name: str):
 
 def test_shipped_specs_are_valid_and_the_schema_is_current():
     good, bad = load_directory(WORKFLOWS)
-    assert bad == [] and {g.dag.dag_id for g in good} == {"order_saga_spec", "user_enrichment_spec"}
+    assert bad == [] and {g.dag.dag_id for g in good} == {
+        "order_saga_spec", "user_enrichment_spec", "github_issues_sync_spec",
+    }  # fmt: skip
     assert (WORKFLOWS / "schema.json").read_text() == json_schema_text(), "run `make schema`"
 
 
@@ -507,7 +509,7 @@ def test_dagbag_loads_good_specs_and_reports_every_bad_file(workflows_dir, tmp_p
         (dags / name).write_text((ROOT / "dags" / name).read_text())
     monkeypatch.setenv("AIRFLOW__API_ORCHESTRATION__WORKFLOWS_DIR", str(workflows_dir))
     bag = DagBag(dag_folder=str(dags))
-    assert set(bag.dag_ids) == {"order_saga_spec", "user_enrichment_spec"}
+    assert set(bag.dag_ids) == {"order_saga_spec", "user_enrichment_spec", "github_issues_sync_spec"}
     # the good specs' file has no import error (Airflow would not trigger its DAGs): the errors' file has
     ((path, error),) = bag.import_errors.items()
     assert path.endswith("workflow_spec_errors.py")
@@ -536,11 +538,11 @@ def test_validator_cli_names_each_bad_file_and_exits_nonzero(workflows_dir):
         f"{workflows_dir}/orders.yaml: steps[0].retry.max_attempts: must be an integer >= 1, got 0"
         in done.stderr
     )
-    assert f"FAIL  {workflows_dir}/broken.yaml" in done.stderr and "2 valid, 3 invalid" in done.stderr
+    assert f"FAIL  {workflows_dir}/broken.yaml" in done.stderr and "3 valid, 3 invalid" in done.stderr
     assert f"ok    {workflows_dir}/user_enrichment_spec.yaml" in done.stdout
 
     ok = _cli("validate", str(WORKFLOWS))
-    assert ok.returncode == 0 and "2 valid, 0 invalid" in ok.stdout, ok
+    assert ok.returncode == 0 and "3 valid, 0 invalid" in ok.stdout, ok
     assert _cli("validate", str(workflows_dir / "missing")).returncode == 2
 
 

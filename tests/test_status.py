@@ -72,6 +72,17 @@ def test_saga_outcomes_are_capped_newest_first(backend):
 
 
 # -- over HTTP ----------------------------------------------------------------------------------
+def test_sync_streams_keep_their_last_run(backend):
+    backend.stream_record("issues", {"key": "issues", "at": 1_767_225_600.0, "rows": 5, "cursor": "a"})
+    backend.stream_record("issues", {"key": "issues", "at": 1_767_229_200.0, "rows": 7, "cursor": "b"})
+    backend.stream_record("charges[eu]", {"key": "charges[eu]", "at": 1_767_225_600.0, "rows": 1})
+    streams = collect_status(backend, sagas=0)["streams"]
+    assert [(s["key"], s["rows"]) for s in streams] == [("charges[eu]", 1), ("issues", 7)]
+    assert streams[1]["at"] == iso(1_767_229_200.0) and streams[1]["cursor"] == "b"
+    backend.clear()
+    assert collect_status(backend, sagas=0)["streams"] == []
+
+
 @pytest.fixture(scope="module")
 def auth(airflow_db):
     """Airflow's auth manager (SimpleAuthManager) in this process, and tokens it signed."""

@@ -6,7 +6,8 @@ analytics, notifications, a ``GET /<service>/health`` per service, and ``/admin/
 modelled on real APIs' conventions: an OAuth2 server and protected API (:mod:`~demo_services.oauth`),
 per-tenant multi-window rate limits with GitHub/IETF headers (:mod:`~demo_services.ratelimits`),
 async export jobs (:mod:`~demo_services.exports`) and cacheable reference data
-(:mod:`~demo_services.reference`). Every service write honours ``Idempotency-Key`` as Stripe
+(:mod:`~demo_services.reference`); list APIs in GitHub, Stripe and
+offset styles over large generated datasets (:mod:`~demo_services.listing_apis`, ``/admin/datasets``). Every service write honours ``Idempotency-Key`` as Stripe
 does (:mod:`~demo_services.idempotency`); ``POST /admin/reset`` clears all of it.
 """
 
@@ -16,6 +17,7 @@ from demo_services import (
     exports,
     idempotency,
     inventory,
+    listing_apis,
     notifications,
     oauth,
     payments,
@@ -41,6 +43,7 @@ ADMIN_ROUTES: tuple[Route, ...] = (
     *ratelimits.ADMIN_ROUTES,
     *exports.ADMIN_ROUTES,
     *reference.ADMIN_ROUTES,
+    *listing_apis.ADMIN_ROUTES,
 )
 
 ROUTES: tuple[Route, ...] = (
@@ -54,4 +57,5 @@ ROUTES: tuple[Route, ...] = (
     *ratelimits.ROUTES,
     *exports.ROUTES,
     *reference.ROUTES,
+    *listing_apis.ROUTES,
 )

@@ -73,6 +73,9 @@ OTHER_SECRETS: tuple[str, ...] = ("POSTGRES_PASSWORD", "AIRFLOW_ADMIN_PASSWORD")
 SECRET_VARS: tuple[str, ...] = (*SECRET_SETTINGS.values(), *OTHER_SECRETS)
 
 
+SHARED_DIR = "/opt/airflow/shared"  # compose: a volume every Airflow container mounts (bulk results)
+
+
 @dataclass(frozen=True)
 class Site:
     """Where one deployment's parts are, as the Airflow processes reach them."""
@@ -91,6 +94,7 @@ class Site:
     broker_db: int = 0  # Redis database of the Celery broker
     state_db: int = 1  # Redis database of the limiter/breaker state
     state_prefix: str = "apiorch:"  # key prefix of the limiter/breaker state
+    results_url: str | None = None  # bulk results, readable by every worker (ObjectStoragePath URI)
 
 
 def compose_site(postgres_user: str, postgres_password: str, postgres_db: str, state_prefix: str) -> Site:
@@ -106,6 +110,7 @@ def compose_site(postgres_user: str, postgres_password: str, postgres_db: str, s
         demo_api_port=DEMO_API_PORT,
         passwords_file="/opt/airflow/auth/passwords.json",
         state_prefix=state_prefix,
+        results_url=f"file://{SHARED_DIR}/results",  # the airflow-shared volume, mounted on every worker
     )
 
 
@@ -151,6 +156,8 @@ def airflow_settings(site: Site, secret_values: Mapping[str, str]) -> dict[str, 
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": site.passwords_file,
     }
+    if site.results_url:
+        settings["AIRFLOW__API_ORCHESTRATION__RESULTS_URL"] = site.results_url
     settings.update({setting: secret_values[var] for setting, var in SECRET_SETTINGS.items()})
     return settings
 

@@ -152,6 +152,7 @@ def distributed(tmp_path_factory, demo_server, postgres_db, redis_keys) -> Itera
         passwords_file="",
         demo_api_host="127.0.0.1",
         demo_api_port=demo_server.port,
+        results_url=(base / "shared").as_uri(),  # one machine: a local folder both workers reach
     )
     airflow = LocalAirflow.distributed(
         base / "home",

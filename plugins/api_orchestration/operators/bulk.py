@@ -11,7 +11,9 @@ item: index, status, result or error); the task returns its path and the counts.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -59,6 +61,20 @@ def render(value: Any, variables: dict[str, Any]) -> Any:
 
 def results_dir() -> Path:
     return data_path("results")
+
+
+def results_base(override: str | None = None) -> str:
+    """Where bulk results go, as an ``ObjectStoragePath`` URI: the operator's ``results_url``, else
+    ``[api_orchestration] results_url`` (``AIRFLOW__API_ORCHESTRATION__RESULTS_URL``; e.g. ``s3://bucket/x``
+    so a task on another worker can read them), else ``file://`` under ``AIRFLOW_HOME``."""
+    if override:
+        return override
+    url = os.environ.get("AIRFLOW__API_ORCHESTRATION__RESULTS_URL")
+    if not url:
+        from airflow.configuration import conf
+
+        url = conf.get("api_orchestration", "results_url", fallback=None)
+    return url or results_dir().as_uri()
 
 
 def join_url(base_url: str, endpoint: str) -> str:
@@ -128,6 +144,7 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         timeout: float | tuple[float, float] = (10.0, 60.0),
         select: str | None = None,
         state_url: str | None = None,
+        results_url: str | None = None,
         engine: str = "async",
         cache: CachePolicy | None = None,
         log_response: bool = False,
@@ -163,6 +180,7 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         self.rate_limit, self.breaker, self.retry = rate_limit, breaker, retry  # None: the connection's
         self.rate_limit_key, self.breaker_key, self.max_in_flight = rate_limit_key, breaker_key, max_in_flight
         self.timeout, self.select, self.state_url, self.engine = timeout, select, state_url, engine
+        self.results_url = results_url
         self.cache, self.log_response = cache, bool(log_response)
 
     def _rows(
@@ -235,16 +253,25 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
 
         started = time.monotonic()
         rows = self._rows(len(items), request, guard, select.search if select else None)
-        out = results_dir() / ti.dag_id / ti.run_id.replace("/", "_") / f"{ti.task_id}.jsonl"
+        from airflow.sdk import ObjectStoragePath
+
+        out = ObjectStoragePath(results_base(self.results_url)) / ti.dag_id / ti.run_id.replace("/", "_")
+        out = out / f"{ti.task_id}.jsonl"
         out.parent.mkdir(parents=True, exist_ok=True)
-        failed = 0
-        with out.open("w") as fh:
+        failed, size, digest = 0, 0, hashlib.sha256()
+        with out.open("wb") as fh:
             for row in rows:
                 failed += not row["ok"]
-                fh.write(json.dumps(row, default=str) + "\n")
+                line = (json.dumps(row, default=str) + "\n").encode()
+                size += len(line)
+                digest.update(line)
+                fh.write(line)
         seconds = time.monotonic() - started
         summary = {
-            "path": str(out),
+            "uri": str(out),  # readable from any worker when results_url is shared storage
+            "path": out.path if out.protocol == "file" else str(out),
+            "bytes": size,
+            "checksum": digest.hexdigest(),
             "total": len(items),
             "succeeded": len(items) - failed,
             "failed": failed,

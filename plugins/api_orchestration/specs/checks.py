@@ -11,7 +11,7 @@ from croniter import croniter
 
 from api_orchestration.errors import did_you_mean
 from api_orchestration.redaction import CREDENTIAL_NAME
-from api_orchestration.specs.model import CallSpec, StepSpec, WorkflowSpec
+from api_orchestration.specs.model import CallSpec, ScheduleSpec, StepSpec, WorkflowSpec
 from api_orchestration.specs.problems import Problem, field_path
 from api_orchestration.workflows.templating import result_reference_problem, template_problems
 
@@ -85,22 +85,45 @@ def check(spec: WorkflowSpec, dag_id: str) -> list[Problem]:
 
 
 def _schedule(spec: WorkflowSpec) -> list[Problem]:
-    schedule = spec.schedule
+    schedule, field = spec.schedule, "schedule"
     problems = []
+    if isinstance(schedule, ScheduleSpec):
+        if schedule.assets is not None:
+            if schedule.cron is not None or schedule.data_interval:
+                problems.append(("schedule", "set either cron (with data_interval) or assets, not both"))
+            if not schedule.assets:
+                problems.append(("schedule.assets", "must name at least one asset"))
+            return problems
+        if schedule.cron is None:
+            return [("schedule.cron", "is required: five fields such as '0 * * * *', or assets: [names]")]
+        schedule, field = schedule.cron, "schedule.cron"
+        if schedule in ("@once", "@continuous"):
+            return [(field, f"{schedule} has no data intervals; use a cron or a preset such as @hourly")]
     if schedule is not None and schedule not in PRESETS:
         if schedule.startswith("@"):
             hint = did_you_mean(schedule, PRESETS)
-            problems.append(
-                ("schedule", f"unknown preset {schedule!r}{hint}; presets are {', '.join(PRESETS)}")
-            )
+            problems.append((field, f"unknown preset {schedule!r}{hint}; presets are {', '.join(PRESETS)}"))
         elif not croniter.is_valid(schedule):
             problems.append(
                 (
-                    "schedule",
+                    field,
                     f"is not a valid cron expression, got {schedule!r}; use five fields "
                     "(minute hour day month weekday) such as '0 * * * *', or a preset such as @hourly",
                 )
             )
+    interval_syncs = [
+        i
+        for i, s in enumerate(spec.steps)
+        if s.sync is not None and (s.sync.mode or "interval") == "interval"
+    ]
+    if interval_syncs and isinstance(spec.schedule, str):
+        problems.append(
+            (
+                "schedule",
+                f"gives runs empty data intervals (Airflow 3's CronTriggerTimetable), and steps[{interval_syncs[0]}].sync "
+                f"is in interval mode; use schedule: {{cron: {spec.schedule!r}, data_interval: true}}",
+            )
+        )
     if schedule not in (None, "@once", "@continuous") and spec.start_date is None:
         problems.append(("start_date", "is required when a schedule is set, e.g. start_date: 2026-01-01"))
     return problems

@@ -12,11 +12,13 @@ from typing import Any, TypeVar
 
 import pendulum
 
+from api_orchestration.calls.pagination import Pagination
 from api_orchestration.errors import ConfigurationError
 from api_orchestration.policy import BreakerPolicy, CachePolicy, Poll, RateLimit, RetryPolicy
-from api_orchestration.specs.model import CallSpec, StepSpec, WorkflowSpec
+from api_orchestration.specs.model import CallSpec, ScheduleSpec, StepSpec, SyncSpec, WorkflowSpec
 from api_orchestration.specs.problems import Problem, shown
-from api_orchestration.workflows.model import Bulk, Call, FanOut, Step, Workflow
+from api_orchestration.syncs.stream import Stream
+from api_orchestration.workflows.model import Bulk, Call, FanOut, Step, Sync, Workflow
 
 T = TypeVar("T")
 
@@ -25,11 +27,19 @@ class _Collector:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
 
-    def make(self, path: str, factory: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    def make(
+        self,
+        path: str,
+        factory: Callable[..., T],
+        *args: Any,
+        renamed: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> T | None:
         try:
             return factory(*args, **kwargs)
         except ConfigurationError as exc:
-            self.problems.append((f"{path}.{exc.param}", f"{exc.expected}, got {shown(exc.value)}"))
+            param = (renamed or {}).get(exc.param, exc.param)
+            self.problems.append((f"{path}.{param}", f"{exc.expected}, got {shown(exc.value)}"))
             return None
 
 
@@ -68,7 +78,7 @@ def dag_kwargs(spec: WorkflowSpec, source: str) -> dict[str, Any]:
     }
     doc = f"{spec.description or ''}\n\nDefined by the workflow spec `{source}`.".strip()
     kwargs: dict[str, Any] = {
-        "schedule": spec.schedule,
+        "schedule": schedule(spec.schedule),
         "catchup": spec.catchup,
         "tags": [*spec.tags, "workflow-spec"],
         "params": params,
@@ -81,6 +91,20 @@ def dag_kwargs(spec: WorkflowSpec, source: str) -> dict[str, Any]:
         if getattr(spec, key) is not None:
             kwargs[key] = getattr(spec, key)
     return kwargs
+
+
+def schedule(value: str | ScheduleSpec | None) -> Any:
+    """A spec's schedule as DAG(schedule=...): a cron string (CronTriggerTimetable: no data
+    intervals), a CronDataIntervalTimetable (``data_interval: true``), or a list of assets."""
+    if not isinstance(value, ScheduleSpec):
+        return value
+    from airflow.sdk import Asset, CronDataIntervalTimetable
+
+    if value.assets:
+        return [Asset(name) for name in value.assets]
+    if value.data_interval:
+        return CronDataIntervalTimetable(value.cron, timezone=value.timezone)
+    return value.cron
 
 
 def start_date(value: Any) -> pendulum.DateTime:
@@ -110,10 +134,39 @@ def _cache(c: _Collector, path: str, spec: Any) -> CachePolicy | None:
 def _call(c: _Collector, path: str, spec: CallSpec | None) -> Call | None:
     if spec is None:
         return None
+    paginate = None
+    if spec.paginate is not None:
+        paginate = c.make(f"{path}.paginate", Pagination, **spec.paginate.model_dump(exclude_none=True))
     return c.make(
         path, Call, spec.method, spec.path, json=spec.body, query=spec.query, headers=spec.headers,
-        conn_id=spec.conn_id, oauth2_conn_id=spec.oauth2_conn_id,
+        conn_id=spec.conn_id, oauth2_conn_id=spec.oauth2_conn_id, paginate=paginate,
     )  # fmt: skip
+
+
+def _sync(c: _Collector, path: str, spec: SyncSpec | None) -> Sync | None:
+    if spec is None:
+        return None
+    fields = spec.model_dump(
+        exclude_none=True,
+        exclude={"stream", "destination", "columns", "keep_raw", "asset", "lookback_seconds"},
+    )
+    if spec.lookback_seconds is not None:
+        fields["lookback"] = dt.timedelta(seconds=spec.lookback_seconds)
+    stream = c.make(path, Stream, spec.stream, renamed={"name": "stream"}, **fields)
+    if stream is None:
+        return None
+    if spec.columns:
+        from api_orchestration.syncs.sinks.base import declared_columns
+
+        c.make(path, declared_columns, "sync", spec.columns)
+    if spec.destination and "{{" not in spec.destination:
+        from api_orchestration.operators.sync import sink_for
+
+        c.make(path, sink_for, spec.destination, owner="sync")
+    extra = {"keep_raw": spec.keep_raw} if spec.keep_raw is not None else {}
+    return c.make(
+        path, Sync, stream, destination=spec.destination, columns=spec.columns, asset=spec.asset, **extra
+    )
 
 
 def _step(c: _Collector, path: str, s: StepSpec) -> Step | None:
@@ -126,6 +179,7 @@ def _step(c: _Collector, path: str, s: StepSpec) -> Step | None:
         retry=_policy(c, f"{path}.retry", RetryPolicy, s.retry),
         rate_limit=_policy(c, f"{path}.rate_limit", RateLimit, s.rate_limit),
         breaker=_policy(c, f"{path}.breaker", BreakerPolicy, s.breaker), timeout=s.timeout,
+        sync=_sync(c, f"{path}.sync", s.sync),
         max_in_flight=s.max_in_flight, cache=_cache(c, f"{path}.cache", s.cache),
         log_response=bool(s.log_response),
         poll=_policy(c, f"{path}.poll", Poll, s.poll),

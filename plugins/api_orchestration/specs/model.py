@@ -79,6 +79,27 @@ class BreakerSpec(_Spec):
     half_open_timeout: float | None = Field(None, description="seconds to wait for trial verdicts (120)")
 
 
+class PaginateSpec(_Spec):
+    """How the call's collection pages (a sync step's call): one guarded call per page."""
+
+    style: str = Field(description="cursor, offset, page_number, link_header or next_url")
+    records: str | None = Field(None, description="JMESPath to the records in the body (default: the body)")
+    page_size: int | None = Field(None, description="records per page, sent as size_param")
+    size_param: str | None = Field(None, description="query parameter of the page size, e.g. per_page, limit")
+    cursor_path: str | None = Field(
+        None, description="cursor style: JMESPath to the next cursor, e.g. data[-1].id"
+    )
+    cursor_param: str | None = Field(None, description="cursor style: query parameter it is sent as")
+    offset_param: str | None = Field(None, description="offset style: the offset parameter (offset)")
+    page_param: str | None = Field(None, description="page_number style: the page parameter (page)")
+    first_page: int | None = Field(None, description="page_number style: the first page's number (1)")
+    next_url_path: str | None = Field(None, description="next_url style: JMESPath to the next URL")
+    has_more_path: str | None = Field(None, description="JMESPath to a has-more flag; false stops")
+    total_path: str | None = Field(None, description="JMESPath to the total; reaching it stops")
+    max_pages: int | None = Field(None, description="stop after this many pages")
+    stop_on_empty: bool | None = Field(None, description="an empty page stops (true)")
+
+
 class CacheSpec(_Spec):
     """A response cache shared by every worker (``CachePolicy``): GET/HEAD responses kept ``ttl``
     seconds at most, ``Cache-Control`` and ``ETag`` honoured."""
@@ -106,6 +127,57 @@ class CallSpec(_Spec):
     )
     query: dict[str, Any] | None = Field(None, description="query-string parameters")
     body: Any = Field(None, alias="json", description="JSON body (any YAML value; strings are templates)")
+    paginate: PaginateSpec | None = Field(None, description="page through the collection (sync steps)")
+
+
+class SyncSpec(_Spec):
+    """The step's paginated GET becomes a recurring, incremental, resumable sync into a sink."""
+
+    stream: str = Field(description="the table (SQL) or folder (files): letters, digits and _")
+    primary_key: list[str] = Field(
+        description="the field(s) identifying a record", json_schema_extra=_step_names
+    )
+    cursor_field: str | None = Field(None, description="the field that moves on change, e.g. updated_at")
+    cursor_kind: str | None = Field(None, description="timestamp (default) or integer")
+    mode: str | None = Field(None, description="interval (the run's data interval, default) or cursor")
+    start: Any = Field(
+        None,
+        description="cursor mode: the first start value",
+        json_schema_extra={"type": ["string", "integer", "null"]},
+    )
+    lookback_seconds: float | None = Field(
+        None, description="re-read this long before the mark (timestamp cursor)"
+    )
+    lookback: int | None = Field(None, description="re-read this much before the mark (integer cursor)")
+    since_param: str | None = Field(None, description="query parameter receiving the window start")
+    until_param: str | None = Field(None, description="query parameter receiving the window end")
+    param_format: str | None = Field(None, description="iso (default), iso_z or epoch")
+    ordered: bool | None = Field(
+        None, description="records come in ascending cursor order: stop past the window"
+    )
+    partition: str | None = Field(None, description="a label: state is per stream and partition")
+    destination: str | None = Field(
+        None,
+        description="'' (SQLite), sqlite:///<path>, postgres://<conn id>[/<schema>], files or an object-storage URI",
+    )
+    columns: dict[str, str] | None = Field(
+        None, description="declared schema: field -> integer|number|boolean|text|timestamp|json"
+    )
+    keep_raw: bool | None = Field(None, description="keep each record as JSON in _raw (true)")
+    asset: str | None = Field(None, description="asset updated (with window, cursor, rows) after each run")
+
+    _lists = field_validator("primary_key", mode="before")(_as_list)
+
+
+class ScheduleSpec(_Spec):
+    """A cron schedule with real data intervals, or a schedule on assets."""
+
+    cron: str | None = Field(None, description="five-field cron or a preset such as @hourly")
+    data_interval: bool = Field(
+        False, description="true: CronDataIntervalTimetable (runs get real data intervals)"
+    )
+    timezone: str = Field("UTC", description="the cron's time zone")
+    assets: list[str] | None = Field(None, description="run when any of these assets is updated")
 
 
 class _ItemsSpec(_Spec):
@@ -168,6 +240,7 @@ class StepSpec(_Spec):
     )
     fan_out: FanOutSpec | None = None
     bulk: BulkSpec | None = None
+    sync: SyncSpec | None = None
     output: str | None = Field(None, description="JMESPath applied to the response to form the result")
     retry: RetrySpec | None = None
     rate_limit: RateLimitSpec | None = None
@@ -204,7 +277,10 @@ class WorkflowSpec(_Spec):
 
     dag_id: str | None = Field(None, description="default: the file name without .yaml")
     description: str | None = None
-    schedule: str | None = Field(None, description="cron, a preset such as @hourly, or null (manual)")
+    schedule: str | ScheduleSpec | None = Field(
+        None,
+        description="cron, a preset such as @hourly, null (manual), {cron, data_interval: true} or {assets: [names]}",
+    )
     start_date: Any = Field(
         None, description="required when scheduled", json_schema_extra={"type": ["string", "null"]}
     )

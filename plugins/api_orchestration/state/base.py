@@ -221,5 +221,14 @@ class StateBackend(abc.ABC):
     def cache_stats(self) -> list[CacheStats]:
         """Every cache scope's live entries and bytes, by scope."""
 
+    # -- the last run of each sync stream (see api_orchestration.operators.sync) ---------------------
+    @abc.abstractmethod
+    def stream_record(self, key: str, entry: dict[str, Any]) -> None:
+        """Keep ``entry`` (JSON-able) as the last run of the sync stream ``key`` (stream[partition])."""
+
+    @abc.abstractmethod
+    def stream_latest(self) -> list[dict[str, Any]]:
+        """The last run of every sync stream, ordered by key."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -340,6 +340,14 @@ class RedisBackend(StateBackend):
             if keys
         ]
 
+    # -- the last run of each sync stream ------------------------------------------------------------
+    def stream_record(self, key: str, entry: dict[str, Any]) -> None:
+        self.client.hset(f"{self.prefix}stream_runs", key, json.dumps(entry, default=str))
+
+    def stream_latest(self) -> list[dict[str, Any]]:
+        runs = self.client.hgetall(f"{self.prefix}stream_runs")
+        return [json.loads(runs[k]) for k in sorted(runs)]
+
     def clear(self) -> None:
         for name in self.client.scan_iter(match=_glob_escape(self.prefix) + "*", count=500):
             self.client.delete(name)

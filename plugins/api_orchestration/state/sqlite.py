@@ -39,11 +39,11 @@ from api_orchestration.state.base import (
     Verdict,
 )
 
-SCHEMA_VERSION = 6  # bump on any change: older state is dropped (it is only rate and breaker state)
+SCHEMA_VERSION = 7  # bump on any change: older state is dropped (it is only rate and breaker state)
 _DROP = (
     "DROP TABLE IF EXISTS limiter; DROP TABLE IF EXISTS limiter_slot; DROP TABLE IF EXISTS breaker;"
-    "DROP TABLE IF EXISTS saga_outcome; DROP TABLE IF EXISTS cache_entry; DROP TABLE IF EXISTS oauth_token;"
-    "DROP TABLE IF EXISTS policy_claim;"
+    "DROP TABLE IF EXISTS saga_outcome; DROP TABLE IF EXISTS cache_entry; DROP TABLE IF EXISTS stream_run;"
+    "DROP TABLE IF EXISTS oauth_token; DROP TABLE IF EXISTS policy_claim;"
 )
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS limiter (
@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS cache_entry (
     scope TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL, size INTEGER NOT NULL, expires_at REAL NOT NULL,
     PRIMARY KEY (scope, key));
 CREATE INDEX IF NOT EXISTS cache_entry_expiry ON cache_entry (scope, expires_at);
+CREATE TABLE IF NOT EXISTS stream_run (key TEXT PRIMARY KEY, at REAL, body TEXT);
 """
 _LIMITER_FIELDS = [f.name for f in fields(rl.LimiterRecord)]
 _BREAKER_FIELDS = [f.name for f in fields(brk.BreakerRecord)]
@@ -293,6 +294,7 @@ class SQLiteBackend(StateBackend):
                 "breaker",
                 "saga_outcome",
                 "cache_entry",
+                "stream_run",
                 "oauth_token",
                 "policy_claim",
             ):
@@ -450,6 +452,21 @@ class SQLiteBackend(StateBackend):
                 (self.clock(),),
             ).fetchall()
         return [CacheStats(scope, int(n), int(total)) for scope, n, total in rows]
+
+    # -- the last run of each sync stream ---------------------------------------------------------
+    def stream_record(self, key: str, entry: dict[str, Any]) -> None:
+        body = json.dumps(entry, default=str)
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO stream_run (key, at, body) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET at = excluded.at, body = excluded.body",
+                (key, self.clock(), body),
+            )
+
+    def stream_latest(self) -> list[dict[str, Any]]:
+        with self._transaction(begin="BEGIN") as conn:
+            rows = conn.execute("SELECT body FROM stream_run ORDER BY key").fetchall()
+        return [json.loads(body) for (body,) in rows]
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -198,6 +198,11 @@ def create_app(backend: StateBackend | Callable[[], StateBackend] | None = None)
     def api_sagas(user: Reader, limit: int = 20) -> list[dict[str, Any]]:
         return collect_status(store(), sagas=max(1, min(limit, 100)))["sagas"]
 
+    @app.get("/api/streams")
+    def api_streams(user: Reader) -> list[dict[str, Any]]:
+        """The last run of each sync stream: window, cursor, rows, pages, DAG and run."""
+        return collect_status(store(), sagas=0)["streams"]
+
     # -- the page ----------------------------------------------------------------------------------
     async def page(request: Request, user: Any, message: str = "", code: int = 200) -> HTMLResponse:
         from airflow.api_fastapi.app import get_auth_manager

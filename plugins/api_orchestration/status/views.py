@@ -107,7 +107,8 @@ def limiter_view(status: LimiterStatus) -> dict[str, Any]:
 
 
 def collect_status(backend: StateBackend, sagas: int = 20) -> dict[str, Any]:
-    """Everything the page shows, from one snapshot of ``backend`` and its recent saga outcomes."""
+    """Everything the page shows, from one snapshot of ``backend``, its recent saga outcomes and the
+    last run of each sync stream."""
     snap = backend.snapshot()
     return {
         "now": iso(snap.now),
@@ -115,6 +116,7 @@ def collect_status(backend: StateBackend, sagas: int = 20) -> dict[str, Any]:
         "breakers": [breaker_view(b) for _, b in sorted(snap.breakers.items())],
         "limiters": [limiter_view(status) for _, status in sorted(snap.limiters.items())],
         "sagas": [{**s, "at": iso(s.get("at"))} for s in backend.saga_recent(sagas)] if sagas > 0 else [],
+        "streams": [{**s, "at": iso(s.get("at"))} for s in backend.stream_latest()],
         "caches": cache_views(backend),
     }
 

@@ -114,6 +114,8 @@ def _step_task(wf: Workflow, step: Step, dag: DAG, saga: bool) -> tuple[Any, Any
         )
         return task, task
     assert step.call is not None
+    if step.sync is not None:
+        return (task := _sync_task(wf, step, dag)), task
     if step.bulk is not None:
         task = BulkHttpOperator(
             task_id=step.name, dag=dag, items=step.bulk.over, inputs=wf.upstream(step.name),
@@ -154,6 +156,28 @@ def _step_task(wf: Workflow, step: Step, dag: DAG, saga: bool) -> tuple[Any, Any
         items >> each
         return items, collect
     return each, collect
+
+
+def _sync_policies(wf: Workflow, step: Step) -> dict[str, Any]:
+    """A sync's pages are never served from the response cache, and its bodies are not logged."""
+    policies = _policies(wf, step)
+    del policies["cache"], policies["log_response"]
+    return policies
+
+
+def _sync_task(wf: Workflow, step: Step, dag: DAG) -> Any:
+    from airflow.sdk import Asset
+
+    from api_orchestration.operators.sync import ApiSyncOperator
+
+    call, sync = step.call, step.sync
+    assert call is not None and sync is not None and call.paginate is not None
+    return ApiSyncOperator(
+        task_id=step.name, dag=dag, endpoint=call.path, http_conn_id=call.conn_id or wf.conn_id,
+        query=call.query, headers=call.headers, pagination=call.paginate, stream=sync.stream,
+        destination=sync.destination, columns=sync.columns, keep_raw=sync.keep_raw,
+        outlets=[Asset(sync.asset)] if sync.asset else [], **_sync_policies(wf, step),
+    )  # fmt: skip
 
 
 def build(workflow: Workflow, **dag_kwargs: Any) -> DAG:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from api_orchestration.calls.pagination import Pagination
 from api_orchestration.errors import ConfigurationError, did_you_mean
 from api_orchestration.policy import (
     BreakerPolicy,
@@ -18,8 +19,9 @@ from api_orchestration.policy import (
     RetryPolicy,
     allowed_failures,
 )
+from api_orchestration.syncs.stream import Stream
 
-__all__ = ["Bulk", "Call", "FanOut", "Poll", "Step", "Workflow", "allowed_failures", "result"]
+__all__ = ["Bulk", "Call", "FanOut", "Poll", "Step", "Sync", "Workflow", "allowed_failures", "result"]
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
@@ -43,8 +45,11 @@ class Call:
     headers: dict[str, str] | None = None
     conn_id: str | None = None
     oauth2_conn_id: str | None = None  # default: the workflow's
+    paginate: Pagination | None = None  # pages stream into the sink of a sync step
 
     def __post_init__(self) -> None:
+        if self.paginate is not None and not isinstance(self.paginate, Pagination):
+            raise ConfigurationError("Call", "paginate", self.paginate, "must be a Pagination(style=...)")
         method = str(self.method).upper()
         if method not in METHODS:
             raise ConfigurationError("Call", "method", self.method, f"must be one of {', '.join(METHODS)}")
@@ -107,6 +112,26 @@ def _check_items(owner: str, over: Any, tolerate: Any) -> None:
 
 
 @dataclass(frozen=True)
+class Sync:
+    """Make the step's paginated GET a recurring sync: ``stream`` into ``destination`` (see
+    ``ApiSyncOperator``), with an asset event on ``asset`` (a name) after each successful run."""
+
+    stream: Stream
+    destination: str | None = None
+    columns: dict[str, str] | None = None
+    keep_raw: bool = True
+    asset: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.stream, Stream):
+            raise ConfigurationError(
+                "Sync", "stream", self.stream, "must be a Stream(name=..., primary_key=...)"
+            )
+        if self.asset is not None and not (isinstance(self.asset, str) and self.asset.strip()):
+            raise ConfigurationError("Sync", "asset", self.asset, "must be an asset name")
+
+
+@dataclass(frozen=True)
 class Step:
     """One node of the workflow: a call (or, with ``merge``, a merge of other steps' results)."""
 
@@ -129,6 +154,7 @@ class Step:
     cache: CachePolicy | None = None  # GET/HEAD responses shared through the store (not compensations)
     log_response: bool = False  # log successful bodies (truncated, redacted)
     poll: Poll | None = None  # the call submits an async job: poll its status until done, fetch the result
+    sync: Sync | None = None  # the call pages into a sink, incrementally (needs call.paginate)
 
 
 @dataclass(frozen=True)
@@ -194,6 +220,7 @@ class Workflow:
                     where, "poll", s.poll, "needs a call step (not bulk or merge): the call submits the job",
                     step=step,
                 )  # fmt: skip
+            _check_sync(where, s)
             if s.compensate and (s.fan_out or s.bulk or s.merge):
                 raise ConfigurationError(
                     where, "compensate", s.compensate, "is supported on single-call steps only", step=step
@@ -263,6 +290,36 @@ class Workflow:
                     pending.remove(name)
                     break
         return done
+
+
+def _check_sync(where: str, s: Step) -> None:
+    """A sync step is one paginated GET into a sink; pagination belongs to a sync step's call."""
+    if s.sync is None:
+        if s.call is not None and s.call.paginate is not None:
+            raise ConfigurationError(
+                where, "call.paginate", "set", "streams pages into a sink: add sync: to the step", step=s.name
+            )
+        return
+    if s.call is None or s.call.paginate is None:
+        raise ConfigurationError(
+            where, "call.paginate", None, "is required on the call of a sync step", step=s.name
+        )
+    if s.call.method != "GET":
+        raise ConfigurationError(
+            where, "call.method", s.call.method, "must be GET for a sync step", step=s.name
+        )
+    for param, value in (
+        ("fan_out", s.fan_out),
+        ("bulk", s.bulk),
+        ("compensate", s.compensate),
+        ("fallback", s.fallback),
+        ("output", s.output),
+        ("when", s.when),
+        ("cache", s.cache),
+        ("poll", s.poll),
+    ):
+        if value:
+            raise ConfigurationError(where, param, value, "is not supported on a sync step", step=s.name)
 
 
 def _count(value: Any) -> bool:

@@ -1,0 +1,1 @@
+"""Recurring API syncs: streams and windows, the resumable page loop, checkpoints, progress and sinks."""

@@ -1,0 +1,1 @@
+"""Where syncs write: SQL tables (SQLite, PostgreSQL) and files (ObjectStoragePath)."""
