@@ -14,6 +14,8 @@ modes:
 - ``oauth``: ``calls`` GETs of ``target`` (an endpoint needing a bearer token) through the call path
   with OAuth2 connection ``conn`` (a dict of Connection fields) shared through the store; counts
   outcomes and this process's token requests. ``engine``: ``requests`` (default) or ``async``.
+- ``headers``: ``calls`` GETs of ``target`` (a demo ``/limits`` endpoint) with no limit of its own:
+  only the server's rate-limit headers, shared as key pauses, hold the worker back.
 - ``bulk``: POST ``calls`` times to ``target`` through bulk mode's asyncio engine (admissions in
   batches), ``concurrency`` in flight, under ``limit`` and/or ``policy``; counts outcomes.
 """
@@ -189,6 +191,32 @@ def run_oauth(args: dict) -> dict:
     return {**counts, "token_requests": tokens.fetched}
 
 
+def run_headers(args: dict) -> dict:
+    """``calls`` GETs of ``target`` with no limit of this worker's own: only the server's rate-limit
+    headers (shared through the store as key pauses) hold it back."""
+    import requests
+
+    from api_orchestration import Guard, HttpCallError, ResilientCaller, RetryPolicy
+    from api_orchestration.state import backend_for_url
+
+    backend = backend_for_url(args["state_url"])
+    guard = Guard(backend=backend, limit_key=args["key"], retry=RetryPolicy(max_attempts=5), max_sleep=60.0)
+    caller = ResilientCaller(requests.Session(), guard, timeout=5)
+    backend.limiter_status(args["key"])  # connect before the start
+    requests.get(args["target"].split("/limits/")[0] + "/health", timeout=10)
+    _ready_then_wait_for_start()
+    counts: dict[str, int] = {}
+    for _ in range(args["calls"]):
+        try:
+            caller.call("GET", args["target"])
+            kind = "ok"
+        except HttpCallError as exc:
+            kind = type(exc).__name__
+        counts[kind] = counts.get(kind, 0) + 1
+    caller.flush()
+    return counts
+
+
 def run_operator(args: dict) -> dict:
     import logging
     import os
@@ -228,6 +256,7 @@ def main() -> None:
         "bulk": run_bulk,
         "operator": run_operator,
         "oauth": run_oauth,
+        "headers": run_headers,
     }
     result = modes[args["mode"]](args)
     print(json.dumps(result))

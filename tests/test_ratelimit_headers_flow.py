@@ -87,3 +87,21 @@ def test_one_key_one_policy_a_second_policy_names_both_places(backend) -> None:
     assert not backend.policy_claim("limiter", "old", "p2", "there", ttl=0.2).ok
     time.sleep(0.3)
     assert backend.policy_claim("limiter", "old", "p2", "there", ttl=0.2).ok
+
+
+def test_eight_processes_held_by_the_servers_headers(demo, state_url) -> None:
+    """8 processes with no limit of their own, 5 calls each, against 10 per 2-s window: after the
+    answer that says ``remaining: 0`` every worker waits for the reset. Only the calls already on
+    the wire when the first such answer came back can meet the exhausted window (at most one per
+    process per window), and each of those is retried after the reset: every call succeeds."""
+    from fleet import run_workers
+
+    _policy(demo, "fleet", windows=[{"name": "two_seconds", "limit": 10, "seconds": 2}])
+    args = {"mode": "headers", "state_url": state_url, "key": "fleet", "calls": 5,
+            "target": f"{demo.url}/limits/github/fleet/repos"}  # fmt: skip
+    start, results = run_workers([args] * 8)
+    assert [r.get("ok") for r in results] == [5] * 8, results
+    report = _report(demo, "fleet")
+    windows = (time.time() - start) / 2 + 1
+    assert report["admitted"] == 40
+    assert sum(report["breaches"].values()) <= 8 * windows  # one per process per window at most
