@@ -11,6 +11,11 @@ modes:
 - ``operator``: until ``duration`` passes, run ``ResilientHttpOperator.execute`` (a GET of
   ``target`` under ``RateLimit(permits, per_seconds)`` and the default ``BreakerPolicy()``), each
   time with a new hook, session and connection, as a new task would.
+- ``oauth``: ``calls`` GETs of ``target`` (an endpoint needing a bearer token) through the call path
+  with OAuth2 connection ``conn`` (a dict of Connection fields) shared through the store; counts
+  outcomes and this process's token requests. ``engine``: ``requests`` (default) or ``async``.
+- ``headers``: ``calls`` GETs of ``target`` (a demo ``/limits`` endpoint) with no limit of its own:
+  only the server's rate-limit headers, shared as key pauses, hold the worker back.
 - ``bulk``: POST ``calls`` times to ``target`` through bulk mode's asyncio engine (admissions in
   batches), ``concurrency`` in flight, under ``limit`` and/or ``policy``; counts outcomes.
 """
@@ -140,6 +145,78 @@ def run_bulk(args: dict) -> dict:
     return {**counts, "done_at": REAL_TIME()}
 
 
+def run_oauth(args: dict) -> dict:
+    import requests
+
+    from api_orchestration import Guard, HttpCallError, ResilientCaller, RetryPolicy
+    from api_orchestration.calls.engines import call_concurrently_async
+    from api_orchestration.calls.oauth2 import config_from_connection
+    from api_orchestration.calls.tokens import shared_tokens
+    from api_orchestration.state import backend_for_url
+
+    class Conn:
+        def __init__(self, conn_id: str, extra: dict | None = None, **fields: str) -> None:
+            self.conn_id, self.extra_dejson = conn_id, extra or {}
+            self.host, self.login, self.password = (
+                fields.get("host"),
+                fields.get("login"),
+                fields.get("password"),
+            )
+
+    backend = backend_for_url(args["state_url"])
+    tokens = shared_tokens(config_from_connection(Conn(**args["conn"])), backend)
+    guard = Guard(backend=backend, limit_key=args["key"], retry=RetryPolicy(max_attempts=1), tokens=tokens)
+    backend.limiter_status(args["key"])  # connect before the start
+    requests.get(args["target"].split("/oauth/")[0] + "/health", timeout=10)
+    _ready_then_wait_for_start()
+    counts: dict[str, int] = {}
+    if args.get("engine") == "async":
+        rows = call_concurrently_async(
+            args["calls"], lambda i: {"method": "GET", "url": args["target"]}, guard=guard,
+            concurrency=args.get("concurrency", 8), timeout=5.0,
+        )  # fmt: skip
+        for row in rows:
+            kind = "ok" if row["ok"] else row["error"].split(":")[0]
+            counts[kind] = counts.get(kind, 0) + 1
+    else:
+        caller = ResilientCaller(requests.Session(), guard, timeout=5)
+        for _ in range(args["calls"]):
+            try:
+                caller.call("GET", args["target"])
+                kind = "ok"
+            except HttpCallError as exc:
+                kind = type(exc).__name__
+            counts[kind] = counts.get(kind, 0) + 1
+        caller.flush()
+    return {**counts, "token_requests": tokens.fetched}
+
+
+def run_headers(args: dict) -> dict:
+    """``calls`` GETs of ``target`` with no limit of this worker's own: only the server's rate-limit
+    headers (shared through the store as key pauses) hold it back."""
+    import requests
+
+    from api_orchestration import Guard, HttpCallError, ResilientCaller, RetryPolicy
+    from api_orchestration.state import backend_for_url
+
+    backend = backend_for_url(args["state_url"])
+    guard = Guard(backend=backend, limit_key=args["key"], retry=RetryPolicy(max_attempts=5), max_sleep=60.0)
+    caller = ResilientCaller(requests.Session(), guard, timeout=5)
+    backend.limiter_status(args["key"])  # connect before the start
+    requests.get(args["target"].split("/limits/")[0] + "/health", timeout=10)
+    _ready_then_wait_for_start()
+    counts: dict[str, int] = {}
+    for _ in range(args["calls"]):
+        try:
+            caller.call("GET", args["target"])
+            kind = "ok"
+        except HttpCallError as exc:
+            kind = type(exc).__name__
+        counts[kind] = counts.get(kind, 0) + 1
+    caller.flush()
+    return counts
+
+
 def run_operator(args: dict) -> dict:
     import logging
     import os
@@ -173,7 +250,14 @@ def main() -> None:
     args = json.loads(sys.argv[1])
     sys.stdout.reconfigure(line_buffering=True)
     _skew_clock(args.get("clock_skew", 0.0))
-    modes = {"limiter": run_limiter, "breaker": run_breaker, "bulk": run_bulk, "operator": run_operator}
+    modes = {
+        "limiter": run_limiter,
+        "breaker": run_breaker,
+        "bulk": run_bulk,
+        "operator": run_operator,
+        "oauth": run_oauth,
+        "headers": run_headers,
+    }
     result = modes[args["mode"]](args)
     print(json.dumps(result))
 

@@ -30,11 +30,13 @@ from api_orchestration.calls.events import (
     Next,
     RecordingListener,
     SlotMissed,
+    TokenRefused,
     VerdictNotRecorded,
 )
 from api_orchestration.calls.flow import (
     Admit,
     Admitted,
+    Authorize,
     CallInfo,
     DeferralNeeded,
     Pause,
@@ -50,6 +52,7 @@ from api_orchestration.resilience.admission import Admission, AdmissionRequest, 
 from api_orchestration.resilience.breaker import BreakerDecision
 from api_orchestration.resilience.kinds import BreakerDecisionKind, BreakerState
 
+EPOCH = 1_800_000_000.0  # the wall clock rate-limit resets are read against
 NO_RETRY_WAIT = RetryPolicy(max_attempts=3, base_delay=0, max_delay=0)
 DECISION = BreakerDecision(True, BreakerDecisionKind.CLOSED, 1, BreakerState.CLOSED, lease="1:1")
 
@@ -102,6 +105,11 @@ class Script:
             return None
         if isinstance(command, Pause):
             return None
+        if isinstance(command, Authorize):
+            return self.authorize(command)
+        raise AssertionError(command)
+
+    def authorize(self, command: Authorize) -> Any:
         raise AssertionError(command)
 
 
@@ -127,7 +135,15 @@ def run(
     g = Guard(backend=None, limit_key="api", breaker_key="api", **guard)  # type: ignore[arg-type]
     recording = recording if recording is not None else RecordingListener()
     info = CallInfo(method, "http://h/x", key, ("http://h/x?token=s3cret",))
-    flow = attempt_flow(info, g, g.admission_request(90.0), Events([recording]), script.clock, first_attempt)
+    flow = attempt_flow(
+        info,
+        g,
+        g.admission_request(90.0),
+        Events([recording]),
+        script.clock,
+        first_attempt,
+        wall=lambda: EPOCH,
+    )
     stepper = Stepper(flow)
     while (command := stepper.next()) is not None:
         try:
@@ -332,3 +348,108 @@ def test_the_admission_request_is_built_once_from_the_guard():
     request = g.admission_request(42.0)
     assert request == AdmissionRequest("a", RateLimit(5), None, None, 3, 10.0, 42.0)  # no breaker policy
     assert request.slot_only().max_in_flight is None
+
+
+# -- rate-limit headers --------------------------------------------------------------------------------
+def test_an_exhausted_window_pauses_the_key_until_its_reset_even_on_a_success():
+    headers = {
+        "x-ratelimit-limit": "10",
+        "x-ratelimit-remaining": "0",
+        "x-ratelimit-reset": str(int(EPOCH) + 5),
+    }
+    script = Script([granted()], [ok(200, **headers)], Clock())
+    response, rec = run(script)
+    assert response.status_code == 200
+    pause = next(c for c in script.commands if isinstance(c, Pause))
+    assert pause.seconds == 5.0 and rec.of(KeyPaused)[0].seconds == 5.0
+
+
+def test_remaining_budget_pauses_nothing():
+    headers = {
+        "x-ratelimit-limit": "10",
+        "x-ratelimit-remaining": "3",
+        "x-ratelimit-reset": str(int(EPOCH) + 5),
+    }
+    script = Script([granted()], [ok(200, **headers)], Clock())
+    run(script)
+    assert "Pause" not in kinds(script)
+
+
+def test_a_secondary_limit_403_is_retried_after_its_retry_after_like_a_429():
+    script = Script([granted(), granted()], [ok(403, **{"retry-after": "3"}), ok()], Clock())
+    response, _ = run(script)
+    assert response.status_code == 200
+    assert next(c for c in script.commands if isinstance(c, Pause)).seconds == 3.0
+    assert next(c for c in script.commands if isinstance(c, Sleep)).seconds == 3.0
+    first = next(c for c in script.commands if isinstance(c, Report))
+    assert first.verdict.failed and first.urgent  # counted as a 429 is
+
+
+def test_a_plain_403_is_permanent():
+    script = Script([granted()], [ok(403)], Clock())
+    with pytest.raises(PermanentHttpStatusError):
+        run(script)
+    assert "Pause" not in kinds(script)
+
+
+def test_the_headers_are_ignored_when_the_policy_does_not_respect_the_server():
+    headers = {
+        "x-ratelimit-limit": "10",
+        "x-ratelimit-remaining": "0",
+        "x-ratelimit-reset": str(int(EPOCH) + 5),
+    }
+    script = Script([granted()], [ok(200, **headers)], Clock())
+    run(script, retry=RetryPolicy(max_attempts=1, respect_retry_after=False))
+    assert "Pause" not in kinds(script)
+
+
+# -- OAuth2 --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Auth:
+    header: str
+    fingerprint: str
+
+
+class Tokens:
+    token_key = "crm_oauth:token"
+
+    def __init__(self) -> None:
+        self.version = 1
+
+    def authorize(self, reject: str | None = None) -> Auth:
+        if reject == f"fp{self.version}":
+            self.version += 1
+        return Auth(f"Bearer t{self.version}", f"fp{self.version}")
+
+
+class TokenScript(Script):
+    def __init__(self, *args: Any, tokens: Tokens) -> None:
+        super().__init__(*args)
+        self.tokens = tokens
+
+    def authorize(self, command: Authorize) -> Any:
+        return self.tokens.authorize(command.reject)
+
+
+def test_a_401_gets_one_new_token_and_one_retry_and_is_no_failure():
+    tokens = Tokens()
+    script = TokenScript([granted(), granted()], [ok(401), ok()], Clock(), tokens=tokens)
+    response, rec = run(script, tokens=tokens, retry=RetryPolicy(max_attempts=1))
+    assert response.status_code == 200
+    sends = [c for c in script.commands if isinstance(c, Send)]
+    assert [dict(s.headers) for s in sends] == [
+        {"Authorization": "Bearer t1"},
+        {"Authorization": "Bearer t2"},
+    ]
+    assert [c.reject for c in script.commands if isinstance(c, Authorize)] == [None, "fp1"]
+    assert not next(c for c in script.commands if isinstance(c, Report)).verdict.failed
+    assert rec.of(TokenRefused)[0].attempt == 1
+    assert "Bearer" not in repr(sends[0])
+
+
+def test_a_second_401_fails_as_any_4xx():
+    tokens = Tokens()
+    script = TokenScript([granted(), granted()], [ok(401), ok(401)], Clock(), tokens=tokens)
+    with pytest.raises(PermanentHttpStatusError):
+        run(script, tokens=tokens)
+    assert len([c for c in script.commands if isinstance(c, Send)]) == 2

@@ -4,6 +4,7 @@
 
     ApiOrchestrationError
     ├── ConfigurationError (also ValueError)        bad argument or policy, raised at DAG parse time
+    │   └── PolicyConflictError                     one limiter/breaker key used with two policies
     ├── SpecError (also ValueError)                 a YAML workflow spec is invalid: every problem, by field path
     ├── StateBackendError                           shared state store unreachable or broken (fail closed)
     ├── CircuitOpenError                            the breaker for a key is open: the call was not made
@@ -40,6 +41,22 @@ class ConfigurationError(ApiOrchestrationError, ValueError):
     def __init__(self, owner: str, param: str, value: Any, expected: str, *, step: str | None = None) -> None:
         self.owner, self.param, self.value, self.expected, self.step = owner, param, value, expected, step
         super().__init__(f"{owner}: {param} {expected}, got {value!r}")
+
+
+class PolicyConflictError(ConfigurationError):
+    """A limiter or breaker key is used with two different policies (each would decide with its own
+    numbers on the shared state). Names the key, both policies and both places."""
+
+    def __init__(
+        self, kind: str, key: str, policy: str, owner: str, other_policy: str, other_owner: str
+    ) -> None:
+        self.kind, self.key, self.other_policy, self.other_owner = kind, key, other_policy, other_owner
+        ApiOrchestrationError.__init__(
+            self,
+            f"{kind} key {key!r} is used with two policies: {other_owner} uses {other_policy}, {owner} asks "
+            f"{policy}. One key has one policy: give both the same policy, or this call another key",
+        )
+        self.owner, self.param, self.value, self.expected, self.step = owner, f"{kind} key", key, "", None
 
 
 class SpecError(ApiOrchestrationError, ValueError):

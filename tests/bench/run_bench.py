@@ -11,7 +11,10 @@
    ``requests.Session`` vs stock ``HttpHook.run``, as calls/s and ratios;
 5. response cache: the same GET through the call path as a real call (no cache), a cache hit
    (``Cache-Control: max-age``) and a 304 revalidation (``no-cache`` + ``ETag``), per backend:
-   latency p50/p99 and the calls that reached the server.
+   latency p50/p99 and the calls that reached the server;
+6. OAuth2 token single flight: 8 processes x 50 calls to the demo's bearer-protected API with a
+   token the server expired (each worker meets a 401) and then with one the store holds as expired
+   (each needs a new one first): token requests per expiry, counted at the demo's token endpoint.
 """
 
 from __future__ import annotations
@@ -217,6 +220,46 @@ def call_overhead(demo: DemoServer, urls: dict[str, str], n: int, repeats: int) 
     )
 
 
+def token_single_flight(demo: DemoServer, urls: dict[str, str], processes: int = 8, calls: int = 50) -> None:
+    from api_orchestration.calls.oauth2 import config_from_connection
+    from api_orchestration.calls.tokens import SharedTokens, fingerprint
+
+    class Conn:
+        conn_id, host = "bench_oauth", f"{demo.url}/oauth/token"
+        login, password, extra_dejson = "demo-client", "demo-secret", {}
+
+    def token_requests() -> int:
+        return requests.get(f"{demo.url}/admin/oauth", timeout=5).json()["token_requests"]
+
+    rows = []
+    for name, url in urls.items():
+        backend = backend_for_url(url)
+        SharedTokens(config_from_connection(Conn()), backend).authorize()
+        args = {
+            "mode": "oauth", "state_url": url, "key": "bench-oauth", "calls": calls,
+            "target": f"{demo.url}/oauth/api/things",
+            "conn": {"conn_id": Conn.conn_id, "host": Conn.host, "login": Conn.login, "password": Conn.password},
+        }  # fmt: skip
+        for how, engine in (("expired at the server (401)", "requests"), ("expired in the store", "async")):
+            if how.endswith("(401)"):
+                requests.post(f"{demo.url}/admin/oauth/expire", json={}, timeout=5)
+            else:
+                d = backend.token_lease(Conn.conn_id, "bench", 5.0, 60.0)
+                entry = json.loads(d.entry)
+                backend.token_store(
+                    Conn.conn_id, "bench", d.entry, time.time() - 1, fingerprint(entry["access_token"])
+                )
+            before = token_requests()
+            _, results = run_workers([{**args, "engine": engine}] * processes)
+            ok = sum(r.get("ok", 0) for r in results)
+            rows.append([name, how, engine, f"{ok}/{processes * calls}", token_requests() - before])
+    table(
+        f"OAuth2 token single flight: {processes} processes x {calls} calls, one expiry",
+        ["backend", "token", "engine", "calls ok", "token requests"],
+        rows,
+    )
+
+
 def cache_latency(demo: DemoServer, urls: dict[str, str], n: int) -> None:
     from api_orchestration.policy import CachePolicy
 
@@ -273,6 +316,7 @@ def main() -> None:
         decision_latency(urls)
         call_overhead(demo, urls, n=300 if args.quick else 1000, repeats=3 if args.quick else 5)
         cache_latency(demo, urls, n=300 if args.quick else 1000)
+        token_single_flight(demo, urls)
     for url in urls.values():
         backend_for_url(url).clear()
 

@@ -27,6 +27,7 @@ from api_orchestration import compat
 from api_orchestration.calls.batching import AdmissionQueue
 from api_orchestration.calls.flow import (
     Admit,
+    Authorize,
     CacheFound,
     CacheLookup,
     CacheStore,
@@ -190,7 +191,7 @@ class AsyncCaller:
         self, command: Command, method: str, target: URL, headers: dict[str, str], options: dict[str, Any]
     ) -> Any:
         if isinstance(command, Send):
-            if command.headers:  # a revalidation's If-None-Match
+            if command.headers:  # the OAuth2 Authorization, a revalidation's If-None-Match
                 headers = {**headers, **dict(command.headers)}
             started = time.perf_counter()
             try:
@@ -202,6 +203,8 @@ class AsyncCaller:
                 resp.status, resp.reason or "", resp.headers, content, str(resp.url), resp.charset or "utf-8"
             )
             return Sent(reply, None, False, time.perf_counter() - started)
+        if isinstance(command, Authorize):  # a store read, rarely a token request: off the event loop
+            return await asyncio.to_thread(self.guard.tokens.authorize, command.reject)  # type: ignore[union-attr]
         if isinstance(command, Admit):
             return await self.admissions.admit(slot_only=command.slot_only)
         if isinstance(command, Sleep):

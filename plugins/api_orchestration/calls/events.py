@@ -71,6 +71,16 @@ class CacheUsed:
 
 
 @dataclass(frozen=True)
+class TokenRefused:
+    """The API answered 401 to the OAuth2 token of ``token_key``'s connection: a new token is
+    fetched (or read, when another worker already did) and the attempt sent again."""
+
+    limit_key: str
+    token_key: str
+    attempt: int
+
+
+@dataclass(frozen=True)
 class Granted:
     """An admission let a call out ``wait`` seconds from now (a trial call when ``trial``)."""
 
@@ -144,6 +154,7 @@ Event = (
     | KeyPaused
     | SlotMissed
     | VerdictNotRecorded
+    | TokenRefused
 )
 
 
@@ -233,6 +244,11 @@ class LogListener:
             log.warning("circuit %r: %s -> %s", event.key, event.before, event.after)
         elif isinstance(event, Granted) and event.trial:
             log.warning("circuit %r is half-open: this is a trial call", event.breaker_key)
+        elif isinstance(event, TokenRefused):
+            log.warning(
+                "%r answered 401 to the OAuth2 token of %r: sending attempt %d again with a new token",
+                event.limit_key, event.token_key.removesuffix(":token"), event.attempt,
+            )  # fmt: skip
         elif isinstance(event, Deferred):
             log.info("deferring %.2f s to the triggerer: %s", event.seconds, event.why)
         elif isinstance(event, SlotMissed):

@@ -36,6 +36,7 @@ from api_orchestration.calls.events import (
     Next,
     Refused,
     SlotMissed,
+    TokenRefused,
     VerdictNotRecorded,
 )
 from api_orchestration.calls.guard import Guard, OnCircuitOpen
@@ -53,10 +54,18 @@ from api_orchestration.resilience.admission import Admission, AdmissionRequest, 
 from api_orchestration.resilience.kinds import BreakerDecisionKind, OutcomeKind, Refusal
 from api_orchestration.resilience.outcome import (
     Outcome,
+    RetryAfter,
     classify_exception,
     classify_status,
     may_retry_method,
     retry_after_of,
+)
+from api_orchestration.resilience.ratelimit_headers import (
+    PauseReason,
+    RateLimitInfo,
+    is_rate_limited,
+    parse_rate_limit,
+    pause_for,
 )
 from api_orchestration.state.records import CachePut
 
@@ -97,10 +106,19 @@ class Sleep:
 
 
 @dataclass(frozen=True)
-class Send:
-    """Send the request, with ``headers`` added (a revalidation's ``If-None-Match``). Result: :class:`Sent`."""
+class Authorize:
+    """The ``Authorization`` for the next attempt from the guard's OAuth2 tokens (``reject``: the
+    fingerprint of a token the API refused). Result: an object with ``header`` and ``fingerprint``."""
 
-    headers: tuple[tuple[str, str], ...] = ()
+    reject: str | None = None
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send the request, with ``headers`` added (the ``Authorization`` of OAuth2, a revalidation's
+    ``If-None-Match``). Result: :class:`Sent`."""
+
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -159,7 +177,7 @@ class CacheStore:
     max_total_bytes: int
 
 
-Command = Admit | Sleep | Send | Report | Pause | CacheLookup | CacheStore
+Command = Admit | Sleep | Authorize | Send | Report | Pause | CacheLookup | CacheStore
 Flow = Generator[Command, Any, Any]
 
 
@@ -229,10 +247,11 @@ def attempt_flow(
     """The call: served from the shared cache (with ``guard.cache``), else attempts until one
     succeeds (returned: the response), the policy gives up (a typed error), or a wait is longer than
     ``guard.max_sleep`` (:class:`DeferralNeeded`). ``clock`` is monotonic (slots), ``wall`` is unix
-    time (cache freshness, shared by every worker)."""
+    time (cache freshness, rate-limit resets; shared by every worker)."""
     policy = guard.retry
     max_attempts = policy.max_attempts if call.retry_ok else 1
     attempt, sent_calls, waits = first_attempt, 0, _Waits()
+    auth, reject, reauthorized = None, None, False
     cache = _Cache.of(call, guard)
     found: CacheFound | None = None
     if cache is not None:
@@ -247,17 +266,36 @@ def attempt_flow(
             found = None
     while True:
         conditional = http_cache.conditional_headers(found.entry) if found and found.entry else {}
+        if guard.tokens is not None:  # before admission: a token request must not make a slot late
+            auth = yield Authorize(reject)
         admitted = yield from _admit(guard, events, attempt, waits, sent_calls)
         admission = admitted.admission
         try:
             yield from _until_slot(guard, events, clock, admitted, attempt, waits, sent_calls)
-            sent: Sent = yield Send(tuple(conditional.items()))
+            sent: Sent = yield Send(
+                tuple(conditional.items()) + ((("Authorization", auth.header),) if auth is not None else ())
+            )
         except BaseException:  # killed mid-call: the effect is unknown, count a failure
             yield from _report(guard, events, Verdict.of(request, admission, True), urgent=True, calls=1)
             raise
         sent_calls += 1
+        if (
+            auth is not None
+            and not reauthorized
+            and sent.response is not None
+            and sent.response.status_code == 401
+        ):
+            # the token was refused (expired early, revoked): one new token, one retry; not a failure
+            reauthorized, reject = True, auth.fingerprint
+            yield from _report(guard, events, Verdict.of(request, admission, False), urgent=True, calls=1)
+            events.publish(TokenRefused(guard.limit_key, guard.tokens.token_key, attempt))  # type: ignore[union-attr]
+            continue
+        limits, throttled, now = None, False, wall()
         if sent.response is not None:
-            outcome = classify_status(sent.response.status_code, policy)
+            limits = _limits(sent.response, now)
+            throttled = sent.response.status_code == 403 and is_rate_limited(limits)
+            # a rate-limit 403 (GitHub's secondary limit) is a 429 by another name: retried, not permanent
+            outcome = classify_status(429 if throttled else sent.response.status_code, policy)
         else:
             outcome = classify_exception(sent.timeout, policy)
         will_retry = not outcome.ok and outcome.retryable and attempt < max_attempts
@@ -267,6 +305,8 @@ def attempt_flow(
         retry_after = None
         if sent.response is not None:
             retry_after = retry_after_of(sent.response.status_code, sent.response.headers, policy)
+            if (retry_after is None or not retry_after.pause_key) and limits is not None:
+                retry_after = _header_pause(limits, throttled, policy, now) or retry_after
             if retry_after is not None and retry_after.pause_key:
                 yield Pause(retry_after.seconds)
                 events.publish(KeyPaused(guard.limit_key, retry_after.seconds))
@@ -316,6 +356,30 @@ def attempt_flow(
             raise _deferral(guard, events, delay, why, attempt)
         yield Sleep(delay)
         waits.add(delay, f"for {why}")
+
+
+def _limits(response: Any, now: float) -> RateLimitInfo:
+    """What the response's rate-limit headers say (a 403's body may say it is a rate limit)."""
+    body = None
+    if response.status_code == 403:
+        try:
+            body = response.text[:2000]
+        except Exception:
+            body = None
+    return parse_rate_limit(response.headers, status=response.status_code, now=now, body=body)
+
+
+def _header_pause(info: RateLimitInfo, throttled: bool, policy: Any, now: float) -> RetryAfter | None:
+    """A pause of the key for every caller from the rate-limit headers: an exhausted window
+    (``X-RateLimit-Remaining: 0``, ``RateLimit: r=0``) until its reset, on a success too; a
+    rate-limit 403 for its ``Retry-After`` (or GitHub's default minute). Capped at
+    ``max_retry_after``; nothing when the policy does not respect the server's timing."""
+    if not policy.respect_retry_after:
+        return None
+    pause = pause_for(info, now=now)
+    if not pause or (pause.reason != PauseReason.EXHAUSTED and not throttled):
+        return None
+    return RetryAfter(min(pause.seconds, policy.max_retry_after), True)
 
 
 @dataclass(frozen=True)

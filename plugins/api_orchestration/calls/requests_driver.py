@@ -21,6 +21,7 @@ from api_orchestration.calls.events import BreakerTransition, VerdictNotRecorded
 from api_orchestration.calls.flow import (
     Admit,
     Admitted,
+    Authorize,
     CacheFound,
     CacheLookup,
     CacheStore,
@@ -141,7 +142,7 @@ class ResilientCaller:
     # -- the commands -----------------------------------------------------------------------------
     def _execute(self, command: Command, prepared: requests.PreparedRequest, settings: dict[str, Any]) -> Any:
         if isinstance(command, Send):
-            if command.headers:  # a revalidation's If-None-Match
+            if command.headers:  # the OAuth2 Authorization, a revalidation's If-None-Match
                 prepared = prepared.copy()
                 prepared.headers.update(dict(command.headers))
             started = time.perf_counter()
@@ -150,6 +151,8 @@ class ResilientCaller:
             except requests.RequestException as exc:
                 return Sent(None, exc, isinstance(exc, requests.Timeout), time.perf_counter() - started)
             return Sent(response, None, False, time.perf_counter() - started)
+        if isinstance(command, Authorize):
+            return self.guard.tokens.authorize(command.reject)  # type: ignore[union-attr]
         if isinstance(command, Admit):
             return self._admit(command)
         if isinstance(command, Sleep):

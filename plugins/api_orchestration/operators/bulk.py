@@ -30,7 +30,7 @@ from api_orchestration.calls.guard import Guard
 from api_orchestration.calls.idempotency import task_key
 from api_orchestration.connections import ResilientHttpHook, connection_policies
 from api_orchestration.errors import ConfigurationError
-from api_orchestration.operators.http import UNSAFE_METHODS
+from api_orchestration.operators.http import UNSAFE_METHODS, check_oauth2_conn_id, oauth2_tokens
 from api_orchestration.operators.step import items_from
 from api_orchestration.operators.templates import UpstreamResults, referenced_results
 from api_orchestration.paths import data_path
@@ -119,7 +119,7 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
     :param log_response: log successful bodies (truncated, redacted), as error bodies always are.
     """
 
-    template_fields: Sequence[str] = ("http_conn_id",)
+    template_fields: Sequence[str] = ("http_conn_id", "oauth2_conn_id")
     ui_color = "#e6f7ee"
 
     def __init__(
@@ -148,9 +148,12 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         engine: str = "async",
         cache: CachePolicy | None = None,
         log_response: bool = False,
+        oauth2_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_oauth2_conn_id(f"task {self.task_id!r}", oauth2_conn_id)
+        self.oauth2_conn_id = oauth2_conn_id
         if cache is not None and not isinstance(cache, CachePolicy):
             raise ConfigurationError(
                 f"task {self.task_id!r}", "cache", cache, "must be a CachePolicy(ttl, ...)"
@@ -215,8 +218,10 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         policies = connection_policies(self.http_conn_id).under(
             rate_limit=self.rate_limit, breaker=self.breaker, retry=self.retry
         )  # the DAG's own policies win over the connection's
+        backend = get_backend(self.state_url)
         guard = Guard(
-            backend=get_backend(self.state_url), limit_key=self.rate_limit_key or self.http_conn_id,
+            backend=backend, tokens=oauth2_tokens(self.oauth2_conn_id, backend),
+            limit_key=self.rate_limit_key or self.http_conn_id,
             rate_limit=policies.rate_limit, breaker_key=self.breaker_key or self.http_conn_id,
             breaker=policies.breaker, retry=policies.retry or RetryPolicy(), max_sleep=3600.0,
             max_in_flight=self.max_in_flight, cache=self.cache, log_response=self.log_response,

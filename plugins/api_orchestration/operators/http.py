@@ -14,8 +14,10 @@ from api_orchestration import compat
 from api_orchestration.calls.flow import DeferralNeeded
 from api_orchestration.calls.guard import Guard, OnCircuitOpen
 from api_orchestration.calls.idempotency import DEFAULT_HEADER, task_key
+from api_orchestration.calls.oauth2 import load_config
 from api_orchestration.calls.requests_driver import ResilientCaller
 from api_orchestration.calls.responses import default_response_filter
+from api_orchestration.calls.tokens import SharedTokens, shared_tokens
 from api_orchestration.connections import ResilientHttpHook, connection_policies
 from api_orchestration.errors import (
     CircuitOpenError,
@@ -43,6 +45,29 @@ UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 CALL_FAILURES = (HttpCallError, CircuitOpenError, StateBackendError)  # what on_call_failed sees
 
 
+def check_oauth2_conn_id(owner: str, oauth2_conn_id: Any, auth_type: Any = None) -> None:
+    if oauth2_conn_id is not None and (not isinstance(oauth2_conn_id, str) or not oauth2_conn_id.strip()):
+        raise ConfigurationError(
+            owner, "oauth2_conn_id", oauth2_conn_id, "must be the id of an OAuth2 client connection, or None"
+        )
+    if oauth2_conn_id and auth_type is not None:
+        raise ConfigurationError(
+            owner,
+            "auth_type",
+            auth_type,
+            "must not be set with oauth2_conn_id: the token is the authorization",
+        )
+
+
+def oauth2_tokens(conn_id: str | None, backend: Any) -> SharedTokens | None:
+    """The shared tokens of OAuth2 connection ``conn_id`` (None: no OAuth2); its secrets masked."""
+    if not conn_id:
+        return None
+    config = load_config(conn_id)
+    register_secrets(config.secrets)
+    return shared_tokens(config, backend)
+
+
 def _check_type(owner: str, param: str, value: Any, types: type | tuple[type, ...], expected: str) -> None:
     if value is not None and not isinstance(value, types):
         raise ConfigurationError(owner, param, value, expected)
@@ -63,6 +88,7 @@ class CallSpec:
     breaker_key: str | None = None
     idempotency_key: str | None = None  # resolved: None sends none
     cache_key: str | None = None  # rendered CachePolicy.key (None: the method and full URL)
+    oauth2_conn_id: str | None = None  # the OAuth2 connection whose shared token the call sends
 
 
 class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
@@ -81,12 +107,13 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
     :param timeout: seconds, or ``(connect, read)``; default ``(10, 60)``.
     :param rate_limit: :class:`RateLimit` shared by every task using ``rate_limit_key``; default:
         the connection's (a ``resilient_http`` connection's form fields), else none.
-    :param rate_limit_key: default: the connection id.
+    :param rate_limit_key: default: the connection id (templated: a key per tenant or account, e.g.
+        ``"crm:{{ params.tenant }}"``).
     :param max_in_flight: the bulkhead: at most this many calls in flight under ``rate_limit_key``,
         across all workers (default: no cap).
     :param breaker: :class:`BreakerPolicy` shared by every task using ``breaker_key``; default: the
         connection's, else none.
-    :param breaker_key: default: the connection id.
+    :param breaker_key: default: the connection id (templated).
     :param retry: :class:`RetryPolicy` for retries inside one task try; default: the connection's,
         else ``RetryPolicy()``.
     :param idempotency_key: ``None`` (default): derived from dag, run, task and map index for
@@ -105,6 +132,9 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         error bodies always are.
     :param extra_options: providers-http request options for ``HttpHook.get_conn``.
     :param auth_type: providers-http ``auth_type`` (default: HTTP basic from the connection's login).
+    :param oauth2_conn_id: an OAuth2 client connection (see the README's "OAuth2 connections"): every
+        attempt sends its access token, shared by every worker through the state store; a 401 gets
+        one new token and one retry (templated).
     :param state_url: override ``[api_orchestration] state_url`` for this task.
 
     Templates render in a sandbox (:mod:`api_orchestration.rendering`); with native rendering a
@@ -120,6 +150,9 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         "headers",
         "idempotency_key",
         "http_conn_id",
+        "oauth2_conn_id",
+        "rate_limit_key",
+        "breaker_key",
         "cache_key",
     )
     template_fields_renderers = {"json": "json", "headers": "json", "query": "json"}
@@ -151,6 +184,7 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         response_filter: Callable[..., Any] | None = None,
         extra_options: dict[str, Any] | None = None,
         auth_type: Any = None,
+        oauth2_conn_id: str | None = None,
         state_url: str | None = None,
         cache: CachePolicy | None = None,
         log_response: bool = False,
@@ -159,6 +193,7 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         super().__init__(**kwargs)
         method = str(method).upper()
         owner = f"task {self.task_id!r}"
+        check_oauth2_conn_id(owner, oauth2_conn_id, auth_type)
         if method not in METHODS:
             raise ConfigurationError(owner, "method", method, f"must be one of {', '.join(METHODS)}")
         _check_type(
@@ -216,6 +251,7 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         self.max_sleep, self.on_circuit_open = float(max_sleep), on_circuit_open
         self.response_check, self.response_filter = response_check, response_filter
         self.extra_options, self.auth_type, self.state_url = extra_options or {}, auth_type, state_url
+        self.oauth2_conn_id = oauth2_conn_id
         self.cache, self.log_response = cache, log_response
         self.cache_key = cache.key if cache is not None else None  # a template, rendered with the task
 
@@ -245,6 +281,7 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         return CallSpec(
             self.endpoint, self.method, self.http_conn_id, self.json, self.data, self.query, self.headers,
             self.rate_limit_key, self.breaker_key, self.own_key(context), self.cache_key,
+            oauth2_conn_id=self.oauth2_conn_id,
         )  # fmt: skip
 
     # -- execution --------------------------------------------------------------------------------------
@@ -293,11 +330,13 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         )
 
     def guard(self, spec: CallSpec) -> Guard:
+        backend = get_backend(self.state_url)
         policies = connection_policies(spec.http_conn_id).under(
             rate_limit=self.rate_limit, breaker=self.breaker, retry=self.retry
         )  # the DAG's own policies win over the connection's
         return Guard(
-            backend=get_backend(self.state_url),
+            backend=backend,
+            tokens=oauth2_tokens(spec.oauth2_conn_id, backend),
             limit_key=spec.rate_limit_key or spec.http_conn_id,
             rate_limit=policies.rate_limit,
             breaker_key=spec.breaker_key or spec.http_conn_id,
@@ -314,9 +353,10 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         hook = ResilientHttpHook(method=spec.method, http_conn_id=spec.http_conn_id, auth_type=self.auth_type)
         register_secrets(connection_secrets(hook.get_connection(spec.http_conn_id)))
         session = hook.get_conn(extra_options=self.extra_options)
+        guard = self.guard(spec)
         caller = ResilientCaller(
             session,
-            self.guard(spec),
+            guard,
             timeout=self.timeout,
             send_options=compat.merged_extra(hook),
             log=self.log,

@@ -50,7 +50,7 @@ class StepOperator(ResilientHttpOperator):
     :param inputs: the upstream steps whose results ``when`` may read.
     :param select: JMESPath applied to the response (JSON or text) to form the step's result.
     :param fallback: a second call (``endpoint``, ``method``, ``json``, ``query``, ``headers``,
-        ``http_conn_id``, ``breaker_key``, ``rate_limit_key``) made when the call fails for good: its
+        ``http_conn_id``, ``breaker_key``, ``rate_limit_key``, ``oauth2_conn_id``) made when the call fails for good: its
         own request, keys and idempotency key (``<the step's key>:fallback``); the result is then
         ``{"fallback": true, "result": ...}``.
     :param item: one fan-out item, available as ``{{ item }}`` in templated fields.
@@ -110,6 +110,7 @@ class StepOperator(ResilientHttpOperator):
         return CallSpec(
             f["endpoint"], method, f.get("http_conn_id") or self.http_conn_id, f.get("json"), f.get("data"),
             f.get("query"), f.get("headers"), f.get("rate_limit_key"), f.get("breaker_key"), key,
+            oauth2_conn_id=f.get("oauth2_conn_id", self.oauth2_conn_id),
         )  # fmt: skip
 
     def on_call_failed(self, context: Context, phase: str, error: Exception) -> Any:

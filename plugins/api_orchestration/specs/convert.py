@@ -65,9 +65,9 @@ def to_workflow(spec: WorkflowSpec, dag_id: str) -> tuple[Workflow | None, list[
     if c.problems:
         return None, c.problems
     wf = Workflow(
-        dag_id, tuple(s for s in steps if s), conn_id=d.conn_id, retry=retry, rate_limit=rate_limit,
-        breaker=breaker, timeout=d.timeout, max_in_flight=d.max_in_flight, output=spec.output, cache=cache,
-        log_response=d.log_response, compensation_retry=compensation_retry,
+        dag_id, tuple(s for s in steps if s), conn_id=d.conn_id, oauth2_conn_id=d.oauth2_conn_id, retry=retry,
+        rate_limit=rate_limit, breaker=breaker, timeout=d.timeout, max_in_flight=d.max_in_flight, output=spec.output,
+        cache=cache, log_response=d.log_response, compensation_retry=compensation_retry,
     )  # fmt: skip
     try:
         wf.validate()
@@ -150,7 +150,8 @@ def _call(c: _Collector, path: str, spec: CallSpec | None) -> Call | None:
         paginate = c.make(f"{path}.paginate", Pagination, **spec.paginate.model_dump(exclude_none=True))
     return c.make(
         path, Call, spec.method, spec.path, json=spec.body, query=spec.query, headers=spec.headers,
-        conn_id=spec.conn_id, paginate=paginate, idempotency_key=spec.idempotency_key,
+        conn_id=spec.conn_id, oauth2_conn_id=spec.oauth2_conn_id, paginate=paginate,
+        idempotency_key=spec.idempotency_key,
     )  # fmt: skip
 
 

@@ -119,6 +119,9 @@ class CallSpec(_Spec):
     method: str = Field("GET", description="GET, POST, PUT, PATCH, DELETE, HEAD or OPTIONS")
     path: str = Field(description="appended to the connection's base URL, e.g. /orders/{{ params.id }}")
     conn_id: str | None = Field(None, description="Airflow Connection id (default: defaults.conn_id)")
+    oauth2_conn_id: str | None = Field(
+        None, description="OAuth2 client Connection id whose shared token the call sends (default: defaults')"
+    )
     headers: dict[str, str] | None = Field(
         None, description="extra headers; credentials belong in the Connection"
     )
@@ -274,6 +277,9 @@ class DefaultsSpec(_Spec):
     """Settings every step inherits unless it sets its own."""
 
     conn_id: str = Field("http_default", description="Airflow HTTP Connection id")
+    oauth2_conn_id: str | None = Field(
+        None, description="OAuth2 client Connection id: every call sends its token, shared by every worker"
+    )
     retry: RetrySpec | None = None
     rate_limit: RateLimitSpec | None = None
     breaker: BreakerSpec | None = None

@@ -20,6 +20,8 @@ from api_orchestration.resilience.admission import (
     Verdict,
 )
 from api_orchestration.resilience.breaker import BreakerDecision
+from api_orchestration.resilience.policy_claims import CLAIM_TTL, ClaimResult
+from api_orchestration.resilience.tokens import TokenDecision
 from api_orchestration.state.records import (
     BreakerStatus,
     CachePut,
@@ -55,6 +57,10 @@ OPERATIONS = (
     "clear",
     "saga_record",
     "saga_recent",
+    "token_lease",
+    "token_store",
+    "token_release",
+    "policy_claim",
     "cache_get",
     "cache_put",
     "cache_stats",
@@ -157,6 +163,31 @@ class StateBackend(abc.ABC):
     @abc.abstractmethod
     def clear(self) -> None:
         """Delete every key this backend owns (tests and resets)."""
+
+    # -- one key, one policy (see api_orchestration.resilience.policy_claims) ---------------------
+    @abc.abstractmethod
+    def policy_claim(
+        self, kind: str, name: str, policy: str, owner: str, ttl: float = CLAIM_TTL
+    ) -> ClaimResult:
+        """Claim limiter (``kind`` ``limiter``) or breaker key ``name`` for ``policy`` from ``owner``."""
+
+    # -- shared OAuth2 tokens (see api_orchestration.resilience.tokens) ----------------------------
+    @abc.abstractmethod
+    def token_lease(
+        self, name: str, holder: str, lease_seconds: float, margin: float, reject: str | None = None
+    ) -> TokenDecision:
+        """The token of ``name`` (``use``), or the single-flight lease to fetch one (``fetch``), or
+        how long another holder's fetch may still take (``wait``); one atomic operation."""
+
+    @abc.abstractmethod
+    def token_store(
+        self, name: str, holder: str, entry: str, expires_at: float | None, fingerprint: str
+    ) -> None:
+        """Keep a fetched token (``entry``, secret: never shown) and free ``holder``'s lease."""
+
+    @abc.abstractmethod
+    def token_release(self, name: str, holder: str) -> None:
+        """Free ``holder``'s lease after a failed fetch (the stored entry stays)."""
 
     # -- the saga log (see api_orchestration.state.sagas) ------------------------------------------
     @abc.abstractmethod

@@ -22,6 +22,8 @@ from api_orchestration.policy import BreakerPolicy
 from api_orchestration.resilience import admission as adm
 from api_orchestration.resilience.breaker import HOLD_SECONDS, BreakerDecision
 from api_orchestration.resilience.kinds import BreakerDecisionKind, BreakerState, Refusal
+from api_orchestration.resilience.policy_claims import CLAIM_TTL, ClaimResult
+from api_orchestration.resilience.tokens import TokenDecision, TokenDecisionKind
 from api_orchestration.state.base import (
     Admission,
     AdmissionRequest,
@@ -38,7 +40,16 @@ from api_orchestration.state.base import (
 
 DEFAULT_PREFIX = "apiorch:"
 LUA = Path(__file__).with_name("lua")
-OPERATIONS = ("admit_many", "record", "pause", "reset", "cache_put")
+OPERATIONS = (
+    "admit_many",
+    "record",
+    "pause",
+    "reset",
+    "cache_put",
+    "token_lease",
+    "token_store",
+    "policy_claim",
+)
 MAX_WAIT = 1e12  # JSON has no infinity
 
 
@@ -189,6 +200,37 @@ class RedisBackend(StateBackend):
 
     def breaker_reset(self, key: str) -> None:
         self._run("reset", breaker_key=key)
+
+    # -- one key, one policy ------------------------------------------------------------------------------
+    def policy_claim(
+        self, kind: str, name: str, policy: str, owner: str, ttl: float = CLAIM_TTL
+    ) -> ClaimResult:
+        reply = self._run("policy_claim", kind=kind, name=name, policy=policy, owner=owner, ttl=ttl)
+        return ClaimResult(bool(reply["ok"]), reply["policy"], reply["owner"])
+
+    # -- shared OAuth2 tokens ------------------------------------------------------------------------
+    def token_lease(
+        self, name: str, holder: str, lease_seconds: float, margin: float, reject: str | None = None
+    ) -> TokenDecision:
+        reply = self._run(
+            "token_lease", name=name, holder=holder, lease_s=lease_seconds, margin=margin, reject=reject
+        )
+        return TokenDecision(TokenDecisionKind(reply["kind"]), reply["entry"], float(reply["wait"]))
+
+    def token_store(
+        self, name: str, holder: str, entry: str, expires_at: float | None, fingerprint: str
+    ) -> None:
+        self._run(
+            "token_store",
+            name=name,
+            holder=holder,
+            entry=entry,
+            expires_at=expires_at,
+            fingerprint=fingerprint,
+        )
+
+    def token_release(self, name: str, holder: str) -> None:
+        self._run("token_store", name=name, holder=holder)
 
     # -- status: read-only snapshot --------------------------------------------------------------------
     def _scan_keys(self, kind: str) -> list[str]:

@@ -22,6 +22,8 @@ from api_orchestration.errors import ConfigurationError
 from api_orchestration.resilience import admission as adm
 from api_orchestration.resilience import breaker as brk
 from api_orchestration.resilience import limiter as rl
+from api_orchestration.resilience import policy_claims as pc
+from api_orchestration.resilience import tokens as tok
 from api_orchestration.resilience.kinds import BreakerState
 from api_orchestration.state.base import (
     Admission,
@@ -37,10 +39,11 @@ from api_orchestration.state.base import (
     Verdict,
 )
 
-SCHEMA_VERSION = 6  # bump on any change: older state is dropped (it is only rate and breaker state)
+SCHEMA_VERSION = 7  # bump on any change: older state is dropped (it is only rate and breaker state)
 _DROP = (
     "DROP TABLE IF EXISTS limiter; DROP TABLE IF EXISTS limiter_slot; DROP TABLE IF EXISTS breaker;"
     "DROP TABLE IF EXISTS saga_outcome; DROP TABLE IF EXISTS cache_entry; DROP TABLE IF EXISTS stream_run;"
+    "DROP TABLE IF EXISTS oauth_token; DROP TABLE IF EXISTS policy_claim;"
 )
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS limiter (
@@ -54,6 +57,9 @@ CREATE TABLE IF NOT EXISTS breaker (
     trials_issued INTEGER, trial_successes INTEGER, trial_failures INTEGER, outcomes TEXT, seq INTEGER, changed_at REAL,
     leases TEXT);
 CREATE TABLE IF NOT EXISTS saga_outcome (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL, body TEXT);
+CREATE TABLE IF NOT EXISTS oauth_token (
+    name TEXT PRIMARY KEY, entry TEXT, expires_at REAL, fingerprint TEXT, lease_holder TEXT, lease_until REAL);
+CREATE TABLE IF NOT EXISTS policy_claim (name TEXT PRIMARY KEY, policy TEXT, owner TEXT, seen_at REAL);
 CREATE TABLE IF NOT EXISTS cache_entry (
     scope TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL, size INTEGER NOT NULL, expires_at REAL NOT NULL,
     PRIMARY KEY (scope, key));
@@ -282,7 +288,16 @@ class SQLiteBackend(StateBackend):
 
     def clear(self) -> None:
         with self._transaction() as conn:
-            for table in ("limiter", "limiter_slot", "breaker", "saga_outcome", "cache_entry", "stream_run"):
+            for table in (
+                "limiter",
+                "limiter_slot",
+                "breaker",
+                "saga_outcome",
+                "cache_entry",
+                "stream_run",
+                "oauth_token",
+                "policy_claim",
+            ):
                 conn.execute(f"DELETE FROM {table}")
 
     # -- status: read-only snapshot -----------------------------------------------------------------
@@ -312,6 +327,65 @@ class SQLiteBackend(StateBackend):
                 in_flight = len(adm.live(_parse_leases(row[-1]), now))
                 breakers[name] = BreakerStatus(name, now, **fields_b, in_flight=in_flight)
             return Snapshot(now, limiters, breakers)
+
+    # -- one key, one policy --------------------------------------------------------------------------
+    def policy_claim(
+        self, kind: str, name: str, policy: str, owner: str, ttl: float = pc.CLAIM_TTL
+    ) -> pc.ClaimResult:
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT policy, owner, seen_at FROM policy_claim WHERE name = ?", (f"{kind}:{name}",)
+            ).fetchone()
+            rec = pc.PolicyClaim(*row) if row else pc.PolicyClaim()
+            result = pc.claim(rec, policy, owner, self.clock(), ttl)
+            if result.ok:
+                conn.execute(
+                    "INSERT OR REPLACE INTO policy_claim (name, policy, owner, seen_at) VALUES (?, ?, ?, ?)",
+                    (f"{kind}:{name}", rec.policy, rec.owner, rec.seen_at),
+                )
+            return result
+
+    # -- shared OAuth2 tokens ---------------------------------------------------------------------
+    def _token(self, conn: sqlite3.Connection, name: str) -> tok.TokenRecord:
+        row = conn.execute(
+            "SELECT entry, expires_at, fingerprint, lease_holder, lease_until FROM oauth_token WHERE name = ?",
+            (name,),
+        ).fetchone()
+        if not row:
+            return tok.TokenRecord()
+        entry, expires_at, fingerprint, holder, until = row
+        return tok.TokenRecord(entry or "", expires_at, fingerprint or "", holder or "", until or 0.0)
+
+    def _save_token(self, conn: sqlite3.Connection, name: str, rec: tok.TokenRecord) -> None:
+        conn.execute(
+            "INSERT OR REPLACE INTO oauth_token (name, entry, expires_at, fingerprint, lease_holder, lease_until)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (name, rec.entry, rec.expires_at, rec.fingerprint, rec.lease_holder, rec.lease_until),
+        )
+
+    def token_lease(
+        self, name: str, holder: str, lease_seconds: float, margin: float, reject: str | None = None
+    ) -> tok.TokenDecision:
+        with self._transaction() as conn:
+            rec = self._token(conn, name)
+            decision = tok.decide(rec, self.clock(), holder, lease_seconds, margin, reject)
+            if decision.kind == tok.TokenDecisionKind.FETCH:
+                self._save_token(conn, name, rec)
+            return decision
+
+    def token_store(
+        self, name: str, holder: str, entry: str, expires_at: float | None, fingerprint: str
+    ) -> None:
+        with self._transaction() as conn:
+            rec = self._token(conn, name)
+            tok.store(rec, holder, entry, expires_at, fingerprint)
+            self._save_token(conn, name, rec)
+
+    def token_release(self, name: str, holder: str) -> None:
+        with self._transaction() as conn:
+            rec = self._token(conn, name)
+            tok.release(rec, holder)
+            self._save_token(conn, name, rec)
 
     # -- the saga log -----------------------------------------------------------------------------
     def saga_record(self, entry: dict[str, Any], keep: int = 100) -> None:

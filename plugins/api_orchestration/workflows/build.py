@@ -52,6 +52,7 @@ def _call_kwargs(wf: Workflow, call: Call) -> dict[str, Any]:
         "query": call.query,
         "headers": call.headers,
         "http_conn_id": call.conn_id or wf.conn_id,
+        "oauth2_conn_id": call.oauth2_conn_id or wf.oauth2_conn_id,
     }
     if call.idempotency_key is not None:  # a business key (template); default: derived per run
         kwargs["idempotency_key"] = call.idempotency_key

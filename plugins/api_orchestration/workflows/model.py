@@ -51,6 +51,7 @@ class Call:
     headers: dict[str, str] | None = None
     conn_id: str | None = None
     idempotency_key: str | None = None
+    oauth2_conn_id: str | None = None  # default: the workflow's
     paginate: Pagination | None = None  # pages stream into the sink of a sync step
 
     def __post_init__(self) -> None:
@@ -179,6 +180,7 @@ class Workflow:
     name: str
     steps: tuple[Step, ...]
     conn_id: str = "http_default"
+    oauth2_conn_id: str | None = None  # an OAuth2 client connection: every call sends its shared token
     retry: RetryPolicy | None = None  # None: the connection's (resilient_http), else RetryPolicy()
     rate_limit: RateLimit | None = None
     breaker: BreakerPolicy | None = None
