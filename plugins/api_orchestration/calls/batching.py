@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any
 
 from api_orchestration.calls.events import BreakerTransition, Events, VerdictNotRecorded
-from api_orchestration.calls.flow import Admitted
+from api_orchestration.calls.flow import Admitted, decision_instant
 from api_orchestration.calls.guard import Guard
 from api_orchestration.state.base import Batch, Verdict
 
@@ -119,10 +119,15 @@ class AdmissionQueue:
             return False
         self.round_trip = min(self.round_trip, time.monotonic() - sent)
         self._recorded(batch)
+        local, wall, mono = self.guard.backend.local_clock, time.time(), time.monotonic()
         for i, waiter in enumerate(waiting):
             if not waiter.done():
                 admission = batch.granted[i] if i < len(batch.granted) else batch.refused
-                waiter.set_result(Admitted(admission, sent, self.round_trip))  # type: ignore[arg-type]
+                if local:  # the store's decision instant is known exactly
+                    admitted = Admitted(admission, decision_instant(admission, True, sent, wall, mono), 0.0)  # type: ignore[arg-type]
+                else:  # no earlier than the operation's start, plus its steady round trip
+                    admitted = Admitted(admission, sent, self.round_trip)  # type: ignore[arg-type]
+                waiter.set_result(admitted)
         return True
 
     async def _operation(

@@ -100,6 +100,18 @@ class Admitted:
     round_trip: float
 
 
+def decision_instant(
+    admission: Admission, local_clock: bool, asked: float, wall_now: float, now: float
+) -> float:
+    """When the store decided ``admission``, on the driver's monotonic clock (``now``, with
+    ``wall_now`` the same instant on the wall clock): exact when the store decides on this host's
+    clock; otherwise when it was asked (the earliest it could have decided), so that a slow answer
+    counts against the slot and a late call takes a new one."""
+    if local_clock and admission.decided_at:
+        return now - (wall_now - admission.decided_at)
+    return asked
+
+
 @dataclass(frozen=True)
 class Sleep:
     seconds: float

@@ -36,6 +36,7 @@ from api_orchestration.calls.flow import (
     Sleep,
     Stepper,
     attempt_flow,
+    decision_instant,
 )
 from api_orchestration.calls.guard import Guard, lease_seconds
 from api_orchestration.errors import StateBackendError
@@ -76,7 +77,6 @@ class ResilientCaller:
         self.log = log or logger
         self.request = guard.admission_request(lease_seconds(timeout))
         self.events = default_events(self.log, guard.listeners)
-        self.round_trip = float("inf")  # the shortest admission seen, start to answer
         self._settings: dict[str, dict[str, Any]] = {}  # per scheme://host: bounded in bulk mode
         self._pending: Verdict | None = None  # the last call's verdict, sent with the next admission
 
@@ -190,8 +190,10 @@ class ResilientCaller:
                     VerdictNotRecorded(self.guard.breaker_key or self.guard.limit_key, 1, exc.cause_text)
                 )
             raise
-        self.round_trip = min(self.round_trip, time.monotonic() - sent)
-        return Admitted(admission, sent, self.round_trip)
+        local = self.guard.backend.local_clock
+        return Admitted(
+            admission, decision_instant(admission, local, sent, time.time(), time.monotonic()), 0.0
+        )
 
     def _transition(self, transition: Transition | None) -> None:
         if transition is not None and transition.changed:

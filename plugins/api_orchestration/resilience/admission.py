@@ -77,6 +77,7 @@ class Admission:
     breaker: brk.BreakerDecision | None = None
     bulkhead_lease: str = ""
     recorded: Transition | None = None  # what the verdict sent along with this admission did
+    decided_at: float = 0.0  # when the store decided, on the store's clock
 
 
 @dataclass(frozen=True)
@@ -179,17 +180,19 @@ def admit_batch(count: int, request: AdmissionRequest, state: AdmissionState, no
             nth = state.slots.nth_latest() if state.slots is not None else None
             slot = rl.next_slot(lrec, r.limit, now, nth)
             if slot - now > r.max_wait:
-                refused = Admission(False, Refusal.DEFER, slot - now, paused)
+                refused = Admission(False, Refusal.DEFER, slot - now, paused, decided_at=now)
                 break
         if r.has_bulkhead and len(state.bulkhead_leases) >= r.max_in_flight:  # type: ignore[operator]
-            refused = Admission(False, Refusal.FULL, FULL_SECONDS, paused)
+            refused = Admission(False, Refusal.FULL, FULL_SECONDS, paused, decided_at=now)
             break
         decision = None
         if r.has_breaker and state.breaker is not None:
             asked = True
             decision = brk.acquire(state.breaker, r.breaker, now, len(state.breaker_leases))  # type: ignore[arg-type]
             if not decision.allowed:
-                refused = Admission(False, Refusal(decision.kind), decision.wait, paused, decision)
+                refused = Admission(
+                    False, Refusal(decision.kind), decision.wait, paused, decision, decided_at=now
+                )
                 break
             if decision.lease:
                 state.breaker_leases[decision.lease] = now + r.lease_seconds
@@ -202,7 +205,7 @@ def admit_batch(count: int, request: AdmissionRequest, state: AdmissionState, no
             rl.reserve(lrec, r.limit, slot)
             if state.slots is not None:
                 state.slots.added.append(slot)
-        granted.append(Admission(True, GRANTED, slot - now, paused, decision, lease))
+        granted.append(Admission(True, GRANTED, slot - now, paused, decision, lease, decided_at=now))
     return BatchResult(granted, refused, asked, gen_before)
 
 

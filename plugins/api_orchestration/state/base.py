@@ -88,6 +88,7 @@ class StateBackend(abc.ABC):
 
     url: str
     driver_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    local_clock: bool = False  # decisions are made on this host's time.time() (an Admission's decided_at)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

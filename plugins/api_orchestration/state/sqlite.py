@@ -112,6 +112,7 @@ class SQLiteBackend(StateBackend):
 
     def __init__(self, url: str, *, timeout: float = 10.0, clock: Callable[[], float] = time.time) -> None:
         self.url, self.path, self.timeout, self.clock = url, path_from_url(url), timeout, clock
+        self.local_clock = clock is time.time
         self._local = threading.local()
         self._limiter_upsert = _upsert_sql("limiter", [*_LIMITER_FIELDS, "leases"])
         self._breaker_upsert = _upsert_sql("breaker", [*_BREAKER_FIELDS, "leases"])

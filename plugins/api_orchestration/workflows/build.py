@@ -27,9 +27,11 @@ from airflow.providers.standard.operators.python import PythonOperator, ShortCir
 from airflow.sdk import DAG, TriggerRule, literal
 from airflow.sdk.exceptions import AirflowFailException
 
+from api_orchestration.calls.idempotency import request_key
 from api_orchestration.operators.bulk import BulkHttpOperator
 from api_orchestration.operators.poll import PollingHttpOperator
 from api_orchestration.operators.saga import (
+    COMPENSATE,
     CompensationOperator,
     SagaOutcomeOperator,
     saga_failed,
@@ -217,10 +219,14 @@ def _wire_saga(wf: Workflow, dag: DAG, ends: dict[str, tuple[Any, Any]]) -> None
         step = wf.step(name)
         if step.compensate is None:
             continue
+        undo_call = _call_kwargs(wf, step.compensate)
+        if step.compensate.idempotency_key is None and step.call and step.call.idempotency_key is not None:
+            # the undo of a business-keyed step: its own key, derived from the step's (stable across runs)
+            undo_call["idempotency_key"] = request_key(step.call.idempotency_key, COMPENSATE)
         undo = CompensationOperator(
             task_id=f"undo_{name}", dag=dag, undoes=name, saga_steps=steps, trigger_rule=TriggerRule.ALL_DONE,
             compensation_retry=step.compensation_retry or wf.compensation_retry,
-            **_call_kwargs(wf, step.compensate), **{**_policies(wf, step), "cache": None},
+            **undo_call, **{**_policies(wf, step), "cache": None},
         )  # fmt: skip
         previous >> undo
         previous = undo
