@@ -117,6 +117,10 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
     :param cache: :class:`CachePolicy` shared with every other task on the same key (its ``key``
         template renders per item, with ``{{ item }}``); a row served from the cache has ``"cached": true``.
     :param log_response: log successful bodies (truncated, redacted), as error bodies always are.
+    :param results_url: where the rows go, an ``ObjectStoragePath`` URI (default:
+        ``[api_orchestration] results_url``, else ``file://`` under ``AIRFLOW_HOME``).
+    :param oauth2_conn_id: an OAuth2 connection: every call carries a token shared by every worker
+        (templated).
     """
 
     template_fields: Sequence[str] = ("http_conn_id", "oauth2_conn_id")
