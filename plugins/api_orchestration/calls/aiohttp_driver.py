@@ -24,24 +24,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from api_orchestration import compat
+from api_orchestration.calls import flow
 from api_orchestration.calls.batching import AdmissionQueue
-from api_orchestration.calls.flow import (
-    Admit,
-    Authorize,
-    CacheFound,
-    CacheLookup,
-    CacheStore,
-    CallInfo,
-    Command,
-    HttpRequest,
-    Pause,
-    Report,
-    Send,
-    Sent,
-    Sleep,
-    Stepper,
-    attempt_flow,
-)
 from api_orchestration.redaction import redact_url
 from api_orchestration.resilience.http_cache import CacheEntry
 
@@ -161,7 +145,7 @@ class AsyncCaller:
         proxy = self._proxies[origin]
         return {"proxy": proxy} if proxy else {}
 
-    async def call(self, r: HttpRequest, cache_key: str | None = None) -> Reply:
+    async def call(self, r: flow.HttpRequest, cache_key: str | None = None) -> Reply:
         """Make the call; return the successful reply or raise a typed error (or DeferralNeeded).
         ``cache_key``: the entry's key in the guard's cache (default: the method and full URL)."""
         target = URL(r.url).extend_query(query_pairs(r.params)) if r.params else URL(r.url)
@@ -173,12 +157,12 @@ class AsyncCaller:
         sent_headers = {**self.session.headers, **headers}  # what goes out (the cache's Vary, auth rules)
         if self.session.auth is not None:
             sent_headers.setdefault("Authorization", "<session auth>")
-        info = CallInfo(
+        info = flow.CallInfo(
             r.method, redact_url(str(target)), r.idempotency_key, (str(target), target.raw_path_qs),
             sent_headers, cache_key,
         )  # fmt: skip
-        stepper = Stepper(
-            attempt_flow(info, self.guard, self.admissions.request, self.events, time.monotonic)
+        stepper = flow.Stepper(
+            flow.attempt_flow(info, self.guard, self.admissions.request, self.events, time.monotonic)
         )
         while (command := stepper.next()) is not None:
             try:
@@ -188,9 +172,14 @@ class AsyncCaller:
         return stepper.result  # type: ignore[return-value]
 
     async def _execute(
-        self, command: Command, method: str, target: URL, headers: dict[str, str], options: dict[str, Any]
+        self,
+        command: flow.Command,
+        method: str,
+        target: URL,
+        headers: dict[str, str],
+        options: dict[str, Any],
     ) -> Any:
-        if isinstance(command, Send):
+        if isinstance(command, flow.Send):
             if command.headers:  # the OAuth2 Authorization, a revalidation's If-None-Match
                 headers = {**headers, **dict(command.headers)}
             started = time.perf_counter()
@@ -198,29 +187,29 @@ class AsyncCaller:
                 async with self.session.request(method, target, headers=headers, **options) as resp:
                     content = await resp.read()
             except (TimeoutError, aiohttp.ClientError) as exc:  # aiohttp's timeouts are TimeoutErrors
-                return Sent(None, exc, isinstance(exc, TimeoutError), time.perf_counter() - started)
+                return flow.Sent(None, exc, isinstance(exc, TimeoutError), time.perf_counter() - started)
             reply = Reply(
                 resp.status, resp.reason or "", resp.headers, content, str(resp.url), resp.charset or "utf-8"
             )
-            return Sent(reply, None, False, time.perf_counter() - started)
-        if isinstance(command, Authorize):  # a store read, rarely a token request: off the event loop
+            return flow.Sent(reply, None, False, time.perf_counter() - started)
+        if isinstance(command, flow.Authorize):  # a store read, rarely a token request: off the event loop
             return await asyncio.to_thread(self.guard.tokens.authorize, command.reject)  # type: ignore[union-attr]
-        if isinstance(command, Admit):
+        if isinstance(command, flow.Admit):
             return await self.admissions.admit(slot_only=command.slot_only)
-        if isinstance(command, Sleep):
+        if isinstance(command, flow.Sleep):
             await asyncio.sleep(command.seconds)
             return None
-        if isinstance(command, Report):
+        if isinstance(command, flow.Report):
             self.admissions.record(command.verdict)  # before the next admission asked for
             return None
-        if isinstance(command, Pause):
+        if isinstance(command, flow.Pause):
             return await self.admissions.pause(command.seconds)
-        if isinstance(command, CacheLookup):  # one short store operation, off the event loop
+        if isinstance(command, flow.CacheLookup):  # one short store operation, off the event loop
             backend = self.guard.backend
             found = await asyncio.to_thread(backend.cache_get, command.scope, command.key)
             entry = CacheEntry.from_dict(found) if found else None
-            return CacheFound(entry, lambda e: Reply.from_entry(e, str(target)))
-        if isinstance(command, CacheStore):
+            return flow.CacheFound(entry, lambda e: Reply.from_entry(e, str(target)))
+        if isinstance(command, flow.CacheStore):
             e = command.entry
             return await asyncio.to_thread(
                 self.guard.backend.cache_put, command.scope, command.key, e.to_dict(), e.size, command.keep,
