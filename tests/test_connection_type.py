@@ -245,3 +245,44 @@ def test_workflows_and_specs_take_the_connections_policies_unless_they_set_their
     assert _states(spec.test()) == {"inherits": "success"}
     paths = demo.calls()["paths"]
     assert (paths["/flaky/wf-a"], paths["/flaky/wf-b"], paths["/flaky/spec-a"]) == (4, 2, 4)
+
+
+def test_the_connections_cache_and_oauth2_settings_are_validated():
+    p = policies_from_extra("api", {"cache_ttl": "60", "oauth2_conn_id": " auth "})
+    assert p.cache is not None and p.cache.ttl == 60 and p.oauth2_conn_id == "auth"
+    assert p.under(method="POST").cache is None  # the connection's cache: GET and HEAD only
+    with pytest.raises(ConfigurationError, match="cache_max_entry_bytes needs cache_ttl too"):
+        policies_from_extra("api", {"cache_max_entry_bytes": 10})
+    with pytest.raises(
+        ConfigurationError, match=r"connection 'api': cache_ttl must be a number of seconds > 0"
+    ):
+        policies_from_extra("api", {"cache_ttl": 0})
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_operator_takes_the_connections_cache_and_oauth2_connection(demo, monkeypatch):
+    """A connection that sets a cache TTL and an OAuth2 connection: a DAG that sets neither gets
+    both (the second GET is served from the shared cache; every call carries the shared token)."""
+    from airflow.sdk import DAG
+
+    requests_module = pytest.importorskip("requests")
+    monkeypatch.setenv("AIRFLOW_CONN_CONN_AUTH", json.dumps({
+        "conn_type": "generic", "host": f"{demo.url}/oauth/token", "login": "demo-client",
+        "password": "demo-secret", "extra": {"scopes": ["read"]},
+    }))  # fmt: skip
+    set_connection(monkeypatch, "conn_cached", demo.port, {"cache_ttl": 300, "oauth2_conn_id": "conn_auth"})
+    with DAG("conn_policy_cache_oauth", schedule=None, start_date=START) as dag:
+        first = ResilientHttpOperator(
+            task_id="first", http_conn_id="conn_cached", endpoint="/reference/countries"
+        )
+        again = ResilientHttpOperator(
+            task_id="again", http_conn_id="conn_cached", endpoint="/reference/countries"
+        )
+        me = ResilientHttpOperator(task_id="me", http_conn_id="conn_cached", endpoint="/oauth/api/me")
+        first >> again >> me
+    _register(dag)
+    run = dag.test()
+    assert run.state == "success", _states(run)
+    assert demo.calls()["paths"]["/reference/countries"] == 1  # the second came from the cache
+    counts = requests_module.get(f"{demo.url}/admin/oauth", timeout=5).json()["counts"]
+    assert counts["token_requests"] >= 1 and counts["api_ok"] >= 1

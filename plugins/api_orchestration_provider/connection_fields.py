@@ -22,9 +22,9 @@ class PolicyField:
     """One extra field: ``name`` in the connection's extra, ``policy`` and ``param`` it sets."""
 
     name: str
-    policy: str  # "RateLimit", "BreakerPolicy" or "RetryPolicy"
+    policy: str  # "RateLimit", "BreakerPolicy", "RetryPolicy", "CachePolicy" or "OAuth2"
     param: str
-    kind: str  # JSON Schema type: "integer", "number", "boolean" or "string" (a list of codes)
+    kind: str  # JSON Schema type: "integer", "number", "boolean", "string" (a list of codes) or "text"
     label: str
     description: str
 
@@ -56,16 +56,27 @@ FIELDS: tuple[PolicyField, ...] = (
                 "Comma-separated statuses to retry (408, 429 and 5xx only; default 408,429,500,502,503,504)."),
     PolicyField("retry_respect_retry_after", "RetryPolicy", "respect_retry_after", "boolean",
                 "Retry: honour Retry-After", "Wait as a 429/503 Retry-After says, and pause the key for every worker (default on)."),
+    PolicyField("cache_ttl", "CachePolicy", "ttl", "number", "Cache: TTL (s)",
+                "Cache GET/HEAD responses for up to this many seconds, shared by every worker (Cache-Control may shorten it). Empty: no cache."),
+    PolicyField("cache_max_entry_bytes", "CachePolicy", "max_entry_bytes", "integer", "Cache: largest entry (bytes)",
+                "Responses larger than this are not cached (default 1,000,000)."),
+    PolicyField("oauth2_conn_id", "OAuth2", "conn_id", "text", "OAuth2 connection",
+                "The id of an OAuth2 client connection (token URL, client id and secret): every call sends its token, shared by every worker."),
 )  # fmt: skip
 
 BY_NAME = {f.name: f for f in FIELDS}
-PREFIXES = ("rate_limit_", "breaker_", "retry_")
+PREFIXES = ("rate_limit_", "breaker_", "retry_", "cache_", "oauth2_")
+_SCHEMA_TYPE = {"text": "string"}
 
 
 def conn_fields() -> dict[str, dict[str, Any]]:
     """The provider info's ``conn-fields`` for the connection form (every field optional)."""
     return {
-        f.name: {"label": f.label, "description": f.description, "schema": {"type": [f.kind, "null"]}}
+        f.name: {
+            "label": f.label,
+            "description": f.description,
+            "schema": {"type": [_SCHEMA_TYPE.get(f.kind, f.kind), "null"]},
+        }
         for f in FIELDS
     }
 

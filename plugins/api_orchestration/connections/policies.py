@@ -16,13 +16,15 @@ from typing import Any
 
 from api_orchestration.connections.fields import BY_NAME, CONN_TYPE, FIELDS, PREFIXES
 from api_orchestration.errors import ConfigurationError, did_you_mean
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.policy import BreakerPolicy, CachePolicy, RateLimit, RetryPolicy
 
 _CLASSES: dict[str, type] = {
     "RateLimit": RateLimit,
     "BreakerPolicy": BreakerPolicy,
     "RetryPolicy": RetryPolicy,
+    "CachePolicy": CachePolicy,
 }
+_NEEDS = {"rate_limit_": "rate_limit_permits", "cache_": "cache_ttl"}  # a policy's one required field
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class ConnectionPolicies:
     rate_limit: RateLimit | None = None
     breaker: BreakerPolicy | None = None
     retry: RetryPolicy | None = None
+    cache: CachePolicy | None = None  # applies to the connection's GET/HEAD calls
+    oauth2_conn_id: str | None = None
 
     def under(
         self,
@@ -40,11 +44,17 @@ class ConnectionPolicies:
         rate_limit: RateLimit | None = None,
         breaker: BreakerPolicy | None = None,
         retry: RetryPolicy | None = None,
+        cache: CachePolicy | None = None,
+        oauth2_conn_id: str | None = None,
+        method: str = "GET",
     ) -> ConnectionPolicies:
-        """The policies in force: the DAG's own where given, else the connection's."""
+        """The policies in force for a ``method`` call: the DAG's own where given, else the
+        connection's (whose cache applies only to the methods it caches)."""
+        own_cache = self.cache if self.cache is not None and method.upper() in self.cache.methods else None
         return ConnectionPolicies(
-            self.conn_id, rate_limit or self.rate_limit, breaker or self.breaker, retry or self.retry
-        )
+            self.conn_id, rate_limit or self.rate_limit, breaker or self.breaker, retry or self.retry,
+            cache or own_cache, oauth2_conn_id or self.oauth2_conn_id,
+        )  # fmt: skip
 
 
 def policy_fields(extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -93,11 +103,13 @@ def policies_from_extra(conn_id: str, extra: Mapping[str, Any]) -> ConnectionPol
                 f"is not a field of a {CONN_TYPE} connection{did_you_mean(name, BY_NAME)}; "
                 f"the fields are {', '.join(f.name for f in FIELDS)}",
             )  # fmt: skip
-    if "rate_limit_permits" not in given and any(n.startswith("rate_limit_") for n in given):
-        other = next(n for n in given if n.startswith("rate_limit_"))
-        raise ConfigurationError(
-            owner, other, given[other], "needs rate_limit_permits too (the number of calls per period)"
-        )
+    for prefix, needed in _NEEDS.items():
+        if needed not in given and any(n.startswith(prefix) for n in given):
+            other = next(n for n in given if n.startswith(prefix))
+            raise ConfigurationError(owner, other, given[other], f"needs {needed} too")
+    oauth2 = given.get("oauth2_conn_id")
+    if oauth2 is not None and (not isinstance(oauth2, str) or not oauth2.strip()):
+        raise ConfigurationError(owner, "oauth2_conn_id", oauth2, "must be the id of an OAuth2 client connection")
     built: dict[str, Any] = {}
     for cls_name, cls in _CLASSES.items():
         fields = [f for f in FIELDS if f.policy == cls_name and f.name in given]
@@ -112,8 +124,9 @@ def policies_from_extra(conn_id: str, extra: Mapping[str, Any]) -> ConnectionPol
                 owner, field, given.get(field, exc.value), f"{exc.expected} ({cls_name}.{exc.param})"
             ) from exc
     return ConnectionPolicies(
-        conn_id, built.get("RateLimit"), built.get("BreakerPolicy"), built.get("RetryPolicy")
-    )
+        conn_id, built.get("RateLimit"), built.get("BreakerPolicy"), built.get("RetryPolicy"),
+        built.get("CachePolicy"), oauth2.strip() if isinstance(oauth2, str) else None,
+    )  # fmt: skip
 
 
 def connection_policies(conn_id: str) -> ConnectionPolicies:

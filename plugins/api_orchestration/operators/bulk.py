@@ -220,17 +220,18 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         items = self._items(context)
         ti = context["ti"]
         policies = connection_policies(self.http_conn_id).under(
-            rate_limit=self.rate_limit, breaker=self.breaker, retry=self.retry
+            rate_limit=self.rate_limit, breaker=self.breaker, retry=self.retry, cache=self.cache,
+            oauth2_conn_id=self.oauth2_conn_id, method=self.method,
         )  # the DAG's own policies win over the connection's
         backend = get_backend(self.state_url)
         guard = Guard(
-            backend=backend, tokens=oauth2_tokens(self.oauth2_conn_id, backend),
+            backend=backend, tokens=oauth2_tokens(policies.oauth2_conn_id, backend),
             limit_key=self.rate_limit_key or self.http_conn_id,
             rate_limit=policies.rate_limit, breaker_key=self.breaker_key or self.http_conn_id,
             breaker=policies.breaker, retry=policies.retry or RetryPolicy(), max_sleep=3600.0,
-            max_in_flight=self.max_in_flight, cache=self.cache, log_response=self.log_response,
+            max_in_flight=self.max_in_flight, cache=policies.cache, log_response=self.log_response,
         )  # fmt: skip
-        cache_key = self.cache.key if self.cache is not None else None
+        cache_key = policies.cache.key if policies.cache is not None else None
         base_key = task_key(ti)
         select = jmespath.compile(self.select) if self.select else None
         results = UpstreamResults(ti)

@@ -332,11 +332,12 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
     def guard(self, spec: CallSpec) -> Guard:
         backend = get_backend(self.state_url)
         policies = connection_policies(spec.http_conn_id).under(
-            rate_limit=self.rate_limit, breaker=self.breaker, retry=self.retry
+            rate_limit=self.rate_limit, breaker=self.breaker, retry=self.retry, cache=self.cache,
+            oauth2_conn_id=spec.oauth2_conn_id, method=spec.method,
         )  # the DAG's own policies win over the connection's
         return Guard(
             backend=backend,
-            tokens=oauth2_tokens(spec.oauth2_conn_id, backend),
+            tokens=oauth2_tokens(policies.oauth2_conn_id, backend),
             limit_key=spec.rate_limit_key or spec.http_conn_id,
             rate_limit=policies.rate_limit,
             breaker_key=spec.breaker_key or spec.http_conn_id,
@@ -345,7 +346,7 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
             max_sleep=self.max_sleep,
             on_circuit_open=self.on_circuit_open,
             max_in_flight=self.max_in_flight,
-            cache=self.cache,
+            cache=policies.cache,
             log_response=self.log_response,
         )
 
