@@ -112,6 +112,10 @@ def airflow_env(
         else:
             env[key] = str(value)
     if env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite"):  # the embedded metadata DB
+        # the connect args are an import path into devtools: only where the processes can import it
+        # (not for an Airflow installed elsewhere and run without this repository on its path)
+        importable = str(root / "include") in env.get("PYTHONPATH", "").split(os.pathsep)
         for key, value in sqlite_settings().items():
-            env.setdefault(key, value)
+            if importable or "CONNECT_ARGS" not in key:
+                env.setdefault(key, value)
     return env
