@@ -79,6 +79,7 @@ class ResilientCaller:
         self.events = default_events(self.log, guard.listeners)
         self._settings: dict[str, dict[str, Any]] = {}  # per scheme://host: bounded in bulk mode
         self._pending: Verdict | None = None  # the last call's verdict, sent with the next admission
+        self.round_trip = float("inf")  # the shortest admission seen (stores on another host's clock)
 
     # -- one call ---------------------------------------------------------------------------------
     def call(
@@ -190,10 +191,14 @@ class ResilientCaller:
                     VerdictNotRecorded(self.guard.breaker_key or self.guard.limit_key, 1, exc.cause_text)
                 )
             raise
-        local = self.guard.backend.local_clock
-        return Admitted(
-            admission, decision_instant(admission, local, sent, time.time(), time.monotonic()), 0.0
-        )
+        wall, now = time.time(), time.monotonic()
+        if self.guard.backend.local_clock:  # the decision instant is known exactly
+            return Admitted(admission, decision_instant(admission, True, sent, wall, now), 0.0)
+        # the steady part of the store's round trip, once this caller has seen one; a first
+        # admission (a single-call task's only one) counts all of it against the slot
+        steady = self.round_trip if self.round_trip != float("inf") else 0.0
+        self.round_trip = min(self.round_trip, now - sent)
+        return Admitted(admission, sent, steady)
 
     def _transition(self, transition: Transition | None) -> None:
         if transition is not None and transition.changed:

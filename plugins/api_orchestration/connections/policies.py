@@ -109,7 +109,9 @@ def policies_from_extra(conn_id: str, extra: Mapping[str, Any]) -> ConnectionPol
             raise ConfigurationError(owner, other, given[other], f"needs {needed} too")
     oauth2 = given.get("oauth2_conn_id")
     if oauth2 is not None and (not isinstance(oauth2, str) or not oauth2.strip()):
-        raise ConfigurationError(owner, "oauth2_conn_id", oauth2, "must be the id of an OAuth2 client connection")
+        raise ConfigurationError(
+            owner, "oauth2_conn_id", oauth2, "must be the id of an OAuth2 client connection"
+        )
     built: dict[str, Any] = {}
     for cls_name, cls in _CLASSES.items():
         fields = [f for f in FIELDS if f.policy == cls_name and f.name in given]

@@ -220,8 +220,12 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         items = self._items(context)
         ti = context["ti"]
         policies = connection_policies(self.http_conn_id).under(
-            rate_limit=self.rate_limit, breaker=self.breaker, retry=self.retry, cache=self.cache,
-            oauth2_conn_id=self.oauth2_conn_id, method=self.method,
+            rate_limit=self.rate_limit,
+            breaker=self.breaker,
+            retry=self.retry,
+            cache=self.cache,
+            oauth2_conn_id=self.oauth2_conn_id,
+            method=self.method,
         )  # the DAG's own policies win over the connection's
         backend = get_backend(self.state_url)
         guard = Guard(

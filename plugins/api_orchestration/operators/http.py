@@ -332,8 +332,12 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
     def guard(self, spec: CallSpec) -> Guard:
         backend = get_backend(self.state_url)
         policies = connection_policies(spec.http_conn_id).under(
-            rate_limit=self.rate_limit, breaker=self.breaker, retry=self.retry, cache=self.cache,
-            oauth2_conn_id=spec.oauth2_conn_id, method=spec.method,
+            rate_limit=self.rate_limit,
+            breaker=self.breaker,
+            retry=self.retry,
+            cache=self.cache,
+            oauth2_conn_id=spec.oauth2_conn_id,
+            method=spec.method,
         )  # the DAG's own policies win over the connection's
         return Guard(
             backend=backend,
