@@ -19,6 +19,7 @@ import pendulum
 from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 from airflow.sdk import BaseOperator, Context
 
+from api_orchestration import compat
 from api_orchestration.calls.flow import DeferralNeeded
 from api_orchestration.calls.guard import Guard
 from api_orchestration.calls.pagination import Pagination
@@ -219,7 +220,7 @@ class ApiSyncOperator(BaseOperator):
             listeners=(progress,),
         )
         caller = ResilientCaller(
-            session, guard, timeout=self.timeout, send_options=hook.merged_extra, log=progress
+            session, guard, timeout=self.timeout, send_options=compat.merged_extra(hook), log=progress
         )
         source = Source(hook.url_from_endpoint(self.endpoint), self.pagination, self.query, self.headers)
         sink = sink_for(
