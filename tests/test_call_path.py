@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from email.utils import formatdate
 
@@ -173,7 +174,8 @@ def test_one_log_line_per_attempt_without_secrets(backend, demo, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "test.call"]
     assert len(lines) == 2, lines
     assert "attempt 1/3 -> 503" in lines[0] and "retrying in" in lines[0] and "(backoff)" in lines[0]
-    assert "attempt 2/3 -> 200" in lines[1] and "waited" in lines[1]
+    delay = float(re.search(r"retrying in ([0-9.]+) s", lines[0]).group(1))  # full jitter: may round to 0
+    assert "attempt 2/3 -> 200" in lines[1] and ("waited" in lines[1]) == (delay > 0.0005)
     text = "\n".join(lines)
     for secret in ("s3cret-pw", "tok-123", "pw2", "k-999", "bob"):
         assert secret not in text

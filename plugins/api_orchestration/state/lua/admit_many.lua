@@ -22,12 +22,10 @@ local paused = rl_hash ~= nil and paused_until > now
 local bulkhead = rl_hash and req.max_in_flight
 local in_bulkhead = 0
 if bulkhead then in_bulkhead = live(rl_hash .. ':f') end
-local r, gen_before, br_hash, br_leases, br_in_flight
+local r, br_row, br_leases, br_in_flight
 if req.breaker_key then
-  br_hash = key('br', req.breaker_key)
-  br_leases = br_hash .. ':z'
-  r = load_breaker(br_hash)
-  gen_before = r.gen
+  br_row = breaker_row(key('br', req.breaker_key))
+  r, br_leases = br_row.r, br_row.leases
   br_in_flight = live(br_leases)
 end
 local grants, slots, refusal, asked, touched = {}, {}, nil, false, false
@@ -82,14 +80,17 @@ for j = 0, count - 1 do
 end
 if asked then  -- a refused slot leaves the breaker untouched
   -- leases are issued only when closed, and advance() never closes: gen cannot have changed under them
-  save_breaker(r, gen_before, br_hash, br_leases)
+  settle(br_row)
   redis.call('PEXPIRE', br_leases, TTL_MS)
 end
+save_breakers()
 if touched then
-  redis.call('HSET', rl_hash, 'tat', f(tat), 'last_slot', f(last), 'granted', granted, 'leased', leased)
   if lim then
-    redis.call('HSET', rl_hash, 'period_start', pstart, 'period_count', pcount, 'limit_permits', lim[1],
+    redis.call('HSET', rl_hash, 'tat', f(tat), 'last_slot', f(last), 'granted', granted, 'leased', leased,
+               'period_start', pstart, 'period_count', pcount, 'limit_permits', lim[1],
                'limit_window', f(lim[2]), 'limit_burst', lim[4])
+  else
+    redis.call('HSET', rl_hash, 'tat', f(tat), 'last_slot', f(last), 'granted', granted, 'leased', leased)
   end
   redis.call('PEXPIRE', rl_hash, TTL_MS)
   if bulkhead then redis.call('PEXPIRE', rl_hash .. ':f', TTL_MS) end

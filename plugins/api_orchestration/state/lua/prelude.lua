@@ -96,18 +96,41 @@ local function record_breaker(r, p, v)
     if trips(o, p) then open_(r, p) end
   end
 end
+-- breaker rows read by this script, by hash: each is loaded once and saved once (save_breakers),
+-- however many verdicts and admissions of one script touch it
+local breakers = {}
+local function breaker_row(hash)
+  local row = breakers[hash]
+  if not row then
+    local r = load_breaker(hash)
+    row = {r = r, gen = r.gen, hash = hash, leases = hash .. ':z', dirty = false}
+    breakers[hash] = row
+  end
+  return row
+end
+-- a row's generation changed: its leases are void, dropped at once (leases issued later survive)
+local function settle(row)
+  row.dirty = true
+  if row.r.gen ~= row.gen then
+    redis.call('DEL', row.leases)
+    row.gen = row.r.gen
+  end
+end
+local function save_breakers()
+  for _, row in pairs(breakers) do
+    if row.dirty then save_breaker(row.r, row.gen, row.hash, row.leases) end
+  end
+end
 -- a finished call: its bulkhead place given back, its breaker told; returns {before, after}
 local function apply_verdict(v)
   if v.bulkhead_lease and v.bulkhead_lease ~= '' then
     redis.call('ZREM', key('rl', v.limit_key) .. ':f', v.bulkhead_lease)
   end
   if not v.breaker_key then return {'', ''} end
-  local hash = key('br', v.breaker_key)
-  local leases = hash .. ':z'
-  if v.lease ~= '' then redis.call('ZREM', leases, v.lease) end
-  local r = load_breaker(hash)
-  local before, gen_before = r.state, r.gen
-  record_breaker(r, v.breaker, v)
-  save_breaker(r, gen_before, hash, leases)
-  return {before, r.state}
+  local row = breaker_row(key('br', v.breaker_key))
+  if v.lease ~= '' then redis.call('ZREM', row.leases, v.lease) end
+  local before = row.r.state
+  record_breaker(row.r, v.breaker, v)
+  settle(row)
+  return {before, row.r.state}
 end

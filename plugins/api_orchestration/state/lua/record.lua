@@ -1,2 +1,4 @@
 -- one finished call's verdict on its own: {before, after}
-return cjson.encode(apply_verdict(req.verdict))
+local transition = apply_verdict(req.verdict)
+save_breakers()
+return cjson.encode(transition)
