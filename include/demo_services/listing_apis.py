@@ -9,7 +9,8 @@
   answers ``{"object": "list", "url", "data", "has_more"}``, newest first; ``limit`` 1..100 (default 10).
   100,000 charges at the start, one more every second.
 * Offset/limit: ``GET /crm/contacts?offset=&limit=&updated_since=&updated_before=`` answers
-  ``{"results", "total", "offset", "limit"}`` in ``updated_at`` order; ``limit`` 1..100 (default 100).
+  ``{"results", "total", "offset", "limit"}`` in ``updated_at`` order; ``limit`` 1..100 (default 100);
+  while more follow, HubSpot-style ``"paging": {"next": {"offset", "link"}}`` holds the next page's URL.
 
 Records of GitHub issues and CRM contacts are updated one per second (``updated_at`` moves), so an
 incremental run finds something new. ``POST /admin/datasets`` sets ``now`` (freeze the datasets'
@@ -318,7 +319,13 @@ def list_contacts(request: Request, state: DemoState) -> Response:
     offset, limit = _int(request, "offset", 0, 0), _int(request, "limit", 100, 1, 100)
     view = d.by_updated(now, _instant(request, "updated_since"), _instant(request, "updated_before"))
     results = [_contact(d, n, now, datasets.schema) for n in view.ids(offset, limit)]
-    return Response(200, {"results": results, "total": len(view), "offset": offset, "limit": limit})
+    body: dict[str, Any] = {"results": results, "total": len(view), "offset": offset, "limit": limit}
+    if offset + limit < len(view):  # HubSpot-style: the next page's full URL (absent on the last page)
+        query = {**request.query, "offset": offset + limit, "limit": limit}
+        body["paging"] = {
+            "next": {"offset": offset + limit, "link": f"{_base_url(request)}?{urlencode(query)}"}
+        }
+    return Response(200, body)
 
 
 # -- admin ----------------------------------------------------------------------------------------

@@ -18,6 +18,10 @@ Styles (anchored on Airbyte's paginators and the APIs in REAL_APIS.md):
 Stop conditions, checked after every page: an empty page (``stop_on_empty``), a has-more flag that
 is false (``has_more_path``), a total reached (``total_path``: offset and page number), ``max_pages``,
 and each style's own end (no cursor, no next link, no next URL).
+
+``output`` and ``max_xcom_bytes`` say what a paginated call of a task (not a sync) returns: the
+records of every page (``records``, the default; up to ``max_xcom_bytes`` of page bodies) or a
+manifest of the JSON-lines files that hold them (``manifest``; any size).
 """
 
 from __future__ import annotations
@@ -41,6 +45,16 @@ class PageStyle(StrEnum):
     PAGE_NUMBER = "page_number"
     LINK_HEADER = "link_header"
     NEXT_URL = "next_url"
+
+
+class PageOutput(StrEnum):
+    """What a paginated task call returns to XCom."""
+
+    RECORDS = "records"  # the records of every page, one list (small collections)
+    MANIFEST = "manifest"  # the files' URIs and counts; the records stay in object storage
+
+
+XCOM_MAX_BYTES = 1_048_576  # page bodies a ``records`` output may add up to (XCom is for small data)
 
 
 class StopReason(StrEnum):
@@ -103,7 +117,9 @@ _NEEDS: dict[PageStyle, tuple[str, ...]] = {
 @dataclass(frozen=True)
 class Pagination:
     """How a collection is paged. ``records``: JMESPath to the list of records in the body (None:
-    the body is the list). ``page_size``/``size_param``: sent on every page (e.g. ``per_page=100``)."""
+    the body is the list; ``"[@]"``: each page's whole body is one record). ``page_size``/``size_param``:
+    sent on every page (e.g. ``per_page=100``). ``output``/``max_xcom_bytes``: what a task's paginated
+    call returns (see the module's docstring); a sync always returns its manifest."""
 
     style: PageStyle
     records: str | None = None
@@ -119,6 +135,8 @@ class Pagination:
     total_path: str | None = None
     max_pages: int | None = None
     stop_on_empty: bool = True
+    output: PageOutput = PageOutput.RECORDS
+    max_xcom_bytes: int = XCOM_MAX_BYTES
     owner: str = field(default="Pagination", compare=False)
 
     def __post_init__(self) -> None:
@@ -142,6 +160,16 @@ class Pagination:
             )
         if self.max_pages is not None and not (isinstance(self.max_pages, int) and self.max_pages >= 1):
             raise ConfigurationError(o, "max_pages", self.max_pages, "must be an integer >= 1 or None")
+        try:
+            object.__setattr__(self, "output", PageOutput(self.output))
+        except ValueError:
+            raise ConfigurationError(
+                o, "output", self.output, "must be 'records' (the records, in XCom) or 'manifest' (the files)"
+            ) from None
+        if not (isinstance(self.max_xcom_bytes, int) and not isinstance(self.max_xcom_bytes, bool)) or (
+            self.max_xcom_bytes < 1
+        ):
+            raise ConfigurationError(o, "max_xcom_bytes", self.max_xcom_bytes, "must be an integer >= 1")
         if not isinstance(self.first_page, int) or self.first_page < 0:
             raise ConfigurationError(o, "first_page", self.first_page, "must be an integer >= 0")
         if self.total_path and self.style not in (PageStyle.OFFSET, PageStyle.PAGE_NUMBER):

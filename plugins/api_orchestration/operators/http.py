@@ -15,6 +15,7 @@ from api_orchestration.calls.flow import DeferralNeeded
 from api_orchestration.calls.guard import Guard, OnCircuitOpen
 from api_orchestration.calls.idempotency import DEFAULT_HEADER, task_key
 from api_orchestration.calls.oauth2 import load_config
+from api_orchestration.calls.pagination import Pagination
 from api_orchestration.calls.requests_driver import ResilientCaller
 from api_orchestration.calls.responses import default_response_filter
 from api_orchestration.calls.tokens import SharedTokens, shared_tokens
@@ -26,6 +27,7 @@ from api_orchestration.errors import (
     ResponseCheckError,
     StateBackendError,
 )
+from api_orchestration.operators.paging import fetch_pages, xcom_value
 from api_orchestration.operators.resume import Resume, ResumeTrigger
 from api_orchestration.operators.templates import UpstreamResults
 from api_orchestration.policy import BreakerPolicy, CachePolicy, RateLimit, RetryPolicy
@@ -38,6 +40,7 @@ from api_orchestration.redaction import (
 )
 from api_orchestration.rendering import SandboxedTemplates
 from api_orchestration.state import get_backend
+from api_orchestration.syncs.progress import Progress
 
 __all__ = ["ResilientHttpOperator", "default_response_filter"]
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
@@ -66,6 +69,28 @@ def oauth2_tokens(conn_id: str | None, backend: Any) -> SharedTokens | None:
     config = load_config(conn_id)
     register_secrets(config.secrets)
     return shared_tokens(config, backend)
+
+
+def _check_pagination(
+    owner: str, pagination: Any, method: str, response_check: Any, response_filter: Any, cache: Any
+) -> None:
+    if pagination is None:
+        return
+    if not isinstance(pagination, Pagination):
+        raise ConfigurationError(owner, "pagination", pagination, "must be a Pagination(style=...) or None")
+    if method != "GET":
+        raise ConfigurationError(owner, "method", method, "must be GET with pagination: pages are read")
+    for name, value, fix in (
+        (
+            "response_check",
+            response_check,
+            "a page that fails is retried by the flow; check the records downstream",
+        ),
+        ("response_filter", response_filter, "pick each page's records with Pagination(records=<JMESPath>)"),
+        ("cache", cache, "pages are read anew on every run"),
+    ):
+        if value is not None:
+            raise ConfigurationError(owner, name, value, f"must not be set with pagination: {fix}")
 
 
 def _check_type(owner: str, param: str, value: Any, types: type | tuple[type, ...], expected: str) -> None:
@@ -136,6 +161,12 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         attempt sends its access token, shared by every worker through the state store; a 401 gets
         one new token and one retry (templated).
     :param state_url: override ``[api_orchestration] state_url`` for this task.
+    :param pagination: page through a collection (GET only; :class:`Pagination`): every page is one
+        guarded call, written with its position to JSON-lines files under ``[api_orchestration]
+        results_url``, so an Airflow retry or a deferral resumes at the page that failed. XCom gets
+        the records of every page (``output="records"``, up to ``max_xcom_bytes``) or the files'
+        manifest (``output="manifest"``; read it with ``iter_records``). Not with ``response_check``,
+        ``response_filter`` or ``cache``.
 
     Templates render in a sandbox (:mod:`api_orchestration.rendering`); with native rendering a
     template that is one expression keeps its value's type. Secret-looking request values and the
@@ -188,11 +219,13 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         state_url: str | None = None,
         cache: CachePolicy | None = None,
         log_response: bool = False,
+        pagination: Pagination | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         method = str(method).upper()
         owner = f"task {self.task_id!r}"
+        _check_pagination(owner, pagination, method, response_check, response_filter, cache)
         check_oauth2_conn_id(owner, oauth2_conn_id, auth_type)
         if method not in METHODS:
             raise ConfigurationError(owner, "method", method, f"must be one of {', '.join(METHODS)}")
@@ -254,6 +287,7 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         self.oauth2_conn_id = oauth2_conn_id
         self.cache, self.log_response = cache, log_response
         self.cache_key = cache.key if cache is not None else None  # a template, rendered with the task
+        self.pagination = pagination
 
     # -- what is called -------------------------------------------------------------------------------
     def template_context(self, context: Any) -> None:
@@ -298,11 +332,14 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         """Make (or continue) the call of ``resume.phase``; its outcome goes to :meth:`on_call_failed`
         or :meth:`on_call_succeeded`. The same path runs with or without a deferral in between."""
         spec = self.call_spec(context, resume.phase)
+        paged = self.pagination is not None and resume.phase == "call"
         try:
-            response = self._call(spec, resume)
+            outcome = self._pages(context, spec, resume) if paged else self._call(spec, resume)
         except CALL_FAILURES as exc:
             return self.on_call_failed(context, resume.phase, exc)
-        return self.on_call_succeeded(context, resume.phase, spec, response)
+        if paged:
+            return self.on_pages_done(context, outcome)
+        return self.on_call_succeeded(context, resume.phase, spec, outcome)
 
     def on_call_failed(self, context: Context, phase: str, error: Exception) -> Any:
         """A call of ``phase`` failed for good (subclasses: a fallback, a loud compensation failure)."""
@@ -319,6 +356,11 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
             )
         # an echoed credential never reaches XCom: the connection's and the request's are masked
         return mask_secrets(keep(response, **compat.context_kwargs(keep, [response], context)))
+
+    def on_pages_done(self, context: Context, manifest: dict[str, Any]) -> Any:
+        """Every page is written: the records of all pages, or the manifest (``pagination.output``)."""
+        assert self.pagination is not None
+        return mask_secrets(xcom_value(manifest, self.pagination))
 
     def defer_resume(self, seconds: float, resume: Resume) -> NoReturn:
         """Free the worker slot: the triggerer waits ``seconds``, then :meth:`execute_resume`
@@ -354,18 +396,49 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
             log_response=self.log_response,
         )
 
-    def _call(self, spec: CallSpec, resume: Resume) -> requests.Response:
+    def _caller(
+        self, spec: CallSpec, progress: Progress | None = None
+    ) -> tuple[ResilientHttpHook, ResilientCaller]:
         hook = ResilientHttpHook(method=spec.method, http_conn_id=spec.http_conn_id, auth_type=self.auth_type)
         register_secrets(connection_secrets(hook.get_connection(spec.http_conn_id)))
         session = hook.get_conn(extra_options=self.extra_options)
         guard = self.guard(spec)
+        if progress is not None:  # counts failed attempts and limiter waits for the progress lines
+            guard = replace(guard, listeners=(*guard.listeners, progress))
         caller = ResilientCaller(
             session,
             guard,
             timeout=self.timeout,
             send_options=compat.merged_extra(hook),
-            log=self.log,
+            log=progress or self.log,
         )
+        return hook, caller
+
+    def _pages(self, context: Context, spec: CallSpec, resume: Resume) -> dict[str, Any]:
+        """Every page of the call (see :mod:`~api_orchestration.operators.paging`); the manifest."""
+        assert self.pagination is not None
+        progress = Progress(self.log, f"pages of {self.task_id}")
+        hook, caller = self._caller(spec, progress)
+        try:
+            return fetch_pages(
+                caller,
+                hook.url_from_endpoint(spec.endpoint),
+                self.pagination,
+                ti=context["ti"],
+                owner=f"task {self.task_id!r}",
+                params=spec.query,
+                headers=spec.headers,
+                progress=progress,
+            )
+        except DeferralNeeded as wait:  # the checkpoint says which page comes next
+            caller.flush()
+            self.log.info("%s; deferring %.2f s: %s", progress.line(), wait.seconds, wait.reason)
+            self.defer_resume(wait.seconds, replace(resume, attempt=1))
+        finally:
+            caller.flush()
+
+    def _call(self, spec: CallSpec, resume: Resume) -> requests.Response:
+        hook, caller = self._caller(spec)
         try:
             return caller.call(
                 spec.method,

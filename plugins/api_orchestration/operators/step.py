@@ -48,7 +48,8 @@ class StepOperator(ResilientHttpOperator):
 
     :param when: JMESPath over ``{"conf", "params", "results"}``; falsy -> the step is skipped.
     :param inputs: the upstream steps whose results ``when`` may read.
-    :param select: JMESPath applied to the response (JSON or text) to form the step's result.
+    :param select: JMESPath applied to the response (JSON or text) to form the step's result; with
+        ``pagination``, applied to the list of every page's records.
     :param fallback: a second call (``endpoint``, ``method``, ``json``, ``query``, ``headers``,
         ``http_conn_id``, ``breaker_key``, ``rate_limit_key``, ``oauth2_conn_id``) made when the call fails for good: its
         own request, keys and idempotency key (``<the step's key>:fallback``); the result is then
@@ -68,7 +69,8 @@ class StepOperator(ResilientHttpOperator):
         item: Any = None,
         **kwargs: Any,
     ) -> None:
-        if select is not None and "response_filter" not in kwargs:
+        paged = kwargs.get("pagination") is not None
+        if select is not None and "response_filter" not in kwargs and not paged:
             expression = jmespath.compile(select)
             kwargs["response_filter"] = lambda r: expression.search(default_response_filter(r))
         super().__init__(**kwargs)
@@ -80,6 +82,7 @@ class StepOperator(ResilientHttpOperator):
             item,
         )
         self._when = jmespath.compile(when) if when else None
+        self._select = jmespath.compile(select) if select and paged else None
 
     def template_context(self, context: Any) -> None:
         # both paths (plain and mapped tasks) render through here; a mapped task's item is set by now
@@ -118,6 +121,10 @@ class StepOperator(ResilientHttpOperator):
             raise error
         self.log.warning("step %r failed (%s); calling its fallback", self.task_id, error)
         return self.run_phase(context, Resume(FALLBACK, 1))
+
+    def on_pages_done(self, context: Context, manifest: dict[str, Any]) -> Any:
+        value = super().on_pages_done(context, manifest)
+        return value if self._select is None else self._select.search(value)
 
     def on_call_succeeded(self, context: Context, phase: str, spec: CallSpec, response: Any) -> Any:
         result = super().on_call_succeeded(context, phase, spec, response)
