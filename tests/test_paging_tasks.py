@@ -11,6 +11,7 @@ import random
 import pendulum
 import pytest
 import requests
+import yaml
 from test_dags import _register, _states
 
 from api_orchestration import ResilientHttpOperator, RetryPolicy
@@ -176,3 +177,169 @@ def test_operator_refuses_pagination_it_cannot_honour():
         ResilientHttpOperator(task_id="c", endpoint="/x", pagination=p, cache=CachePolicy(60))
     with pytest.raises(ConfigurationError, match=r"output must be 'records'"):
         Pagination("link_header", output="pages")
+
+
+def test_a_paginated_workflow_step_gives_its_records_to_later_steps(demo):
+    from api_orchestration import Call, Step, Workflow, build
+
+    users = Pagination(
+        "page_number", records="items", size_param="per_page", page_size=50, total_path="total"
+    )
+    wf = Workflow(
+        "paging_step_results",
+        steps=(
+            Step("list_users", Call("GET", "/users", paginate=users), output="[].id"),
+            Step(
+                "last_user", Call("GET", "/users/{{ results.list_users | last }}"), depends_on=("list_users",)
+            ),
+            Step("both", merge=("list_users", "last_user")),
+        ),
+        conn_id="demo_api",
+        retry=FAST,
+    )
+    dag = build(wf, schedule=None, start_date=START)
+    _register(dag)
+    run = dag.test()
+    assert run.state == "success", _states(run)
+    assert _xcom(run, "list_users") == list(range(1, 241))  # five pages of records, then ``output``
+    assert _xcom(run, "last_user")["id"] == 240
+    assert demo.calls()["paths"]["/users"] == 5
+
+
+def test_a_bulk_step_fans_out_over_a_paginated_list_read_page_by_page(demo):
+    import json
+
+    from airflow.sdk import ObjectStoragePath
+
+    from api_orchestration.specs import load_text
+
+    _freeze(demo)
+    url = f"{demo.url}/stripe/v1/charges"
+    newest = requests.get(url, params={"limit": 1}, timeout=5).json()["data"][0]
+    gte = newest["created"] - 450  # the last 450 s: one charge a second, five pages
+    expected, after = [], None
+    while True:  # ground truth, by hand
+        body = requests.get(
+            url,
+            params={"limit": 100, "created[gte]": gte, **({"starting_after": after} if after else {})},
+            timeout=5,
+        ).json()
+        expected += [c["id"] for c in body["data"]]
+        if not body["has_more"]:
+            break
+        after = body["data"][-1]["id"]
+    demo.reset()
+    _freeze(demo)
+    spec = {
+        "dag_id": "paging_bulk_source",
+        "defaults": {"conn_id": "demo_api", "retry": {"max_attempts": 6, "base_delay": 0.01, "max_delay": 0.05}},
+        "steps": [
+            {
+                "name": "echo_charges",
+                "call": {"path": "/echo/charges/{{ item.id }}", "query": {"amount": "{{ item.amount }}"}},
+                "output": "path",
+                "bulk": {
+                    "concurrency": 32,
+                    "items_from": {
+                        "path": "/stripe/v1/charges",
+                        "query": {"created[gte]": gte},
+                        "paginate": {
+                            "style": "cursor", "records": "data", "cursor_path": "data[-1].id",
+                            "cursor_param": "starting_after", "has_more_path": "has_more",
+                            "page_size": 100, "size_param": "limit",
+                        },
+                    },
+                },
+            }
+        ],
+    }  # fmt: skip
+    dag = load_text(yaml.safe_dump(spec), "paging_bulk_source.yaml").dag
+    _register(dag)
+    run = dag.test()
+    assert run.state == "success", _states(run)
+    summary = _xcom(run, "echo_charges")
+    assert summary["total"] == summary["succeeded"] == len(expected) > 400
+    with ObjectStoragePath(summary["uri"]).open("rb") as f:
+        rows = [json.loads(line) for line in f.read().splitlines()]
+    assert [r["result"] for r in rows] == [
+        f"/echo/charges/{cid}" for cid in expected
+    ]  # each item once, in order
+    calls = demo.calls()["paths"]
+    assert calls["/stripe/v1/charges"] == -(-len(expected) // 100)  # one call per page of the list
+    assert sum(n for p, n in calls.items() if p.startswith("/echo/charges/")) == len(expected)
+
+
+def test_paged_items_keep_a_few_pages_in_memory(tmp_path):
+    """The bulk source's items: positions counted once, parts read back lazily (evicted and re-read)."""
+    import gzip
+    import json
+
+    from api_orchestration.operators.paging import PagedItems
+
+    parts = []
+    for page in range(5):
+        path = tmp_path / f"part-{page + 1:05d}.jsonl.gz"
+        path.write_bytes(
+            gzip.compress(b"".join(json.dumps({"n": page * 10 + i}).encode() + b"\n" for i in range(10)))
+        )
+        parts.append(path.as_uri())
+    items = PagedItems({"parts": parts}, cached_parts=2)
+    assert len(items) == 50 and [items[i]["n"] for i in range(50)] == list(range(50))
+    assert len(items._cache) == 2 and items[3]["n"] == 3 and items[-1]["n"] == 49
+    with pytest.raises(IndexError):
+        items[50]
+
+
+@pytest.mark.parametrize(
+    ("step", "problem"),
+    [
+        (
+            {"call": {"method": "POST", "path": "/x", "paginate": {"style": "link_header"}}},
+            "steps[0].call.paginate: pages GET requests only; set method: GET or remove paginate, got 'POST'",
+        ),
+        (
+            {"call": {"path": "/x", "paginate": {"style": "link_header", "output": "all"}}},
+            "steps[0].call.paginate.output: must be 'records' (the records, in XCom) or 'manifest' (the files), got 'all'",
+        ),
+        (
+            {"call": {"path": "/x", "paginate": {"style": "next_url", "next_url_path": "links..next"}}},
+            "steps[0].call.paginate.next_url_path: must be valid JMESPath",
+        ),
+        (
+            {"call": {"path": "/x", "paginate": {"style": "link_header"}}, "bulk": {"over": [1]}},
+            "steps[0].bulk: is not supported with call.paginate: to fan out over a paginated list, put the list "
+            "call in bulk.items_from",
+        ),
+        (
+            {
+                "call": {"path": "/x", "paginate": {"style": "link_header", "output": "manifest"}},
+                "output": "[].id",
+            },
+            "steps[0].output: applies to the records, and paginate.output is 'manifest'",
+        ),
+        (
+            {"call": {"path": "/x/{{ item }}"}, "bulk": {"items_from": {"path": "/u"}}},
+            "steps[0].bulk.items_from: must be a paginated GET: Call('GET', path, paginate=Pagination(...)) "
+            "(spec: paginate: {style: ...}), got 'no paginate'",
+        ),
+        (
+            {"call": {"path": "/x/{{ item }}"}, "bulk": {"over": [1], "items_from": {"path": "/u"}}},
+            "steps[0].bulk.over: must not be set with items_from",
+        ),
+        (
+            {
+                "call": {"path": "/x/{{ item }}"},
+                "bulk": {"items_from": {"path": "/u/{{ item }}", "paginate": {"style": "link_header"}}},
+            },
+            "steps[0].bulk.items_from.path: template uses 'item', which exists only in fan_out and bulk steps",
+        ),
+    ],
+)
+def test_bad_paginate_specs_name_the_file_the_field_and_the_fix(step, problem):
+    from api_orchestration.errors import SpecError
+    from api_orchestration.specs import load_text
+
+    text = yaml.safe_dump({"steps": [{"name": "a", **step}]})
+    with pytest.raises(SpecError) as caught:
+        load_text(text, "pages.yaml", default_dag_id="pages")
+    assert f"pages.yaml: {problem}" in str(caught.value), str(caught.value)

@@ -130,11 +130,19 @@ def test_bad_sync_specs_name_the_field_and_the_fix(changes, problem):
     assert "hunter2" not in str(caught.value)
 
 
-def test_paginate_outside_a_sync_step_says_where_it_belongs():
+def test_paginate_on_an_ordinary_step_builds_a_paginated_step_operator():
+    from api_orchestration.calls.pagination import Pagination
+
     text = yaml.safe_dump(
-        {"steps": [{"name": "a", "call": {"path": "/x", "paginate": {"style": "link_header"}}}]}
+        {
+            "steps": [
+                {
+                    "name": "a",
+                    "call": {"path": "/x", "paginate": {"style": "link_header", "output": "manifest"}},
+                }
+            ]
+        }
     )
-    with pytest.raises(
-        SpecError, match=r"steps\[0\]\.call\.paginate: streams pages into a sink: add sync: to the step"
-    ):
-        load_text(text, "a.yaml")
+    task = load_text(text, "a.yaml", default_dag_id="a").dag.get_task("a")
+    assert type(task).__name__ == "StepOperator"
+    assert task.pagination == Pagination("link_header", output="manifest") and task.cache is None

@@ -28,15 +28,18 @@ from api_orchestration.calls.aiohttp_driver import options_from_connection
 from api_orchestration.calls.engines import call_concurrently, call_concurrently_async
 from api_orchestration.calls.guard import Guard
 from api_orchestration.calls.idempotency import task_key
+from api_orchestration.calls.requests_driver import ResilientCaller
 from api_orchestration.connections import ResilientHttpHook, connection_policies
 from api_orchestration.errors import ConfigurationError
 from api_orchestration.operators.http import UNSAFE_METHODS, check_oauth2_conn_id, oauth2_tokens
+from api_orchestration.operators.paging import PagedItems, PagedList, fetch_pages
 from api_orchestration.operators.step import items_from
 from api_orchestration.operators.templates import UpstreamResults, referenced_results
 from api_orchestration.paths import data_path
 from api_orchestration.policy import BreakerPolicy, CachePolicy, RateLimit, RetryPolicy, allowed_failures
 from api_orchestration.rendering import SandboxedNativeEnvironment, SandboxedTemplates
 from api_orchestration.state import get_backend
+from api_orchestration.syncs.progress import Progress
 
 _ENV = SandboxedNativeEnvironment()
 ENGINES = ("async", "threads")
@@ -90,7 +93,10 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
     Per-item templates (``endpoint``, ``json``, ``query``, ``headers``) see ``{{ item }}``,
     ``{{ index }}``, the task context, ``{{ results.<step> }}`` and ``{{ conf }}`` (``dag_run.conf``).
 
-    :param items: a list, or a JMESPath over ``{"conf", "params", "results"}``.
+    :param items: a list, a JMESPath over ``{"conf", "params", "results"}``, or a
+        :class:`~api_orchestration.operators.paging.PagedList`: a paginated GET whose records are the
+        items, read page by page through this task's limiter and breaker into files (an Airflow
+        retry resumes the list at the page that failed), then fanned out a few pages in memory at a time.
     :param endpoint: path under the connection's base URL (a per-item template).
     :param method: HTTP method of every call.
     :param http_conn_id: Airflow Connection (``resilient_http`` or ``http``) (templated).
@@ -129,7 +135,7 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
     def __init__(
         self,
         *,
-        items: list[Any] | str,
+        items: list[Any] | str | PagedList,
         endpoint: str,
         method: str = "GET",
         http_conn_id: str = "http_default",
@@ -213,8 +219,51 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
             request_options=options_from_connection(config.extra_options, config.base_url), **common,
         )  # fmt: skip
 
-    def _items(self, context: Context) -> list[Any]:
+    def _items(self, context: Context) -> Sequence[Any]:
+        if isinstance(self.items, PagedList):
+            return self._paged_items(context, self.items)
         return self.items if isinstance(self.items, list) else items_from(self.items, context, self.inputs)
+
+    def _paged_items(self, context: Context, source: PagedList) -> Sequence[Any]:
+        """Every page of ``source`` through this task's connection, limiter and breaker (its keys
+        when they are not per-item templates), written to files; the items read back lazily."""
+        ti = context["ti"]
+        policies = connection_policies(self.http_conn_id).under(
+            rate_limit=self.rate_limit, breaker=self.breaker, retry=self.retry,
+            oauth2_conn_id=self.oauth2_conn_id, method="GET",
+        )  # fmt: skip
+        backend = get_backend(self.state_url)
+        progress = Progress(self.log, f"items of {self.task_id}")
+
+        def key(value: str | None) -> str:
+            return value if value and "{{" not in value else self.http_conn_id
+
+        guard = Guard(
+            backend=backend, tokens=oauth2_tokens(policies.oauth2_conn_id, backend),
+            limit_key=key(self.rate_limit_key), rate_limit=policies.rate_limit,
+            breaker_key=key(self.breaker_key), breaker=policies.breaker, retry=policies.retry or RetryPolicy(),
+            max_sleep=3600.0, max_in_flight=self.max_in_flight, listeners=(progress,),
+        )  # fmt: skip
+        variables = {
+            **context,
+            "results": UpstreamResults(ti),
+            "conf": dict(getattr(context.get("dag_run"), "conf", None) or {}),
+            "params": dict(context.get("params") or {}),
+        }
+        hook = ResilientHttpHook(method="GET", http_conn_id=self.http_conn_id)
+        caller = ResilientCaller(
+            hook.get_conn(), guard, timeout=self.timeout, send_options=compat.merged_extra(hook), log=progress
+        )
+        try:
+            manifest = fetch_pages(
+                caller, hook.url_from_endpoint(render(source.endpoint, variables)), source.pagination, ti=ti,
+                owner=f"bulk {self.task_id!r}", params=render(source.query, variables),
+                headers=render(source.headers, variables), progress=progress, results_url=self.results_url,
+                kind="bulk_items", limit=False,
+            )  # fmt: skip
+        finally:
+            caller.flush()
+        return PagedItems(manifest)
 
     def execute(self, context: Context) -> dict[str, Any]:
         items = self._items(context)

@@ -20,9 +20,12 @@ a later task with :func:`iter_records`.
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import json
-from collections.abc import Iterator, Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,19 +137,59 @@ def fetch_pages(
     return {key: data[key] for key in MANIFEST_KEYS}
 
 
-def iter_records(manifest: Mapping[str, Any] | list[str]) -> Iterator[Any]:
-    """The records of a paginated call's manifest (or a list of part URIs), one part in memory at a time."""
+def _part(uri: str) -> list[Any]:
     from airflow.sdk import ObjectStoragePath
 
+    with ObjectStoragePath(uri).open("rb") as f:
+        data = f.read()
+    if str(uri).endswith(".gz"):
+        data = gzip.decompress(data)
+    return [json.loads(line) for line in data.splitlines() if line]
+
+
+def iter_records(manifest: Mapping[str, Any] | list[str]) -> Iterator[Any]:
+    """The records of a paginated call's manifest (or a list of part URIs), one part in memory at a time."""
     parts = manifest if isinstance(manifest, list) else manifest.get("parts") or []
     for uri in parts:
-        with ObjectStoragePath(uri).open("rb") as f:
-            data = f.read()
-        if str(uri).endswith(".gz"):
-            data = gzip.decompress(data)
-        for line in data.splitlines():
-            if line:
-                yield json.loads(line)
+        yield from _part(uri)
+
+
+class PagedItems(Sequence[Any]):
+    """The records of a manifest as a read-only sequence, a few parts (pages) in memory at a time:
+    a bulk task's items, however many. The engines ask for items in about increasing order, so a
+    small cache of parts serves them; a part evicted and asked again is read again (thread-safe)."""
+
+    def __init__(self, manifest: Mapping[str, Any], cached_parts: int = 8) -> None:
+        self.parts: list[str] = list(manifest.get("parts") or [])
+        self.starts: list[int] = []
+        total = 0
+        for uri in self.parts:  # counted once, streamed: the items' positions, not the items
+            self.starts.append(total)
+            total += len(_part(uri))
+        self.total, self.cached_parts = total, cached_parts
+        self._cache: OrderedDict[int, list[Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, index: Any) -> Any:
+        if not isinstance(index, int):
+            raise TypeError("PagedItems takes an integer index")
+        if index < 0:
+            index += self.total
+        if not 0 <= index < self.total:
+            raise IndexError(index)
+        i = bisect.bisect_right(self.starts, index) - 1
+        with self._lock:
+            records = self._cache.get(i)
+            if records is None:
+                records = self._cache[i] = _part(self.parts[i])
+                while len(self._cache) > self.cached_parts:
+                    self._cache.popitem(last=False)
+            else:
+                self._cache.move_to_end(i)
+        return records[index - self.starts[i]]
 
 
 def xcom_value(manifest: dict[str, Any], pagination: Pagination) -> Any:

@@ -70,13 +70,15 @@ def check(spec: WorkflowSpec, dag_id: str) -> list[Problem]:
             ("call", step.call),
             ("fallback", step.fallback),
             ("compensate", step.compensate),
+            ("bulk.items_from", step.bulk.items_from if step.bulk else None),
         ):
             if call is None:
                 continue
             # a compensation may read the result of the step it undoes (a charge id, say)
             seen = before | {step.name} if field == "compensate" else before
+            per_item = has_item and field != "bulk.items_from"  # the list is read before any item
             for path, text in _strings(call):
-                for msg in template_problems(text, steps_before=seen, all_steps=names, has_item=has_item):
+                for msg in template_problems(text, steps_before=seen, all_steps=names, has_item=per_item):
                     problems.append((f"{where}.{field}.{path}", msg))
             problems += [(f"{where}.{field}.{p}", m) for p, m in _secrets(call)]
         for field, expression in _expressions(step):

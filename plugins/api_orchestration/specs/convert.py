@@ -183,7 +183,12 @@ def _sync(c: _Collector, path: str, spec: SyncSpec | None) -> Sync | None:
 
 def _step(c: _Collector, path: str, s: StepSpec) -> Step | None:
     fan_out = s.fan_out and c.make(f"{path}.fan_out", FanOut, **s.fan_out.model_dump())
-    bulk = s.bulk and c.make(f"{path}.bulk", Bulk, **s.bulk.model_dump())
+    bulk = None
+    if s.bulk is not None:
+        listing = _call(c, f"{path}.bulk.items_from", s.bulk.items_from)
+        if s.bulk.items_from is None or listing is not None:  # else its problem is reported already
+            fields = s.bulk.model_dump(exclude={"items_from"})
+            bulk = c.make(f"{path}.bulk", Bulk, items_from=listing, **fields)
     return c.make(
         path, Step, s.name, call=_call(c, f"{path}.call", s.call), depends_on=tuple(s.depends_on), when=s.when,
         compensate=_call(c, f"{path}.compensate", s.compensate),

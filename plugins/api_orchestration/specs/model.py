@@ -80,7 +80,9 @@ class BreakerSpec(_Spec):
 
 
 class PaginateSpec(_Spec):
-    """How the call's collection pages (a sync step's call): one guarded call per page."""
+    """How the call's collection pages: one guarded call per page, resumable at the page that failed.
+    On an ordinary step the result is the records of every page (or a manifest); on a sync step the
+    pages go to its sink."""
 
     style: str = Field(description="cursor, offset, page_number, link_header or next_url")
     records: str | None = Field(None, description="JMESPath to the records in the body (default: the body)")
@@ -98,6 +100,14 @@ class PaginateSpec(_Spec):
     total_path: str | None = Field(None, description="JMESPath to the total; reaching it stops")
     max_pages: int | None = Field(None, description="stop after this many pages")
     stop_on_empty: bool | None = Field(None, description="an empty page stops (true)")
+    output: str | None = Field(
+        None,
+        description="ordinary steps: records (every page's records in the result, default) or manifest "
+        "(the URIs of the JSON-lines files holding them; any size)",
+    )
+    max_xcom_bytes: int | None = Field(
+        None, description="records output: page bodies allowed in the result, bytes (1,048,576)"
+    )
 
 
 class CacheSpec(_Spec):
@@ -127,7 +137,9 @@ class CallSpec(_Spec):
     )
     query: dict[str, Any] | None = Field(None, description="query-string parameters")
     body: Any = Field(None, alias="json", description="JSON body (any YAML value; strings are templates)")
-    paginate: PaginateSpec | None = Field(None, description="page through the collection (sync steps)")
+    paginate: PaginateSpec | None = Field(
+        None, description="page through the collection (GET): the result is every page's records"
+    )
     idempotency_key: str | None = Field(
         None,
         description="Idempotency-Key template, e.g. order-{{ params.order_id }}-charge: a business id "
@@ -212,6 +224,15 @@ class FanOutSpec(_ItemsSpec):
 class BulkSpec(_ItemsSpec):
     """Make every call in one task, concurrently, writing results to a JSON-lines file."""
 
+    over: Any = Field(
+        None,
+        description="a list, or a JMESPath such as results.list_users.items (or items_from)",
+        json_schema_extra=_OVER,
+    )
+    items_from: CallSpec | None = Field(
+        None,
+        description="a paginated GET (with paginate:) whose records are the items, read page by page",
+    )
     concurrency: int = Field(16, description="calls in flight, 1 to 256")
 
 

@@ -2,9 +2,10 @@
 
 Each step becomes a task named after it, so the graph shows the workflow's shape:
 
-- a call step -> ``StepOperator`` (condition ``when``, ``output`` filter, ``fallback`` call);
+- a call step -> ``StepOperator`` (condition ``when``, ``output`` filter, ``fallback`` call); with
+  ``call.paginate``, every page of the call (the result: the records of all pages, see ``operators.paging``);
 - a poll step -> ``PollingHttpOperator`` (a ``StepOperator`` that submits, polls until done, fetches);
-- a bulk step -> ``BulkHttpOperator`` (every call in one task);
+- a bulk step -> ``BulkHttpOperator`` (every call in one task; ``items_from``: over a paginated list);
 - a merge step -> a task returning ``{step: result}`` for the merged steps;
 - a fan-out step -> ``<step>_items`` (the list) -> ``<step>_each`` (mapped, ``max_active`` at once)
   -> ``<step>`` (collects results, fails past ``tolerate_failures``);
@@ -29,6 +30,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from api_orchestration.calls.idempotency import request_key
 from api_orchestration.operators.bulk import BulkHttpOperator
+from api_orchestration.operators.paging import PagedList
 from api_orchestration.operators.poll import PollingHttpOperator
 from api_orchestration.operators.saga import (
     COMPENSATE,
@@ -66,7 +68,7 @@ def _policies(wf: Workflow, step: Step) -> dict[str, Any]:
     cache = step.cache or wf.cache  # the workflow's applies to the steps whose method it caches
     if cache is not None and step.call is not None and step.call.method not in cache.methods:
         cache = None
-    if step.poll is not None:  # a job's status must be read anew at every poll
+    if step.poll is not None or step.paginated:  # a job's status, pages: read anew every time
         cache = None
     return {
         "rate_limit_key": step.key,
@@ -122,14 +124,21 @@ def _step_task(wf: Workflow, step: Step, dag: DAG, saga: bool) -> tuple[Any, Any
     if step.sync is not None:
         return (task := _sync_task(wf, step, dag)), task
     if step.bulk is not None:
+        listing = step.bulk.items_from
+        over: Any = step.bulk.over
+        if listing is not None:
+            assert listing.paginate is not None
+            over = PagedList(listing.path, listing.paginate, listing.query, listing.headers)
         task = BulkHttpOperator(
-            task_id=step.name, dag=dag, items=step.bulk.over, inputs=wf.upstream(step.name),
+            task_id=step.name, dag=dag, items=over, inputs=wf.upstream(step.name),
             concurrency=step.bulk.concurrency, tolerate_failures=step.bulk.tolerate_failures, select=step.output,
             **_call_kwargs(wf, step.call), **_policies(wf, step),
         )  # fmt: skip
         return task, task
     kwargs = {**_call_kwargs(wf, step.call), **_policies(wf, step)}
     kwargs.update(when=step.when, inputs=wf.upstream(step.name), select=step.output)
+    if step.paginated:
+        kwargs["pagination"] = step.call.paginate
     if step.fallback is not None:  # its own breaker: the step's may be open, which is why it runs
         key = f"{step.key or step.fallback.conn_id or wf.conn_id}:fallback"
         kwargs["fallback"] = {**_call_kwargs(wf, step.fallback), "breaker_key": key}

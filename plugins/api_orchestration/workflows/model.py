@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from api_orchestration.calls.pagination import Pagination
+from api_orchestration.calls.pagination import PageOutput, Pagination
 from api_orchestration.errors import ConfigurationError, did_you_mean
 from api_orchestration.policy import (
     BreakerPolicy,
@@ -42,6 +42,10 @@ class Call:
     ``idempotency_key`` (a template) makes a business id the unit of idempotency, for example
     ``"order-{{ params.order_id }}-charge"``: the same order triggered twice sends the same key, so
     the API acts once. Default: a key derived from the DAG, run, task and map index (per run).
+
+    ``paginate`` (GET only) pages through a collection, every page one guarded call, resumable at
+    the page that failed: the step's result is the records of every page (or a manifest of the files
+    holding them, ``Pagination(output="manifest")``); on a sync step's call, pages go to its sink.
     """
 
     method: str
@@ -52,7 +56,7 @@ class Call:
     conn_id: str | None = None
     idempotency_key: str | None = None
     oauth2_conn_id: str | None = None  # default: the workflow's
-    paginate: Pagination | None = None  # pages stream into the sink of a sync step
+    paginate: Pagination | None = None  # every page, one guarded call; the records are the result
 
     def __post_init__(self) -> None:
         if self.paginate is not None and not isinstance(self.paginate, Pagination):
@@ -98,14 +102,42 @@ class FanOut:
 @dataclass(frozen=True)
 class Bulk:
     """Make every call in one task: ``over`` as in :class:`FanOut`, ``concurrency`` calls in flight,
-    results written to a JSON-lines file whose path (and counts) the task returns."""
+    results written to a JSON-lines file whose path (and counts) the task returns.
 
-    over: list[Any] | str
+    ``items_from`` instead of ``over``: a paginated GET (``Call(..., paginate=Pagination(...))``)
+    whose records are the items, read page by page through the step's limiter and breaker (resumable
+    at the page that failed) and fanned out in chunks, so memory stays flat however long the list."""
+
+    over: list[Any] | str | None = None
     concurrency: int = 16
     tolerate_failures: float = 0
+    items_from: Call | None = None
 
     def __post_init__(self) -> None:
-        _check_items("Bulk", self.over, self.tolerate_failures)
+        if self.items_from is not None:
+            if self.over is not None:
+                raise ConfigurationError(
+                    "Bulk", "over", self.over, "must not be set with items_from: the items are its records"
+                )
+            call = self.items_from
+            if not isinstance(call, Call) or call.paginate is None or call.method != "GET":
+                shown = "no paginate" if isinstance(call, Call) and call.method == "GET" else call
+                shown = f"method {call.method}" if isinstance(call, Call) and call.paginate else shown
+                raise ConfigurationError(
+                    "Bulk", "items_from", shown,
+                    "must be a paginated GET: Call('GET', path, paginate=Pagination(...)) (spec: paginate: {style: ...})",
+                )  # fmt: skip
+            if call.conn_id is not None or call.oauth2_conn_id is not None:
+                raise ConfigurationError(
+                    "Bulk", "items_from.conn_id", call.conn_id or call.oauth2_conn_id,
+                    "must not be set: the list is read through the step's connection, limiter and breaker",
+                )  # fmt: skip
+        elif self.over is None:
+            raise ConfigurationError(
+                "Bulk", "over", None,
+                "must be a list of items or a JMESPath string, or set items_from to a paginated list call",
+            )  # fmt: skip
+        _check_items("Bulk", [] if self.items_from is not None else self.over, self.tolerate_failures)
         ok = isinstance(self.concurrency, int) and not isinstance(self.concurrency, bool)
         if not (ok and 1 <= self.concurrency <= 256):
             raise ConfigurationError(
@@ -171,6 +203,11 @@ class Step:
     log_response: bool = False  # log successful bodies (truncated, redacted)
     poll: Poll | None = None  # the call submits an async job: poll its status until done, fetch the result
     sync: Sync | None = None  # the call pages into a sink, incrementally (needs call.paginate)
+
+    @property
+    def paginated(self) -> bool:
+        """The step's own call pages (an ordinary step, not a sync)."""
+        return self.sync is None and self.call is not None and self.call.paginate is not None
 
 
 @dataclass(frozen=True)
@@ -324,13 +361,37 @@ class Workflow:
         return done
 
 
-def _check_sync(where: str, s: Step) -> None:
-    """A sync step is one paginated GET into a sink; pagination belongs to a sync step's call."""
-    if s.sync is None:
-        if s.call is not None and s.call.paginate is not None:
+def _check_paginate(where: str, s: Step) -> None:
+    """An ordinary step's paginated call: a GET whose records are the step's result."""
+    p = s.call.paginate if s.call is not None else None
+    if p is None:
+        return
+    if s.call.method != "GET":  # type: ignore[union-attr]
+        raise ConfigurationError(
+            where, "call.paginate", s.call.method,  # type: ignore[union-attr]
+            "pages GET requests only; set method: GET or remove paginate", step=s.name,
+        )  # fmt: skip
+    for param, value, fix in (
+        ("bulk", s.bulk, "to fan out over a paginated list, put the list call in bulk.items_from"),
+        ("poll", s.poll, "a polled job's result is one response"),
+        ("cache", s.cache, "pages are read anew on every run"),
+    ):
+        if value:
             raise ConfigurationError(
-                where, "call.paginate", "set", "streams pages into a sink: add sync: to the step", step=s.name
+                where, param, "set", f"is not supported with call.paginate: {fix}", step=s.name
             )
+    if s.output is not None and p.output is PageOutput.MANIFEST:
+        raise ConfigurationError(
+            where, "output", s.output,
+            "applies to the records, and paginate.output is 'manifest' (the result is the files' manifest); "
+            "remove one of them", step=s.name,
+        )  # fmt: skip
+
+
+def _check_sync(where: str, s: Step) -> None:
+    """A sync step is one paginated GET into a sink; an ordinary step's pages are its result."""
+    if s.sync is None:
+        _check_paginate(where, s)
         return
     if s.call is None or s.call.paginate is None:
         raise ConfigurationError(
