@@ -84,6 +84,26 @@ def test_operator_link_header_returns_every_issue_like_providers_http(demo):
     assert demo.calls()["paths"]["/github/repos/acme/docs/issues"] == 10  # one call per page
 
 
+def test_a_deferral_between_pages_resumes_at_the_next_page_and_returns_every_page(demo, tmp_path):
+    """providers-http's deferrable mode returned only the last page (apache/airflow#72388): not here."""
+    from airflow.sdk import DAG
+
+    from api_orchestration import RateLimit
+
+    with DAG("paging_deferral", schedule=None, start_date=START) as dag:
+        ResilientHttpOperator(
+            task_id="users", http_conn_id="demo_api", endpoint="/users",
+            pagination=Pagination("page_number", records="items", size_param="per_page", page_size=50, max_pages=3),
+            rate_limit=RateLimit(1, 1.0), rate_limit_key=f"paging-defer-{tmp_path.name}",
+            max_sleep=0.2,  # a page's wait is longer than the task may sleep: it defers between pages
+        )  # fmt: skip
+    _register(dag)
+    run = dag.test()
+    assert run.state == "success", _states(run)
+    assert [u["id"] for u in _xcom(run, "users")] == list(range(1, 151))  # all three pages, not the last
+    assert demo.calls()["paths"]["/users"] == 3  # each page once, across the deferrals
+
+
 @pytest.mark.parametrize("status", [429, 503])
 def test_pages_answered_429_or_5xx_mid_way_are_retried_in_the_task(demo, status):
     from airflow.sdk import DAG
