@@ -108,3 +108,55 @@ def test_limiter_and_breaker_keys_are_templated_per_tenant(demo) -> None:
     assert backend.limiter_status("gh:globex").granted >= 1
     assert backend.breaker_status("gh:globex") is not None
     assert backend.limiter_status("gh:{{ params.tenant }}") is None
+
+
+def test_a_sync_sends_the_token_of_its_connections_oauth2_conn_id(oauth_conn, monkeypatch, tmp_path) -> None:
+    """A resilient_http connection naming an OAuth2 connection in its extra: every page of a sync
+    carries the shared token, as the single-call and bulk operators' calls do (one code path)."""
+    import sqlite3
+
+    from airflow.sdk import DAG
+    from test_connection_type import set_connection
+
+    from api_orchestration.calls.pagination import Pagination
+    from api_orchestration.operators.sync import ApiSyncOperator
+    from api_orchestration.syncs.stream import Stream
+
+    demo = oauth_conn
+    set_connection(monkeypatch, "api_with_oauth", demo.port, {"oauth2_conn_id": "demo_oauth"})
+    db = tmp_path / "oauth_sync.db"
+    with DAG("sync_oauth", schedule=None, start_date=START) as dag:
+        ApiSyncOperator(
+            task_id="sync_me",
+            http_conn_id="api_with_oauth",  # sets no oauth2_conn_id itself: the connection's applies
+            endpoint="/oauth/api/me",
+            pagination=Pagination("page_number", records="[@]", max_pages=3),  # the echo: one record a page
+            stream=Stream("oauth_echo", primary_key="path"),
+            destination=f"sqlite:///{db}",
+        )
+    _register(dag)
+    before = _oauth(demo)
+    run = dag.test()
+    assert run.state == "success", _states(run)
+    after = _oauth(demo)
+    assert after.get("api_ok", 0) - before.get("api_ok", 0) == 3, (
+        after
+    )  # three pages, each with the bearer token
+    assert after.get("api_unauthorized", 0) == before.get("api_unauthorized", 0)
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT path, client_id, _raw FROM oauth_echo").fetchall()
+    assert [r[:2] for r in rows] == [("/oauth/api/me", "demo-client")]
+    assert "access_token" not in rows[0][2]
+    with pytest.raises(ConfigurationError, match="oauth2_conn_id"):
+        ApiSyncOperator(
+            task_id="bad", endpoint="/x", pagination=Pagination("link_header"),
+            stream=Stream("x", primary_key="id"), oauth2_conn_id=" ",
+        )  # fmt: skip
+    from api_orchestration.workflows.model import Sync
+
+    wf = Workflow(
+        "wf_sync_oauth", conn_id="demo_api", oauth2_conn_id="demo_oauth",
+        steps=(Step("s", Call("GET", "/oauth/api/me", paginate=Pagination("page_number", records="[@]")),
+                    sync=Sync(Stream("oauth_echo", primary_key="path"))),),
+    )  # fmt: skip
+    assert build(wf, schedule=None, start_date=START).get_task("s").oauth2_conn_id == "demo_oauth"

@@ -26,6 +26,7 @@ from api_orchestration.calls.pagination import Pagination
 from api_orchestration.calls.requests_driver import ResilientCaller
 from api_orchestration.connections import ResilientHttpHook, connection_policies
 from api_orchestration.errors import ConfigurationError
+from api_orchestration.operators.http import check_oauth2_conn_id, oauth2_tokens
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
 from api_orchestration.state import get_backend
 from api_orchestration.syncs.engine import Source, run_sync
@@ -87,6 +88,8 @@ class ApiSyncOperator(BaseOperator):
         one, columns are inferred and new fields add columns.
     :param keep_raw: keep each whole record as JSON in ``_raw``.
     :param query, headers: fixed query parameters and headers (templated).
+    :param oauth2_conn_id: an OAuth2 client connection: every page carries its token, shared by
+        every worker (default: the ``resilient_http`` connection's ``oauth2_conn_id``; templated).
     :param manual_window: the window of a run without a data interval (triggered with no logical
         date) in interval mode: the last ``manual_window`` before the run started.
     :param partition: the stream partition this task syncs (templated; overrides ``stream.partition``):
@@ -102,6 +105,7 @@ class ApiSyncOperator(BaseOperator):
         "query",
         "headers",
         "http_conn_id",
+        "oauth2_conn_id",
         "partition",
     )
     template_fields_renderers = {"query": "json", "headers": "json"}
@@ -119,6 +123,7 @@ class ApiSyncOperator(BaseOperator):
         keep_raw: bool = True,
         query: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        oauth2_conn_id: str | None = None,
         timeout: float | tuple[float, float] = (10.0, 60.0),
         rate_limit: RateLimit | None = None,
         rate_limit_key: str | None = None,
@@ -152,6 +157,7 @@ class ApiSyncOperator(BaseOperator):
         for name, value, kind, expected in checks:
             if not isinstance(value, kind):
                 raise ConfigurationError(owner, name, value, expected)
+        check_oauth2_conn_id(owner, oauth2_conn_id)
         if on_circuit_open not in ("fail", "defer"):
             raise ConfigurationError(owner, "on_circuit_open", on_circuit_open, "must be 'fail' or 'defer'")
         if destination and "{{" not in destination:
@@ -161,6 +167,7 @@ class ApiSyncOperator(BaseOperator):
         self.pagination, self.stream = pagination, stream
         self.destination, self.columns, self.keep_raw = destination, dict(columns or {}), keep_raw
         self.query, self.headers, self.timeout = query, headers, timeout
+        self.oauth2_conn_id = oauth2_conn_id
         self.rate_limit, self.rate_limit_key = rate_limit, rate_limit_key
         self.breaker, self.breaker_key = breaker, breaker_key
         self.retry = retry  # None: the connection's (a resilient_http connection), else RetryPolicy()
@@ -205,10 +212,15 @@ class ApiSyncOperator(BaseOperator):
         label = f"{self.stream.name}" + (f"[{self.stream.partition}]" if self.stream.partition else "")
         progress = Progress(self.log, f"sync {label}", every=self.progress_every)
         policies = connection_policies(self.http_conn_id).under(
-            rate_limit=self.rate_limit, breaker=self.breaker, retry=self.retry
-        )  # the DAG's own policies win over the connection's
+            rate_limit=self.rate_limit,
+            breaker=self.breaker,
+            retry=self.retry,
+            oauth2_conn_id=self.oauth2_conn_id,
+        )  # the DAG's own policies win over the connection's; pages are never served from a cache
+        backend = get_backend(self.state_url)
         guard = Guard(
-            backend=get_backend(self.state_url),
+            backend=backend,
+            tokens=oauth2_tokens(policies.oauth2_conn_id, backend),
             limit_key=self.rate_limit_key or self.http_conn_id,
             rate_limit=policies.rate_limit,
             breaker_key=self.breaker_key or self.http_conn_id,

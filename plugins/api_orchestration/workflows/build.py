@@ -189,7 +189,7 @@ def _sync_task(wf: Workflow, step: Step, dag: DAG) -> Any:
     assert call is not None and sync is not None and call.paginate is not None
     return ApiSyncOperator(
         task_id=step.name, dag=dag, endpoint=call.path, http_conn_id=call.conn_id or wf.conn_id,
-        query=call.query, headers=call.headers, pagination=call.paginate, stream=sync.stream,
+        oauth2_conn_id=call.oauth2_conn_id or wf.oauth2_conn_id, query=call.query, headers=call.headers, pagination=call.paginate, stream=sync.stream,
         destination=sync.destination, columns=sync.columns, keep_raw=sync.keep_raw,
         outlets=[Asset(sync.asset)] if sync.asset else [], **_sync_policies(wf, step),
     )  # fmt: skip
