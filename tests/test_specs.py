@@ -297,7 +297,7 @@ MALFORMED = [
         "item-outside-fan-out",
         spec(**{"steps.0.call.path": "/users/{{ item }}"}),
         "steps[0].call.path",
-        "'item', which exists only in fan_out and bulk steps",
+        "'item', which exists only in fan_out, bulk and partitioned sync steps",
     ),
     (
         "bad-jmespath",

@@ -121,6 +121,59 @@ def test_asset_schedule_builds_an_asset_triggered_dag():
             "steps[0].sync.columns['number']: must be one of integer",
         ),
         ({"steps.0.sync.cursor_feild": "updated_at"}, "steps[0].sync.cursor_feild"),
+        (
+            {"steps.0.sync.partitions": {"over": []}},
+            "steps[0].sync.partitions.over: must be a non-empty list, or a JMESPath such as conf.repos, got []",
+        ),
+        (
+            {"steps.0.sync.partitions": {"over": ["docs", "gadgets"]}},
+            "steps[0].call.path: must use {{ item }} (in the path, query or headers) when sync.partitions is set",
+        ),
+        (
+            {
+                "steps.0.sync.partitions": {
+                    "over": "conf.repos",
+                    "parent": {"path": "/orgs/acme/repos", "paginate": {"style": "link_header"}},
+                }
+            },
+            "steps[0].sync.partitions.over/parent: needs exactly one of over (a list or a JMESPath) or parent",
+        ),
+        (
+            {"steps.0.sync.partitions": {"parent": {"path": "/orgs/acme/repos"}}},
+            "steps[0].sync.partitions.parent.paginate: is required",
+        ),
+        (
+            {
+                "steps.0.sync.partitions": {
+                    "parent": {"path": "/orgs/x/repos", "paginate": {"style": "cursor"}}
+                }
+            },
+            "steps[0].sync.partitions.parent.paginate.cursor_path: is required for style 'cursor'",
+        ),
+        (
+            {"steps.0.sync.partitions": {"over": [{"name": "docs"}]}},
+            "steps[0].sync.partitions.over[0]: must be a string or integer label, or set key: a JMESPath",
+        ),
+        (
+            {"steps.0.sync.partitions": {"over": "repos[*].name"}},
+            "steps[0].sync.partitions.over: reads 'repos'; expressions see conf, params and results",
+        ),
+        (
+            {"steps.0.sync.partitions": {"over": "conf.repos", "key": "name[["}},
+            "steps[0].sync.partitions.key: is not a valid JMESPath expression",
+        ),
+        (
+            {"steps.0.sync.partition": "docs", "steps.0.sync.partitions": {"over": ["docs"]}},
+            "steps[0].sync.partition: must not be set with partitions: each partition's label comes from partitions",
+        ),
+        (
+            {"steps.0.sync.partitions": {"over": ["docs"], "max_active": 0}},
+            "steps[0].sync.partitions.max_active: must be an integer >= 1, got 0",
+        ),
+        (
+            {"steps.0.sync.partitions": {"over": ["docs"], "parnet": {}}},
+            "steps[0].sync.partitions.parnet: unknown field 'parnet' (did you mean 'parent'?)",
+        ),
     ],
 )
 def test_bad_sync_specs_name_the_field_and_the_fix(changes, problem):
@@ -146,3 +199,21 @@ def test_paginate_on_an_ordinary_step_builds_a_paginated_step_operator():
     task = load_text(text, "a.yaml", default_dag_id="a").dag.get_task("a")
     assert type(task).__name__ == "StepOperator"
     assert task.pagination == Pagination("link_header", output="manifest") and task.cache is None
+
+
+def test_a_partitioned_sync_spec_builds_a_listing_and_one_mapped_sync_per_partition():
+    from api_orchestration.operators.partitions import SyncPartitionsOperator
+    from api_orchestration.operators.sync import ApiSyncOperator
+
+    parent = {"path": "/github/orgs/acme/repos", "paginate": {"style": "link_header", "page_size": 2,
+                                                             "size_param": "per_page"}}  # fmt: skip
+    text = spec(**{
+        "steps.0.call.path": "/github/repos/{{ item.full_name }}/issues",
+        "steps.0.sync.partitions": {"parent": parent, "key": "name", "max_active": 2},
+    })  # fmt: skip
+    dag = load_text(text, "sync.yaml", default_dag_id="partitioned_sync").dag
+    listing, each = dag.get_task("sync_issues_partitions"), dag.get_task("sync_issues")
+    assert isinstance(listing, SyncPartitionsOperator) and listing.parent_endpoint == parent["path"]
+    assert listing.key == "name" and listing.parent_pagination.page_size == 2
+    assert each.operator_class is ApiSyncOperator and each.max_active_tis_per_dagrun == 2
+    assert each.upstream_task_ids == {"sync_issues_partitions"}

@@ -4,7 +4,8 @@
   (``per_page`` default 30, capped at 100; RFC 8288 ``Link`` with ``next``/``last``/``first``/``prev``;
   ``X-RateLimit-Limit/Remaining/Used/Reset/Resource``, 5,000 per hour; an exhausted limit answers 429
   with ``x-ratelimit-remaining: 0`` and ``Retry-After``). Repositories: ``acme/widgets`` (100,000
-  issues), ``acme/gadgets`` (5,000), ``acme/docs`` (1,000).
+  issues), ``acme/gadgets`` (5,000), ``acme/docs`` (1,000), listed by ``GET /github/orgs/acme/repos``
+  (``per_page``, ``page``, ``Link``), the parent of a sync partitioned per repository.
 * Stripe-like: ``GET /stripe/v1/charges?limit=&starting_after=&ending_before=&created[gte]=&created[lt]=``
   answers ``{"object": "list", "url", "data", "has_more"}``, newest first; ``limit`` 1..100 (default 10).
   100,000 charges at the start, one more every second.
@@ -171,13 +172,9 @@ def _link(request: Request, page: int, last: int) -> str:
     return ", ".join(links)
 
 
-def list_issues(request: Request, state: DemoState) -> Response:
-    """GitHub's ``GET /repos/{owner}/{repo}/issues`` over a generated repository."""
-    datasets = datasets_of(state)
-    repo = f"{request.params['owner']}/{request.params['repo']}"
-    dataset = datasets.issues.get(repo)
-    if dataset is None:
-        return Response(404, {"message": "Not Found", "documentation_url": "https://docs.github.com/rest"})
+def _github_rate_limit(request: Request, datasets: Datasets) -> tuple[dict[str, str], Response | None]:
+    """Count the call against the caller's hourly limit: the ``X-RateLimit-*`` headers, and the 429
+    to answer instead when the limit is exhausted."""
     who = request.headers.get("authorization") or "anonymous"
     used, remaining, reset = datasets.take_rate_limit(who)
     headers = {
@@ -190,7 +187,50 @@ def list_issues(request: Request, state: DemoState) -> Response:
     if used > datasets.rate_limit:
         wait = max(1, reset - int(datetime.now(UTC).timestamp()))
         body = {"message": "API rate limit exceeded", "documentation_url": "https://docs.github.com/rest"}
-        return Response(429, body, {**headers, "Retry-After": str(wait)})
+        return headers, Response(429, body, {**headers, "Retry-After": str(wait)})
+    return headers, None
+
+
+def list_org_repos(request: Request, state: DemoState) -> Response:
+    """GitHub's ``GET /orgs/{org}/repos?per_page=&page=``: the org's repositories by name, ``Link``-paged
+    (the parent listing of a sync partitioned per repository)."""
+    datasets = datasets_of(state)
+    org = request.params["org"]
+    names = sorted(repo for repo in datasets.issues if repo.split("/")[0] == org)
+    if not names:
+        return Response(404, {"message": "Not Found", "documentation_url": "https://docs.github.com/rest"})
+    headers, limited = _github_rate_limit(request, datasets)
+    if limited is not None:
+        return limited
+    per_page = min(_int(request, "per_page", 30, 1), 100)
+    page = _int(request, "page", 1, 1)
+    chunk = names[(page - 1) * per_page : page * per_page]
+    repos = [
+        {
+            "id": _digest("repo", full) % 900_000_000 + 100_000_000,
+            "name": full.split("/")[1],
+            "full_name": full,
+            "owner": {"login": org},
+            "private": False,
+            "issues_count": datasets.issues[full].count,
+            "issues_url": f"http://{request.headers.get('host', '127.0.0.1')}/github/repos/{full}/issues",
+        }
+        for full in chunk
+    ]
+    link = _link(request, page, max(1, -(-len(names) // per_page)))
+    return Response(200, repos, {**headers, **({"Link": link} if link else {})})
+
+
+def list_issues(request: Request, state: DemoState) -> Response:
+    """GitHub's ``GET /repos/{owner}/{repo}/issues`` over a generated repository."""
+    datasets = datasets_of(state)
+    repo = f"{request.params['owner']}/{request.params['repo']}"
+    dataset = datasets.issues.get(repo)
+    if dataset is None:
+        return Response(404, {"message": "Not Found", "documentation_url": "https://docs.github.com/rest"})
+    headers, limited = _github_rate_limit(request, datasets)
+    if limited is not None:
+        return limited
     sort, direction = request.query.get("sort", "created"), request.query.get("direction", "desc")
     if sort not in ("created", "updated") or direction not in ("asc", "desc"):
         raise ServiceError(422, "invalid_query", "sort must be created|updated, direction asc|desc")
@@ -362,6 +402,7 @@ def admin_datasets(request: Request, state: DemoState) -> Response:
 
 
 ROUTES: tuple[Route, ...] = (
+    Route("/github/orgs/<org>/repos", list_org_repos, GET),
     Route("/github/repos/<owner>/<repo>/issues", list_issues, GET),
     Route("/stripe/v1/charges", list_charges, GET),
     Route("/crm/contacts", list_contacts, GET),

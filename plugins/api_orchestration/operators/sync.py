@@ -28,6 +28,7 @@ from api_orchestration.connections import ResilientHttpHook, connection_policies
 from api_orchestration.errors import ConfigurationError
 from api_orchestration.operators.http import check_oauth2_conn_id, oauth2_tokens
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.rendering import SandboxedTemplates
 from api_orchestration.state import get_backend
 from api_orchestration.syncs.engine import Source, run_sync
 from api_orchestration.syncs.progress import Progress
@@ -75,7 +76,40 @@ def sink_for(
     raise ConfigurationError(owner, "destination", value, DESTINATION_HELP)
 
 
-class ApiSyncOperator(BaseOperator):
+def page_caller(op: Any, progress: Any) -> tuple[ResilientHttpHook, ResilientCaller]:
+    """The connection's hook and a caller sending pages through the guard of ``op``'s policies.
+
+    ``op`` has the resilience attributes of :class:`ApiSyncOperator` (``http_conn_id``,
+    ``oauth2_conn_id``, ``rate_limit``, ``breaker``, ``retry``, their keys, ``max_sleep``,
+    ``on_circuit_open``, ``max_in_flight``, ``timeout``, ``state_url``); ``progress`` hears every
+    attempt and gets the caller's log lines. A page is never served from a response cache.
+    """
+    hook = ResilientHttpHook(method="GET", http_conn_id=op.http_conn_id)  # policy fields are no headers
+    session = hook.get_conn()
+    policies = connection_policies(op.http_conn_id).under(
+        rate_limit=op.rate_limit, breaker=op.breaker, retry=op.retry, oauth2_conn_id=op.oauth2_conn_id
+    )  # the DAG's own policies win over the connection's
+    backend = get_backend(op.state_url)
+    guard = Guard(
+        backend=backend,
+        tokens=oauth2_tokens(policies.oauth2_conn_id, backend),
+        limit_key=op.rate_limit_key or op.http_conn_id,
+        rate_limit=policies.rate_limit,
+        breaker_key=op.breaker_key or op.http_conn_id,
+        breaker=policies.breaker,
+        retry=policies.retry or RetryPolicy(),
+        max_sleep=op.max_sleep,
+        on_circuit_open=op.on_circuit_open,
+        max_in_flight=op.max_in_flight,
+        listeners=(progress,),
+    )
+    caller = ResilientCaller(
+        session, guard, timeout=op.timeout, send_options=compat.merged_extra(hook), log=progress
+    )
+    return hook, caller
+
+
+class ApiSyncOperator(SandboxedTemplates, BaseOperator):
     """Sync a paginated collection into a table or object storage, incrementally and resumably.
 
     :param endpoint: path on the connection's base URL (templated).
@@ -95,6 +129,8 @@ class ApiSyncOperator(BaseOperator):
     :param partition: the stream partition this task syncs (templated; overrides ``stream.partition``):
         one task per parent record, e.g. ``ApiSyncOperator.partial(...).expand_kwargs([{"endpoint":
         "/repos/a/issues", "partition": "a"}, ...])``; state, checkpoints and marks are per partition.
+    :param item: the partition's item (a builder or spec ``partitions`` fan-out), ``{{ item }}`` in
+        templated fields.
     :param progress_every: seconds between progress lines.
     The resilience parameters are those of :class:`ResilientHttpOperator`.
     """
@@ -135,6 +171,7 @@ class ApiSyncOperator(BaseOperator):
         on_circuit_open: str = "fail",
         manual_window: timedelta = timedelta(hours=24),
         partition: str | None = None,
+        item: Any = None,
         progress_every: float = 5.0,
         state_url: str | None = None,
         **kwargs: Any,
@@ -174,7 +211,11 @@ class ApiSyncOperator(BaseOperator):
         self.max_in_flight = max_in_flight
         self.max_sleep, self.on_circuit_open = float(max_sleep), on_circuit_open
         self.manual_window, self.progress_every, self.state_url = manual_window, progress_every, state_url
-        self.partition = partition
+        self.partition, self.item = partition, item
+
+    def template_context(self, context: Any) -> None:
+        # plain and mapped tasks render through here; a mapped task's item is set by now
+        context["item"] = self.item
 
     # -- execution --------------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, Any]:
@@ -207,33 +248,9 @@ class ApiSyncOperator(BaseOperator):
     def _run(self, context: Context) -> dict[str, Any]:
         if self.partition:
             self.stream = dataclasses.replace(self.stream, partition=str(self.partition))
-        hook = ResilientHttpHook(method="GET", http_conn_id=self.http_conn_id)  # policy fields are no headers
-        session = hook.get_conn()
         label = f"{self.stream.name}" + (f"[{self.stream.partition}]" if self.stream.partition else "")
         progress = Progress(self.log, f"sync {label}", every=self.progress_every)
-        policies = connection_policies(self.http_conn_id).under(
-            rate_limit=self.rate_limit,
-            breaker=self.breaker,
-            retry=self.retry,
-            oauth2_conn_id=self.oauth2_conn_id,
-        )  # the DAG's own policies win over the connection's; pages are never served from a cache
-        backend = get_backend(self.state_url)
-        guard = Guard(
-            backend=backend,
-            tokens=oauth2_tokens(policies.oauth2_conn_id, backend),
-            limit_key=self.rate_limit_key or self.http_conn_id,
-            rate_limit=policies.rate_limit,
-            breaker_key=self.breaker_key or self.http_conn_id,
-            breaker=policies.breaker,
-            retry=policies.retry or RetryPolicy(),
-            max_sleep=self.max_sleep,
-            on_circuit_open=self.on_circuit_open,
-            max_in_flight=self.max_in_flight,
-            listeners=(progress,),
-        )
-        caller = ResilientCaller(
-            session, guard, timeout=self.timeout, send_options=compat.merged_extra(hook), log=progress
-        )
+        hook, caller = page_caller(self, progress)
         source = Source(hook.url_from_endpoint(self.endpoint), self.pagination, self.query, self.headers)
         sink = sink_for(
             self.destination, columns=self.columns, keep_raw=self.keep_raw, owner=f"task {self.task_id!r}"

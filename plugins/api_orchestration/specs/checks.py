@@ -65,7 +65,7 @@ def check(spec: WorkflowSpec, dag_id: str) -> list[Problem]:
     for i, step in enumerate(spec.steps):
         where = f"steps[{i}]"
         before = upstream.get(step.name, set())
-        has_item = bool(step.fan_out or step.bulk)
+        has_item = bool(step.fan_out or step.bulk or (step.sync and step.sync.partitions))
         for field, call in (
             ("call", step.call),
             ("fallback", step.fallback),
@@ -218,6 +218,11 @@ def _expressions(step: StepSpec) -> Iterator[tuple[str, str]]:
     for field, mode in (("fan_out", step.fan_out), ("bulk", step.bulk)):
         if mode is not None and isinstance(mode.over, str):
             yield f"{field}.over", mode.over
+    partitions = step.sync.partitions if step.sync is not None else None
+    if partitions is not None and isinstance(partitions.over, str):
+        yield "sync.partitions.over", partitions.over
+    if partitions is not None and partitions.key is not None:
+        yield "sync.partitions.key", partitions.key
     if step.poll is not None:
         for field in ("success", "failure", "status", "result"):
             if (expression := getattr(step.poll, field)) is not None:
@@ -229,7 +234,9 @@ def _jmespath(expression: str, before: set[str], names: set[str], field: str) ->
         parsed = jmespath.compile(expression).parsed
     except jmespath.exceptions.JMESPathError as exc:
         return [f"is not a valid JMESPath expression ({str(exc).splitlines()[0]}), got {expression!r}"]
-    if field == "output" or field.startswith("poll."):  # apply to responses, not to conf/params/results
+    if field in ("output", "sync.partitions.key") or field.startswith(
+        "poll."
+    ):  # not over conf/params/results
         return []
     problems = []
     for chain in _field_chains(parsed):

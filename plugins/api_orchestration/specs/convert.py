@@ -22,10 +22,17 @@ from api_orchestration.policy import (
     RateLimit,
     RetryPolicy,
 )
-from api_orchestration.specs.model import CallSpec, ScheduleSpec, StepSpec, SyncSpec, WorkflowSpec
+from api_orchestration.specs.model import (
+    CallSpec,
+    PartitionsSpec,
+    ScheduleSpec,
+    StepSpec,
+    SyncSpec,
+    WorkflowSpec,
+)
 from api_orchestration.specs.problems import Problem, shown
 from api_orchestration.syncs.stream import Stream
-from api_orchestration.workflows.model import Bulk, Call, FanOut, Step, Sync, Workflow
+from api_orchestration.workflows.model import Bulk, Call, FanOut, Partitions, Step, Sync, Workflow
 
 T = TypeVar("T")
 
@@ -160,7 +167,7 @@ def _sync(c: _Collector, path: str, spec: SyncSpec | None) -> Sync | None:
         return None
     fields = spec.model_dump(
         exclude_none=True,
-        exclude={"stream", "destination", "columns", "keep_raw", "asset", "lookback_seconds"},
+        exclude={"stream", "destination", "columns", "keep_raw", "asset", "lookback_seconds", "partitions"},
     )
     if spec.lookback_seconds is not None:
         fields["lookback"] = dt.timedelta(seconds=spec.lookback_seconds)
@@ -175,10 +182,31 @@ def _sync(c: _Collector, path: str, spec: SyncSpec | None) -> Sync | None:
         from api_orchestration.operators.sync import sink_for
 
         c.make(path, sink_for, spec.destination, owner="sync")
-    extra = {"keep_raw": spec.keep_raw} if spec.keep_raw is not None else {}
+    extra: dict[str, Any] = {"keep_raw": spec.keep_raw} if spec.keep_raw is not None else {}
+    if spec.partitions is not None:
+        extra["partitions"] = _partitions(c, f"{path}.partitions", spec.partitions)
+        if extra["partitions"] is None:
+            return None
     return c.make(
         path, Sync, stream, destination=spec.destination, columns=spec.columns, asset=spec.asset, **extra
     )
+
+
+def _partitions(c: _Collector, path: str, spec: PartitionsSpec) -> Partitions | None:
+    parent = None
+    if spec.parent is not None:
+        p = spec.parent
+        paginate = c.make(f"{path}.parent.paginate", Pagination, **p.paginate.model_dump(exclude_none=True))
+        if paginate is None:
+            return None
+        parent = c.make(
+            f"{path}.parent", Call, "GET", p.path, query=p.query, headers=p.headers, conn_id=p.conn_id,
+            oauth2_conn_id=p.oauth2_conn_id, paginate=paginate,
+        )  # fmt: skip
+        if parent is None:
+            return None
+    fields = spec.model_dump(exclude_none=True, exclude={"parent"})
+    return c.make(path, Partitions, parent=parent, **fields)
 
 
 def _step(c: _Collector, path: str, s: StepSpec) -> Step | None:

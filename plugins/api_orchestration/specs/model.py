@@ -147,6 +147,37 @@ class CallSpec(_Spec):
     )
 
 
+class ParentCallSpec(_Spec):
+    """The paginated GET whose records are a sync's partitions (e.g. an org's repositories)."""
+
+    path: str = Field(description="appended to the connection's base URL, e.g. /orgs/acme/repos")
+    conn_id: str | None = Field(None, description="Airflow Connection id (default: the sync call's)")
+    oauth2_conn_id: str | None = Field(
+        None, description="OAuth2 client Connection id (default: the sync call's)"
+    )
+    headers: dict[str, str] | None = Field(None, description="extra headers")
+    query: dict[str, Any] | None = Field(None, description="query-string parameters")
+    paginate: PaginateSpec = Field(description="how the listing pages")
+
+
+class PartitionsSpec(_Spec):
+    """Sync once per partition (a mapped task each): its own cursor, checkpoint, rows, status row."""
+
+    over: Any = Field(
+        None,
+        description="a list, or a JMESPath over conf, params and results, e.g. conf.repos",
+        json_schema_extra=_OVER,
+    )
+    parent: ParentCallSpec | None = Field(
+        None, description="a paginated GET whose records are the partitions (instead of over)"
+    )
+    key: str | None = Field(
+        None, description="JMESPath giving each item's label, e.g. name (default: the item itself)"
+    )
+    max_active: int | None = Field(None, description="partitions syncing at once (8)")
+    max_partitions: int | None = Field(None, description="more partitions fail the step (1000)")
+
+
 class SyncSpec(_Spec):
     """The step's paginated GET becomes a recurring, incremental, resumable sync into a sink."""
 
@@ -182,6 +213,10 @@ class SyncSpec(_Spec):
     )
     keep_raw: bool | None = Field(None, description="keep each record as JSON in _raw (true)")
     asset: str | None = Field(None, description="asset updated (with window, cursor, rows) after each run")
+    partitions: PartitionsSpec | None = Field(
+        None,
+        description="one sync per partition, {{ item }} in the call: a list, conf/results, or a parent call",
+    )
 
     _lists = field_validator("primary_key", mode="before")(_as_list)
 

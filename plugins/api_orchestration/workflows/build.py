@@ -6,6 +6,8 @@ Each step becomes a task named after it, so the graph shows the workflow's shape
   ``call.paginate``, every page of the call (the result: the records of all pages, see ``operators.paging``);
 - a poll step -> ``PollingHttpOperator`` (a ``StepOperator`` that submits, polls until done, fetches);
 - a bulk step -> ``BulkHttpOperator`` (every call in one task; ``items_from``: over a paginated list);
+- a sync step -> ``ApiSyncOperator``; with partitions, ``<step>_partitions`` (the list) -> ``<step>``
+  (mapped: one sync per partition);
 - a merge step -> a task returning ``{step: result}`` for the merged steps;
 - a fan-out step -> ``<step>_items`` (the list) -> ``<step>_each`` (mapped, ``max_active`` at once)
   -> ``<step>`` (collects results, fails past ``tolerate_failures``);
@@ -122,7 +124,7 @@ def _step_task(wf: Workflow, step: Step, dag: DAG, saga: bool) -> tuple[Any, Any
         return task, task
     assert step.call is not None
     if step.sync is not None:
-        return (task := _sync_task(wf, step, dag)), task
+        return _sync_task(wf, step, dag)
     if step.bulk is not None:
         listing = step.bulk.items_from
         over: Any = step.bulk.over
@@ -180,19 +182,47 @@ def _sync_policies(wf: Workflow, step: Step) -> dict[str, Any]:
     return policies
 
 
-def _sync_task(wf: Workflow, step: Step, dag: DAG) -> Any:
+def _sync_task(wf: Workflow, step: Step, dag: DAG) -> tuple[Any, Any]:
+    """A sync step: one ``ApiSyncOperator``; with partitions, ``<step>_partitions`` (the list) ->
+    ``<step>`` mapped over it (one sync per partition, ``max_active`` at once)."""
     from airflow.sdk import Asset
 
+    from api_orchestration.operators.partitions import SyncPartitionsOperator
     from api_orchestration.operators.sync import ApiSyncOperator
 
     call, sync = step.call, step.sync
     assert call is not None and sync is not None and call.paginate is not None
-    return ApiSyncOperator(
-        task_id=step.name, dag=dag, endpoint=call.path, http_conn_id=call.conn_id or wf.conn_id,
-        oauth2_conn_id=call.oauth2_conn_id or wf.oauth2_conn_id, query=call.query, headers=call.headers, pagination=call.paginate, stream=sync.stream,
-        destination=sync.destination, columns=sync.columns, keep_raw=sync.keep_raw,
-        outlets=[Asset(sync.asset)] if sync.asset else [], **_sync_policies(wf, step),
+    conn = {
+        "http_conn_id": call.conn_id or wf.conn_id,
+        "oauth2_conn_id": call.oauth2_conn_id or wf.oauth2_conn_id,
+    }
+    kwargs = dict(
+        task_id=step.name, dag=dag, endpoint=call.path, query=call.query, headers=call.headers,
+        pagination=call.paginate, stream=sync.stream, destination=sync.destination, columns=sync.columns,
+        keep_raw=sync.keep_raw, outlets=[Asset(sync.asset)] if sync.asset else [], **conn, **_sync_policies(wf, step),
     )  # fmt: skip
+    parts = sync.partitions
+    if parts is None:
+        task = ApiSyncOperator(**kwargs)
+        return task, task
+    parent = parts.parent
+    if parent is not None:  # its own connection if it names one, else the sync call's
+        conn = {
+            "http_conn_id": parent.conn_id or conn["http_conn_id"],
+            "oauth2_conn_id": parent.oauth2_conn_id or conn["oauth2_conn_id"],
+        }
+    listing = SyncPartitionsOperator(
+        task_id=f"{step.name}_partitions", dag=dag, step=step.name, over=parts.over, key=parts.key,
+        inputs=wf.upstream(step.name), max_partitions=parts.max_partitions,
+        parent_endpoint=parent.path if parent else None, parent_query=parent.query if parent else None,
+        parent_headers=parent.headers if parent else None, parent_pagination=parent.paginate if parent else None,
+        **conn, **_sync_policies(wf, step),
+    )  # fmt: skip
+    each = ApiSyncOperator.partial(max_active_tis_per_dagrun=parts.max_active, **kwargs).expand_kwargs(
+        listing.output
+    )
+    listing >> each
+    return listing, each
 
 
 def build(workflow: Workflow, **dag_kwargs: Any) -> DAG:

@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import jmespath
+from jmespath.exceptions import JMESPathError
+
 from api_orchestration.calls.pagination import PageOutput, Pagination
 from api_orchestration.errors import ConfigurationError, did_you_mean
 from api_orchestration.policy import (
@@ -22,7 +25,18 @@ from api_orchestration.policy import (
 )
 from api_orchestration.syncs.stream import Stream
 
-__all__ = ["Bulk", "Call", "FanOut", "Poll", "Step", "Sync", "Workflow", "allowed_failures", "result"]
+__all__ = [
+    "Bulk",
+    "Call",
+    "FanOut",
+    "Partitions",
+    "Poll",
+    "Step",
+    "Sync",
+    "Workflow",
+    "allowed_failures",
+    "result",
+]
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
@@ -159,15 +173,93 @@ def _check_items(owner: str, over: Any, tolerate: Any) -> None:
 
 
 @dataclass(frozen=True)
+class Partitions:
+    """Sync once per partition (e.g. per repository), as a fan-out of mapped tasks: each partition
+    has its own checkpoint and cursor, its rows (``_partition`` in tables, a folder in files), its
+    progress line, status row and asset event. The partitions are one of:
+
+    - ``over``: a list (static), or a JMESPath over ``conf`` (``dag_run.conf``), ``params`` and
+      upstream ``results`` such as ``"conf.repos"``;
+    - ``parent``: a paginated GET whose records are the partitions (``GET /orgs/acme/repos``), each
+      page a guarded call like the sync's own.
+
+    Each partition is ``{{ item }}`` in the sync call's templates (``/repos/{{ item.full_name }}/issues``);
+    ``key`` (JMESPath over the item) gives its label (default: the item itself, a string or integer).
+    At most ``max_active`` partitions sync at once; more than ``max_partitions`` fail the step.
+    """
+
+    over: list[Any] | str | None = None
+    parent: Call | None = None
+    key: str | None = None
+    max_active: int = 8
+    max_partitions: int = 1000
+
+    def __post_init__(self) -> None:
+        o = "Partitions"
+        if (self.over is None) == (self.parent is None):
+            raise ConfigurationError(
+                o,
+                "over/parent",
+                None,
+                "needs exactly one of over (a list or a JMESPath) or parent (a paginated call)",
+            )
+        if self.over is not None and not (
+            (isinstance(self.over, list) and self.over) or (isinstance(self.over, str) and self.over.strip())
+        ):
+            raise ConfigurationError(
+                o, "over", self.over, "must be a non-empty list, or a JMESPath such as conf.repos"
+            )
+        if self.parent is not None:
+            if not isinstance(self.parent, Call):
+                raise ConfigurationError(o, "parent", self.parent, "must be a Call(GET, path, paginate=...)")
+            if self.parent.method != "GET" or self.parent.paginate is None:
+                raise ConfigurationError(
+                    o, "parent.paginate", self.parent.paginate,
+                    "is required: the parent is a paginated GET whose records are the partitions, "
+                    "e.g. paginate: {style: link_header}",
+                )  # fmt: skip
+        for expression, name in (
+            (self.key, "key"),
+            (self.over if isinstance(self.over, str) else None, "over"),
+        ):
+            if expression is not None:
+                try:
+                    jmespath.compile(expression)
+                except (JMESPathError, TypeError, AttributeError) as exc:
+                    raise ConfigurationError(
+                        o, name, expression, f"must be a JMESPath expression ({exc})"
+                    ) from None
+        if isinstance(self.over, list) and self.key is None:
+            bad = [i for i, item in enumerate(self.over) if not _label_value(item)]
+            if bad:
+                raise ConfigurationError(
+                    o, f"over[{bad[0]}]", self.over[bad[0]],
+                    "must be a string or integer label, or set key: a JMESPath giving each item's label",
+                )  # fmt: skip
+        for name, value in (("max_active", self.max_active), ("max_partitions", self.max_partitions)):
+            if not _count(value):
+                raise ConfigurationError(o, name, value, "must be an integer >= 1")
+
+
+def _label_value(value: Any) -> bool:
+    """A usable partition label: a non-empty string or an integer."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, str) and bool(value.strip()))
+
+
+@dataclass(frozen=True)
 class Sync:
     """Make the step's paginated GET a recurring sync: ``stream`` into ``destination`` (see
-    ``ApiSyncOperator``), with an asset event on ``asset`` (a name) after each successful run."""
+    ``ApiSyncOperator``), with an asset event on ``asset`` (a name) after each successful run;
+    ``partitions`` runs it once per partition (see :class:`Partitions`)."""
 
     stream: Stream
     destination: str | None = None
     columns: dict[str, str] | None = None
     keep_raw: bool = True
     asset: str | None = None
+    partitions: Partitions | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.stream, Stream):
@@ -176,6 +268,16 @@ class Sync:
             )
         if self.asset is not None and not (isinstance(self.asset, str) and self.asset.strip()):
             raise ConfigurationError("Sync", "asset", self.asset, "must be an asset name")
+        if self.partitions is not None:
+            if not isinstance(self.partitions, Partitions):
+                raise ConfigurationError(
+                    "Sync", "partitions", self.partitions, "must be a Partitions(over=...) or Partitions(parent=...)"
+                )  # fmt: skip
+            if self.stream.partition:
+                raise ConfigurationError(
+                    "Sync", "partition", self.stream.partition,
+                    "must not be set with partitions: each partition's label comes from partitions",
+                )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -401,6 +503,15 @@ def _check_sync(where: str, s: Step) -> None:
         raise ConfigurationError(
             where, "call.method", s.call.method, "must be GET for a sync step", step=s.name
         )
+    if s.sync.partitions is not None:
+        templates = repr((s.call.path, s.call.query, s.call.headers))
+        if "item" not in templates:
+            raise ConfigurationError(
+                where, "call.path", s.call.path,
+                "must use {{ item }} (in the path, query or headers) when sync.partitions is set, so each "
+                "partition fetches its own records, e.g. /repos/{{ item.full_name }}/issues",
+                step=s.name,
+            )  # fmt: skip
     for param, value in (
         ("fan_out", s.fan_out),
         ("bulk", s.bulk),

@@ -1,7 +1,7 @@
 """What workflow templates may use, and a static check of a template against it.
 
 Step templates render with Airflow's context plus ``results`` (upstream step results, pulled
-lazily: ``{{ results.user.id }}``) and, in fan-out and bulk steps, ``item``. Specs are checked
+lazily: ``{{ results.user.id }}``) and, in fan-out, bulk and partitioned sync steps, ``item``. Specs are checked
 before any DAG exists: syntax, unknown variables, ``item`` outside a fan-out, and ``results.<step>``
 naming a step that does not run before this one; and templates that reach Python internals
 (attributes starting with ``_`` such as ``__globals__`` or ``__class__``, ``mro``, frame and code
@@ -61,7 +61,9 @@ def template_problems(text: str, *, steps_before: set[str], all_steps: set[str],
     allowed = AIRFLOW_CONTEXT | STEP_VARIABLES | _JINJA_GLOBALS
     for name in sorted(meta.find_undeclared_variables(tree)):
         if name in ("item", "index") and not has_item:
-            problems.append(f"template uses {name!r}, which exists only in fan_out and bulk steps")
+            problems.append(
+                f"template uses {name!r}, which exists only in fan_out, bulk and partitioned sync steps"
+            )
         elif name not in allowed:
             hint = (
                 _HINTS.get(name)

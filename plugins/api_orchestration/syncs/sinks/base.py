@@ -8,7 +8,8 @@ commits the stream's high-water mark, in the same transaction.
 Columns are declared (``{"id": "integer", "title": "text"}``) or inferred from the records: a new
 field adds a column of its inferred type; a value that does not fit its column's type is stored as
 NULL there, and the whole record is kept as JSON in ``_raw`` (``keep_raw``), so nothing fails and
-nothing is lost.
+nothing is lost. A partitioned stream's rows carry its label in ``_partition``, which a primary key
+may name (``("_partition", "number")``: ids that are unique only within their parent).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from api_orchestration.syncs.checkpoint import Checkpoint
 from api_orchestration.syncs.stream import Stream
 
 RAW_COLUMN = "_raw"
+PARTITION_COLUMN = "_partition"  # a partitioned stream's label on each of its rows (tables)
 
 
 class ColumnType(StrEnum):
@@ -108,6 +110,8 @@ _NOT_WORD = re.compile(r"\W+")
 
 def column_name(field: str) -> str:
     """A safe SQL column name for a record field (``+1`` -> ``_1``, ``Created At`` -> ``created_at``)."""
+    if field == PARTITION_COLUMN:
+        return field
     name = _NOT_WORD.sub("_", field).strip("_").lower() or "field"
     return f"_{name}" if name[0].isdigit() else name
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from api_orchestration.syncs.checkpoint import Checkpoint, RunStatus
 from api_orchestration.syncs.sinks.base import (
+    PARTITION_COLUMN,
     RAW_COLUMN,
     ColumnType,
     Sink,
@@ -171,6 +172,8 @@ class SqlSink(Sink):
                     self._ensure_table(stream, records)
                 if self.infer:
                     self._add_columns(stream, self._new_fields(records))
+                if stream.partition and PARTITION_COLUMN not in self._columns:
+                    self._add_columns(stream, {PARTITION_COLUMN: ColumnType.TEXT})
                 fields, sql = self._upsert(stream)
                 rows = self._rows(stream, records, fields)
                 self._write_rows(sql, rows, len(fields) + self.keep_raw)
@@ -205,13 +208,15 @@ class SqlSink(Sink):
         pairs = [(f, converter(self._columns[f])) for f in fields]
         by_key: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # one row per key per statement (last wins)
         pk = stream.primary_key
+        label = {PARTITION_COLUMN: stream.partition} if stream.partition else None
         for record in records:
-            key = tuple(record.get(k) for k in pk)
+            fields_of = {**record, **label} if label else record  # the partition's label: a column
+            key = tuple(fields_of.get(k) for k in pk)
             if None in key:
                 raise ValueError(
                     f"stream {stream.name!r}: a record has no primary key {list(pk)}: {_brief(record)}"
                 )
-            get = record.get
+            get = fields_of.get
             row = [convert(get(f)) for f, convert in pairs]
             if self.keep_raw:
                 row.append(json.dumps(record, separators=(",", ":")))
