@@ -124,6 +124,15 @@ def test_airflow_services_run_the_commands_the_native_harness_runs(services, tmp
         assert (
             args[:2] == deployment.WORKER.args and args[args.index("--celery-hostname") + 1] == f"{worker}@%h"
         )
+        # the default queue, which compose's workers serve too, plus its own (tests pin tasks with it)
+        assert args[args.index(deployment.QUEUES_FLAG) + 1].split(",") == [deployment.DEFAULT_QUEUE, worker]
+    assert deployment.QUEUES_FLAG not in command_of(
+        services[deployment.WORKER.service]
+    )  # replicas: default only
+    assert (
+        env_of(services[deployment.WORKER.service])["AIRFLOW__OPERATORS__DEFAULT_QUEUE"]
+        == deployment.DEFAULT_QUEUE
+    )
     assert command_of(services["flower"]) == list(deployment.FLOWER.args)
     assert services["flower"]["profiles"] == ["flower"]
     init = " ".join(command_of(services["airflow-init"]))

@@ -115,7 +115,8 @@ class LocalAirflow:
     ``airflow`` is the Airflow CLI to run (default: this interpreter's), e.g. another virtualenv's
     ``bin/airflow``. ``executor`` sets ``[core] executor`` (default: LocalExecutor, from :func:`airflow_env`).
     ``workers`` names Celery workers to start (CeleryExecutor only): process ``worker-<name>``,
-    ``airflow celery worker --celery-hostname <name>@%h --concurrency <worker_concurrency>``.
+    ``airflow celery worker --celery-hostname <name>@%h --concurrency <worker_concurrency> --queues default,<name>``
+    (a task with ``queue="<name>"`` runs on that worker).
     Each reports its task instances' ``hostname`` as ``<name>@<fqdn>``
     (:func:`devtools.deployment.worker_hostname`), as separate hosts would differ. The broker,
     result backend and metadata DB come from ``extra_env``: see :meth:`distributed`.
@@ -272,6 +273,7 @@ class LocalAirflow:
                 *deployment.WORKER.args,
                 "--celery-hostname", f"{name}@%h",
                 "--concurrency", str(self.worker_concurrency),
+                deployment.QUEUES_FLAG, deployment.worker_queues(name),  # the default queue and its own
                 # Workers share this machine's log folder (the api-server reads task logs from it),
                 # and two log servers cannot share one port.
                 "--skip-serve-logs",

@@ -73,6 +73,19 @@ OTHER_SECRETS: tuple[str, ...] = ("POSTGRES_PASSWORD", "AIRFLOW_ADMIN_PASSWORD")
 SECRET_VARS: tuple[str, ...] = (*SECRET_SETTINGS.values(), *OTHER_SECRETS)
 
 
+# Celery queues. Every worker serves DEFAULT_QUEUE (``[operators] default_queue``: tasks that set no
+# ``queue``). The native harness's workers also serve a queue named after themselves, so a test can
+# pin a task to one worker (``queue="w1"``); compose's workers are identical replicas (--scale) and
+# serve the default queue only: a dedicated worker there is a service with ``--queues <name>``.
+DEFAULT_QUEUE = "default"
+QUEUES_FLAG = "--queues"
+
+
+def worker_queues(name: str) -> str:
+    """The ``--queues`` value of the native worker ``name``: the default queue and its own."""
+    return f"{DEFAULT_QUEUE},{name}"
+
+
 SHARED_DIR = "/opt/airflow/shared"  # compose: a volume every Airflow container mounts (bulk results)
 
 
@@ -152,6 +165,7 @@ def airflow_settings(site: Site, secret_values: Mapping[str, str]) -> dict[str, 
         "AIRFLOW__API_ORCHESTRATION__STATE_URL": state_url(site),
         "AIRFLOW_CONN_DEMO_API": demo_api_connection(site),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__OPERATORS__DEFAULT_QUEUE": DEFAULT_QUEUE,  # the queue every worker serves
         "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": site.passwords_file,

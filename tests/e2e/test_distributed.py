@@ -10,11 +10,14 @@ API's own records:
 a. a fan-out whose mapped tasks run on both workers keeps the shared rate limit at the server;
 b. after a downed service opened the breaker, each half-open round let only ``half_open_calls``
    trial calls reach it, although tasks on both workers were waiting;
-c. ``order_saga`` with an out-of-stock SKU compensates: the charge is refunded, the ledger nets to 0.
+c. ``order_saga`` with an out-of-stock SKU compensates: the charge is refunded, the ledger nets to 0;
+d. a sync on worker w1 writes to the object-storage sink (the shared ``results_url``), and a task on
+   worker w2 (Celery queues named after the workers) reads it back through the XCom manifest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -24,8 +27,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import pendulum
 import pytest
 import requests
+from airflow.sdk import ObjectStoragePath
 from conftest import REPO, fresh_postgres_database
 from devtools import deployment
 from devtools.cluster import LocalAirflow, free_port
@@ -85,6 +90,54 @@ TEST_DAGS = textwrap.dedent(
 )
 
 
+# d. A sync on w1 writes to the object-storage sink (destination "files": under the shared
+#    results_url); a task on w2 reads the parts back through the XCom manifest and verifies them.
+HANDOFF_DAG = textwrap.dedent(
+    """
+    from datetime import timedelta
+
+    from airflow.sdk import DAG, ObjectStoragePath, task
+
+    from api_orchestration.calls.pagination import Pagination
+    from api_orchestration.operators.sync import ApiSyncOperator
+    from api_orchestration.syncs.sinks.files import read_parts
+    from api_orchestration.syncs.stream import Stream
+
+    with DAG("dist_sync_handoff", schedule=None, start_date=START):
+        written = ApiSyncOperator(
+            task_id="write",
+            queue="w1",  # only worker w1 serves this queue
+            http_conn_id="demo_api",
+            endpoint="/stripe/v1/charges",  # charges never change: the window's records are fixed
+            pagination=Pagination("cursor", records="data", cursor_path="data[-1].id", cursor_param="starting_after",
+                                  has_more_path="has_more", page_size=100, size_param="limit"),
+            stream=Stream("dist_charges", primary_key="id", cursor_field="created", mode="interval",
+                          since_param="created[gte]", until_param="created[lt]", param_format="epoch"),
+            destination="files",
+            manual_window=timedelta(minutes=5),  # a run without a data interval: the last 5 minutes
+        )
+
+        @task(queue="w2")
+        def read_back(manifest: dict) -> dict:
+            import hashlib
+            import json
+
+            records = read_parts(manifest["parts"])
+            ids = sorted(r["id"] for r in records)
+            if len(ids) != manifest["rows"] or len(set(ids)) != len(ids):
+                raise ValueError(f"{len(ids)} records ({len(set(ids))} distinct), the manifest says {manifest['rows']}")
+            folder = ObjectStoragePath(manifest["parts"][0]).parent
+            on_storage = json.loads((folder / "_manifest.json").read_text())
+            if (on_storage["checksum"], on_storage["rows"]) != (manifest["checksum"], manifest["rows"]):
+                raise ValueError(f"the stored manifest {on_storage} does not match XCom's {manifest}")
+            digest = hashlib.sha256(b"".join(ObjectStoragePath(u).read_bytes() for u in manifest["parts"]))
+            return {"ids": ids, "created": [r["created"] for r in records], "parts_sha256": digest.hexdigest()}
+
+        read_back(written.output)
+    """
+)
+
+
 @dataclass
 class Distributed:
     airflow: LocalAirflow
@@ -135,7 +188,7 @@ def distributed(tmp_path_factory, demo_server, postgres_db, redis_keys) -> Itera
     dags = base / "dags"
     dags.mkdir()
     shutil.copy(REPO / "dags" / "order_saga.py", dags / "order_saga.py")
-    (dags / "distributed_test_dags.py").write_text(TEST_DAGS)
+    (dags / "distributed_test_dags.py").write_text(TEST_DAGS + HANDOFF_DAG)
     redis_url = urlsplit(redis_keys)
     redis_db = int(redis_url.path.strip("/") or 0)
     site = deployment.Site(
@@ -171,10 +224,11 @@ def distributed(tmp_path_factory, demo_server, postgres_db, redis_keys) -> Itera
         print(f"\ndistributed Airflow healthy after {airflow.startup_seconds:.1f} s: {airflow.worker_nodes}")
         cluster = Distributed(airflow, demo_server.url)
         client = airflow.client()
-        for dag_id in ("dist_fanout", "dist_breaker", "order_saga"):
+        for dag_id in ("dist_fanout", "dist_breaker", "order_saga", "dist_sync_handoff"):
             client.wait_for_dag(dag_id, timeout=120)
             client.unpause(dag_id)
         cluster.runs["dist_fanout"] = client.trigger("dist_fanout")
+        cluster.runs["dist_sync_handoff"] = client.trigger("dist_sync_handoff")
         cluster.runs["dist_breaker"] = client.trigger("dist_breaker")
         cluster.runs["order_saga"] = client.trigger("order_saga", conf=ORDER)
         yield cluster
@@ -272,3 +326,38 @@ def _clusters(times: list[float], gap: float) -> list[list[float]]:
         else:
             groups.append([t])
     return groups
+
+
+def test_a_sync_written_on_one_worker_is_read_back_on_the_other(distributed):
+    assert distributed.wait("dist_sync_handoff") == "success"
+    tis = {ti["task_id"]: ti for ti in distributed.task_instances("dist_sync_handoff")}
+    hosts = {task: tis[task]["hostname"] for task in ("write", "read_back")}
+    print(f"\nsync handoff: written on {hosts['write']}, read back on {hosts['read_back']}")
+    assert hosts["write"].startswith("w1@") and hosts["read_back"].startswith("w2@"), hosts
+    assert hosts["write"] != hosts["read_back"]
+    client = distributed.airflow.client()
+    run_id = distributed.runs["dist_sync_handoff"]
+    manifest = client.xcom("dist_sync_handoff", run_id, "write")
+    read = client.xcom("dist_sync_handoff", run_id, "read_back")
+    shared = distributed.airflow.env["AIRFLOW__API_ORCHESTRATION__RESULTS_URL"]
+    assert manifest["uri"].startswith(shared.rstrip("/") + "/syncs/dist_charges"), manifest["uri"]
+    assert manifest["parts"] and all(p.startswith(manifest["uri"]) for p in manifest["parts"])
+    # The demo API's own records of the window (charges never change) are exactly what was read back.
+    start, end = (int(pendulum.parse(manifest["window"][k]).timestamp()) for k in ("start", "end"))
+    expected = _charges_between(distributed.demo_url, start, end)
+    assert manifest["rows"] == len(expected) > 0
+    assert read["ids"] == sorted(expected) and all(start <= c < end for c in read["created"])
+    parts = b"".join(ObjectStoragePath(u).read_bytes() for u in manifest["parts"])
+    assert read["parts_sha256"] == hashlib.sha256(parts).hexdigest()  # the bytes w1 wrote
+
+
+def _charges_between(demo_url: str, start: int, end: int) -> list[str]:
+    """Ground truth, read by hand: the ids of the charges created in ``[start, end)``."""
+    ids: list[str] = []
+    params: dict = {"limit": 100, "created[gte]": start, "created[lt]": end}
+    while True:
+        page = requests.get(f"{demo_url}/stripe/v1/charges", params=params, timeout=10).json()
+        ids += [c["id"] for c in page["data"]]
+        if not page["has_more"]:
+            return ids
+        params["starting_after"] = page["data"][-1]["id"]

@@ -293,3 +293,86 @@ def test_a_poll_step_defers_between_polls_on_the_real_triggerer(airflow, demo_se
     text = client.log("e2e_export_poll", run_id, "export", 1)
     assert "deferring" in text and "polling /exports/" in text and "resumed after deferral" in text
     assert "the job succeeded" in text
+
+
+def _github_issues(demo_url: str, start, end) -> dict[int, str]:
+    """Ground truth, read by hand: ``{number: updated_at}`` of acme/widgets' issues updated in ``[start, end)``."""
+    stamp = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    url = f"{demo_url}/github/repos/acme/widgets/issues"
+    params: dict | None = {
+        "state": "all",
+        "sort": "updated",
+        "direction": "asc",
+        "per_page": 100,
+        "since": stamp(start),
+    }
+    found: dict[int, str] = {}
+    while url:
+        response = requests.get(url, params=params, timeout=10)
+        page = response.json()
+        found.update((i["number"], i["updated_at"]) for i in page if i["updated_at"] < stamp(end))
+        ended = any(i["updated_at"] >= stamp(end) for i in page)
+        url, params = (None if ended else response.links.get("next", {}).get("url")), None
+    return found
+
+
+def test_a_backfill_of_three_intervals_through_the_scheduler_syncs_exactly_them(
+    airflow, demo_server, tmp_path
+):
+    """``POST /api/v2/backfills`` over three hourly intervals of the interval-mode example sync: the
+    scheduler creates and runs the three runs; the table holds exactly those intervals' issues (by
+    the demo API's own listing) and each run's asset event carries its window."""
+    import sqlite3
+
+    import pendulum
+
+    epoch = pendulum.from_timestamp(int(demo_server.state.started_at), tz="UTC")
+    settings = f"{demo_server.url}/admin/datasets"
+    # the clock stands still: each window's issues stay the same while the runs and the check read them
+    requests.post(settings, json={"now": epoch.subtract(seconds=1).isoformat()}, timeout=5).raise_for_status()
+    try:
+        client = airflow.client()
+        client.wait_for_dag("github_issues_sync", timeout=120)
+        first = epoch.start_of("hour").subtract(hours=6)
+        db = tmp_path / "backfill.db"
+        backfill = client._json(
+            "POST", "/api/v2/backfills",
+            json={"dag_id": "github_issues_sync", "from_date": first.isoformat(),
+                  "to_date": first.add(hours=2).isoformat(), "dag_run_conf": {"destination": f"sqlite:///{db}"},
+                  "reprocess_behavior": "none", "max_active_runs": 3},
+        )  # fmt: skip
+        done = _wait_for(
+            lambda: client._json("GET", f"/api/v2/backfills/{backfill['id']}").get("completed_at"),
+            timeout=240,
+        )
+        assert done
+        runs = [
+            r for r in client._paged("/api/v2/dags/github_issues_sync/dagRuns", "dag_runs")
+            if r["run_type"] == "backfill"
+        ]  # fmt: skip
+        assert sorted(r["state"] for r in runs) == ["success"] * 3, runs
+        windows = sorted(
+            (pendulum.parse(r["data_interval_start"]), pendulum.parse(r["data_interval_end"])) for r in runs
+        )
+        assert windows == [(first.add(hours=i), first.add(hours=i + 1)) for i in range(3)], windows
+
+        truth = [_github_issues(demo_server.url, start, end) for start, end in windows]
+        assert all(len(t) > 900 for t in truth)
+        with sqlite3.connect(db) as conn:
+            stored = dict(conn.execute("SELECT number, updated_at FROM github_issues"))
+        expected = {n: u for t in truth for n, u in t.items()}
+        assert len(expected) == sum(len(t) for t in truth)  # the intervals do not overlap
+        assert stored == expected  # exactly the three intervals: no gap, no duplicate, nothing else
+
+        run_ids = {r["dag_run_id"] for r in runs}
+        events = [
+            e for e in client._paged("/api/v2/assets/events", "asset_events", {"source_dag_id": "github_issues_sync"})
+            if e["source_run_id"] in run_ids
+        ]  # fmt: skip
+        by_window = {(e["extra"]["window"]["start"], e["extra"]["window"]["end"]): e["extra"] for e in events}
+        assert len(events) == 3 and sorted(by_window) == [(s.isoformat(), e.isoformat()) for s, e in windows]
+        for (start, end), t in zip(windows, truth, strict=True):
+            extra = by_window[start.isoformat(), end.isoformat()]
+            assert extra["rows"] == len(t) and extra["cursor"] == max(t.values()).replace("Z", "+00:00")
+    finally:
+        requests.post(settings, json={"now": None}, timeout=5)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ from api_orchestration.operators.http import UNSAFE_METHODS, check_oauth2_conn_i
 from api_orchestration.operators.paging import PagedItems, PagedList, fetch_pages
 from api_orchestration.operators.step import items_from
 from api_orchestration.operators.templates import UpstreamResults, referenced_results
-from api_orchestration.paths import data_path
+from api_orchestration.paths import data_path, shared_results_url
 from api_orchestration.policy import BreakerPolicy, CachePolicy, RateLimit, RetryPolicy, allowed_failures
 from api_orchestration.rendering import SandboxedNativeEnvironment, SandboxedTemplates
 from api_orchestration.state import get_backend
@@ -70,14 +69,7 @@ def results_base(override: str | None = None) -> str:
     """Where bulk results go, as an ``ObjectStoragePath`` URI: the operator's ``results_url``, else
     ``[api_orchestration] results_url`` (``AIRFLOW__API_ORCHESTRATION__RESULTS_URL``; e.g. ``s3://bucket/x``
     so a task on another worker can read them), else ``file://`` under ``AIRFLOW_HOME``."""
-    if override:
-        return override
-    url = os.environ.get("AIRFLOW__API_ORCHESTRATION__RESULTS_URL")
-    if not url:
-        from airflow.configuration import conf
-
-        url = conf.get("api_orchestration", "results_url", fallback=None)
-    return url or results_dir().as_uri()
+    return override or shared_results_url() or results_dir().as_uri()
 
 
 def join_url(base_url: str, endpoint: str) -> str:

@@ -39,7 +39,7 @@ from api_orchestration.syncs.stream import Stream, SyncMode
 
 DESTINATION_HELP = (
     "must be '' or 'sqlite' (the embedded default), 'sqlite:///<path>', 'postgres://<airflow conn id>[/<schema>]', "
-    "'files' (under AIRFLOW_HOME) or an object-storage URI such as 'file:///data/syncs' or 's3://bucket/prefix'"
+    "'files' (under [api_orchestration] results_url, else AIRFLOW_HOME) or an object-storage URI such as 'file:///data/syncs' or 's3://bucket/prefix'"
 )
 
 

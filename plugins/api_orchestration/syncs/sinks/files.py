@@ -25,15 +25,18 @@ from api_orchestration.syncs.stream import Stream, SyncMode, Window, window_slot
 
 
 class FileSink(Sink):
-    """JSON-lines parts under ``base`` (a URI or path; default ``$AIRFLOW_HOME/api_orchestration/syncs``)."""
+    """JSON-lines parts under ``base`` (a URI or path; default ``<results_url>/syncs`` when
+    ``[api_orchestration] results_url`` is set, so any worker reads them, else
+    ``$AIRFLOW_HOME/api_orchestration/syncs``)."""
 
     def __init__(self, base: str | None = None, *, compress: bool = True) -> None:
         from airflow.sdk import ObjectStoragePath
 
         if base is None:
-            from api_orchestration.paths import data_path
+            from api_orchestration.paths import data_path, shared_results_url
 
-            base = data_path("syncs").as_uri()
+            shared = shared_results_url()
+            base = f"{shared.rstrip('/')}/syncs" if shared else data_path("syncs").as_uri()
         self.root = ObjectStoragePath(base)
         self.uri = str(self.root)
         self.compress = compress
