@@ -351,7 +351,8 @@ def test_paged_items_keep_a_few_pages_in_memory(tmp_path):
                 "call": {"path": "/x/{{ item }}"},
                 "bulk": {"items_from": {"path": "/u/{{ item }}", "paginate": {"style": "link_header"}}},
             },
-            "steps[0].bulk.items_from.path: template uses 'item', which exists only in fan_out and bulk steps",
+            "steps[0].bulk.items_from.path: template uses 'item', which exists only in fan_out, bulk and "
+            "partitioned sync steps",
         ),
     ],
 )

@@ -167,6 +167,15 @@ def test_asset_schedule_builds_an_asset_triggered_dag():
             "steps[0].sync.partition: must not be set with partitions: each partition's label comes from partitions",
         ),
         (
+            {
+                "steps.0.call.path": "/github/repos/acme/{{ item }}/issues",
+                "steps.0.sync.partitions": {
+                    "parent": {"path": "/orgs/{{ item }}/repos", "paginate": {"style": "link_header"}}
+                },
+            },
+            "steps[0].sync.partitions.parent.path: template uses 'item', which exists only in fan_out, bulk and",
+        ),
+        (
             {"steps.0.sync.partitions": {"over": ["docs"], "max_active": 0}},
             "steps[0].sync.partitions.max_active: must be an integer >= 1, got 0",
         ),

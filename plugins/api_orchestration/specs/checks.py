@@ -71,12 +71,19 @@ def check(spec: WorkflowSpec, dag_id: str) -> list[Problem]:
             ("fallback", step.fallback),
             ("compensate", step.compensate),
             ("bulk.items_from", step.bulk.items_from if step.bulk else None),
+            (
+                "sync.partitions.parent",
+                step.sync.partitions.parent if step.sync and step.sync.partitions else None,
+            ),
         ):
             if call is None:
                 continue
             # a compensation may read the result of the step it undoes (a charge id, say)
             seen = before | {step.name} if field == "compensate" else before
-            per_item = has_item and field != "bulk.items_from"  # the list is read before any item
+            per_item = has_item and field not in (
+                "bulk.items_from",
+                "sync.partitions.parent",
+            )  # lists: no item yet
             for path, text in _strings(call):
                 for msg in template_problems(text, steps_before=seen, all_steps=names, has_item=per_item):
                     problems.append((f"{where}.{field}.{path}", msg))
@@ -174,7 +181,7 @@ def _strings(call: CallSpec) -> Iterator[tuple[str, str]]:
                 yield from walk(v, (*path, i))
 
     for field in ("path", "conn_id", "headers", "query", "json", "idempotency_key"):
-        yield from walk(getattr(call, "body" if field == "json" else field), (field,))
+        yield from walk(getattr(call, "body" if field == "json" else field, None), (field,))
 
 
 def _secrets(call: CallSpec) -> list[Problem]:
@@ -189,7 +196,7 @@ def _secret_findings(call: CallSpec) -> Iterator[Problem]:
     for name, value in (call.headers or {}).items():
         if _SECRET_NAME.search(name) and literal(value):
             yield field_path(("headers", name)), f"holds a literal credential; {_CONNECTION_FIX}"
-    for field, value in (("query", call.query), ("json", call.body)):
+    for field, value in (("query", call.query), ("json", getattr(call, "body", None))):
         for path, key, v in _keyed(value, (field,)):
             if _SECRET_NAME.search(key) and literal(v):
                 yield field_path(path), f"holds a literal credential; {_CONNECTION_FIX}"
