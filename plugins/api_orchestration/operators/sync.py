@@ -20,13 +20,14 @@ from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 from airflow.sdk import BaseOperator, Context
 
 from api_orchestration import compat
+from api_orchestration.calls.claims import claim_once
 from api_orchestration.calls.flow import DeferralNeeded
 from api_orchestration.calls.guard import Guard
 from api_orchestration.calls.pagination import Pagination
 from api_orchestration.calls.requests_driver import ResilientCaller
 from api_orchestration.connections import ResilientHttpHook, connection_policies
 from api_orchestration.errors import ConfigurationError
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy, rate_limits
 from api_orchestration.state import get_backend
 from api_orchestration.syncs.engine import Source, run_sync
 from api_orchestration.syncs.progress import Progress
@@ -120,7 +121,7 @@ class ApiSyncOperator(BaseOperator):
         query: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         timeout: float | tuple[float, float] = (10.0, 60.0),
-        rate_limit: RateLimit | None = None,
+        rate_limit: RateLimit | Sequence[RateLimit] | None = None,
         rate_limit_key: str | None = None,
         breaker: BreakerPolicy | None = None,
         breaker_key: str | None = None,
@@ -139,12 +140,6 @@ class ApiSyncOperator(BaseOperator):
         checks = (
             ("pagination", pagination, Pagination, "must be a Pagination(style=...)"),
             ("stream", stream, Stream, "must be a Stream(name=..., primary_key=...)"),
-            (
-                "rate_limit",
-                rate_limit,
-                (RateLimit, type(None)),
-                "must be a RateLimit(permits, per_seconds, burst)",
-            ),
             ("breaker", breaker, (BreakerPolicy, type(None)), "must be a BreakerPolicy(...)"),
             ("retry", retry, (RetryPolicy, type(None)), "must be a RetryPolicy(...)"),
             ("manual_window", manual_window, timedelta, "must be a timedelta"),
@@ -152,6 +147,7 @@ class ApiSyncOperator(BaseOperator):
         for name, value, kind, expected in checks:
             if not isinstance(value, kind):
                 raise ConfigurationError(owner, name, value, expected)
+        rate_limit = rate_limits(rate_limit, owner)  # one window, or several
         if on_circuit_open not in ("fail", "defer"):
             raise ConfigurationError(owner, "on_circuit_open", on_circuit_open, "must be 'fail' or 'defer'")
         if destination and "{{" not in destination:
@@ -219,6 +215,7 @@ class ApiSyncOperator(BaseOperator):
             max_in_flight=self.max_in_flight,
             listeners=(progress,),
         )
+        claim_once(self, guard)  # one key, one policy
         caller = ResilientCaller(
             session, guard, timeout=self.timeout, send_options=compat.merged_extra(hook), log=progress
         )
