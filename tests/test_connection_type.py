@@ -62,7 +62,11 @@ def test_uri_form_strings_are_read_as_the_field_types():
 
 def test_more_windows_of_one_rate_limit_from_the_extra():
     p = policies_from_extra("gh", {"rate_limit_permits": 10, "rate_limit_windows": "5000/3600, 100/60"})
-    assert p.rate_limit == (RateLimit(10), RateLimit(100, 60.0, burst=100), RateLimit(5000, 3600.0, burst=5000))
+    assert p.rate_limit == (
+        RateLimit(10),
+        RateLimit(100, 60.0, burst=100),
+        RateLimit(5000, 3600.0, burst=5000),
+    )
     for windows, words in (
         ("5000 per hour", "must be windows as permits/seconds, comma-separated, such as 5000/3600"),
         ("0/60", "must be an integer >= 1 (RateLimit.permits of '0/60')"),
