@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass, field
@@ -105,11 +106,27 @@ def rate_limits(value: object, owner: str = "rate_limit", param: str = "rate_lim
     return windows[0] if len(windows) == 1 else windows
 
 
+def policy_text(policy: object) -> str:
+    """A policy as stored with its key and compared as text: ``RateLimit(permits=10, per_seconds=1, ...)``
+    with every number in one form (``10`` and ``10.0`` are the same policy, from Python or a spec)."""
+    if not dataclasses.is_dataclass(policy):
+        return repr(policy)
+
+    def shown(value: object) -> str:
+        if _is_number(value):
+            number = float(value)  # type: ignore[arg-type]
+            return str(int(number)) if number.is_integer() else repr(number)
+        return repr(value)
+
+    values = ", ".join(f"{f.name}={shown(getattr(policy, f.name))}" for f in dataclasses.fields(policy))
+    return f"{type(policy).__name__}({values})"
+
+
 def describe_rate_limit(value: RateLimits | None) -> str:
     """The policy as stored with its key: ``RateLimit(...)`` or ``[RateLimit(...), ...]``."""
     if isinstance(value, tuple):
-        return "[" + ", ".join(map(repr, value)) + "]"
-    return repr(value)
+        return "[" + ", ".join(map(policy_text, value)) + "]"
+    return policy_text(value)
 
 
 def windows_of(value: RateLimits | None) -> tuple[RateLimit, ...]:

@@ -15,6 +15,7 @@ from api_orchestration.policy import (
     RateLimit,
     RetryPolicy,
     describe_rate_limit,
+    policy_text,
     rate_limits,
     windows_of,
 )
@@ -92,7 +93,7 @@ class Guard:
             policy = f"{describe_rate_limit(self.rate_limit)}, max_in_flight={self.max_in_flight}"  # type: ignore[arg-type]
             claims.append(("limiter", self.limit_key, policy))
         if self.breaker is not None and self.breaker_key:
-            claims.append(("breaker", self.breaker_key, repr(self.breaker)))
+            claims.append(("breaker", self.breaker_key, policy_text(self.breaker)))
         return claims
 
     def claim_policies(self, owner: str, done: set[tuple[str, str, str]] | None = None) -> None:
