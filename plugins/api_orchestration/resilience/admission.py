@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from api_orchestration.policy import BreakerPolicy, RateLimit, RateLimits, windows_of
+from api_orchestration.policy import BreakerPolicy, RateLimit, RateLimits, rate_limits, windows_of
 from api_orchestration.resilience import breaker as brk
 from api_orchestration.resilience import limiter as rl
 from api_orchestration.resilience.kinds import GRANTED, Refusal
@@ -41,9 +41,11 @@ class AdmissionRequest:
     more_windows: tuple[RateLimit, ...] = ()
 
     @classmethod
-    def of(cls, limit_key: str | None, limits: RateLimits | None, **kwargs: Any) -> AdmissionRequest:
-        """A request for ``limits`` in their normal form (``policy.rate_limits``): one window or several."""
-        windows = windows_of(limits)
+    def of(
+        cls, limit_key: str | None, limits: RateLimits | list[RateLimit] | None, **kwargs: Any
+    ) -> AdmissionRequest:
+        """A request for ``limits``: one window, or several (in any order, see ``policy.rate_limits``)."""
+        windows = windows_of(rate_limits(limits))
         return cls(limit_key, windows[0] if windows else None, more_windows=windows[1:], **kwargs)
 
     @property
