@@ -63,6 +63,8 @@ with DAG(
         ),
         destination="{{ params.destination }}",
         rate_limit=RateLimit(20, 1.0, burst=5),
+        rate_limit_key="github",  # one key, one policy
+        breaker_key="github",
         breaker=BreakerPolicy(failure_rate=0.5, window_size=20, min_calls=10, open_seconds=30),
         retry=RetryPolicy(max_attempts=5, base_delay=0.2, max_delay=5.0),
         retries=2,

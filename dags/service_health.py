@@ -24,7 +24,7 @@ WORKFLOW = Workflow(
             Step(
                 f"{s}_health",
                 Call("GET", f"/{s}/health"),
-                key=s,
+                key=f"{s}_health",  # not the saga's key: another breaker policy
                 fallback=Call("GET", f"/echo/status-page/{s}"),
             )
             for s in SERVICES

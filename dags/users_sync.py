@@ -58,5 +58,6 @@ with DAG(
         keep_raw=False,
         destination="{{ 'postgres://' ~ params.target_conn_id if params.target_conn_id else '' }}",
         rate_limit=RateLimit(20, 1.0, burst=5),
+        rate_limit_key="demo_users",  # one key, one policy
         retry=RetryPolicy(),
     )

@@ -5,7 +5,8 @@ opens the shared state store itself, as Airflow task processes do.
 
 modes:
 - ``limiter``: until ``duration`` passes, take a permit for ``key`` (sleeping as told) and GET
-  ``target`` (the demo API records the arrival time).
+  ``target`` (the demo API records the arrival time); ``windows`` (a list of RateLimit kwargs):
+  several windows on the key instead of ``permits``/``per_seconds``.
 - ``breaker``: make ``calls`` calls to ``target`` through the full call path (ResilientCaller),
   counting outcomes by error type.
 - ``operator``: until ``duration`` passes, run ``ResilientHttpOperator.execute`` (a GET of
@@ -47,10 +48,21 @@ def run_limiter(args: dict) -> dict:
     import requests
 
     from api_orchestration import RateLimit
-    from api_orchestration.state import backend_for_url
+    from api_orchestration.policy import rate_limits
+    from api_orchestration.state import AdmissionRequest, backend_for_url
 
     backend = backend_for_url(args["state_url"])
-    limit = RateLimit(args["permits"], args["per_seconds"], burst=args.get("burst", 1))
+    if "windows" in args:  # several windows on the key, held at once
+        request = AdmissionRequest.of(
+            args["key"],
+            rate_limits([RateLimit(**w) for w in args["windows"]]),
+            max_wait=60,
+            lease_seconds=0.0,
+        )
+        acquire = lambda: backend.admit(request)  # noqa: E731
+    else:
+        limit = RateLimit(args["permits"], args["per_seconds"], burst=args.get("burst", 1))
+        acquire = lambda: backend.limiter_acquire(args["key"], limit, max_wait=60)  # noqa: E731
     session = requests.Session()
     decisions: list[float] = []
     sent = 0
@@ -59,7 +71,7 @@ def run_limiter(args: dict) -> dict:
     end = _ready_then_wait_for_start() + args["duration"]
     while REAL_TIME() < end:
         t0 = time.perf_counter()
-        decision = backend.limiter_acquire(args["key"], limit, max_wait=60)
+        decision = acquire()
         decisions.append(time.perf_counter() - t0)
         if decision.wait > 0:
             time.sleep(decision.wait)

@@ -7,6 +7,7 @@ clock; every answer and the final state must be the same.
 
 from __future__ import annotations
 
+import bisect
 import uuid
 from dataclasses import asdict
 
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api_orchestration import BreakerPolicy, RateLimit
+from api_orchestration.policy import windows_of
 from api_orchestration.state import AdmissionRequest, Verdict
 from api_orchestration.state.redis import RedisBackend
 from api_orchestration.state.sqlite import SQLiteBackend
@@ -28,7 +30,16 @@ class Clock:
         return self.now
 
 
-LIMITS = [None, RateLimit(5, 1.0), RateLimit(4, 1.0, burst=3), RateLimit(20, 2.0, burst=20, margin=0.0)]
+LIMITS = [
+    None,
+    RateLimit(5, 1.0),
+    RateLimit(4, 1.0, burst=3),
+    RateLimit(20, 2.0, burst=20, margin=0.0),
+    # several windows on one key (rate_limits() orders them): every one held, one slot for all
+    (RateLimit(5, 1.0), RateLimit(8, 3.0, burst=8)),
+    (RateLimit(4, 1.0, burst=3), RateLimit(6, 2.5, burst=2)),
+    (RateLimit(3, 0.5, burst=3), RateLimit(10, 2.0), RateLimit(12, 6.0, burst=12, margin=0.0)),
+]
 BREAKERS = [
     None,
     BreakerPolicy(failure_rate=0.5, window_size=4, min_calls=2, open_seconds=1.0, half_open_calls=2),
@@ -64,7 +75,7 @@ def stores(tmp_path_factory, redis_available):
         store.close()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=90, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     limit=st.sampled_from(LIMITS),
     breaker=st.sampled_from(BREAKERS),
@@ -74,8 +85,17 @@ def stores(tmp_path_factory, redis_available):
 def test_sqlite_and_lua_decide_alike(stores, limit, breaker, bulkhead, ops):
     clock, sqlite, redis = stores
     key = uuid.uuid4().hex[:8]
-    request = AdmissionRequest(key, limit, f"b{key}", breaker, bulkhead, max_wait=3.0, lease_seconds=5.0)
+    request = AdmissionRequest.of(
+        key,
+        limit,
+        breaker_key=f"b{key}",
+        breaker=breaker,
+        max_in_flight=bulkhead,
+        max_wait=3.0,
+        lease_seconds=5.0,
+    )
     held: dict[str, list] = {"sqlite": [], "redis": []}
+    slots: list[float] = []  # every granted slot
     for step in ops:
         answers = {}
         for name, store in (("sqlite", sqlite), ("redis", redis)):
@@ -84,6 +104,8 @@ def test_sqlite_and_lua_decide_alike(stores, limit, breaker, bulkhead, ops):
                 if step[2] and held[name]:  # the previous grant's verdict travels with the admission
                     verdicts = [Verdict(request, held[name].pop(0).breaker, "", True)]
                 batch = store.admit_many(step[1], request, verdicts)
+                if name == "sqlite":
+                    slots += [clock.now + a.wait for a in batch.granted]
                 held[name] += list(batch.granted)
                 answers[name] = _answer(batch)
             elif step[0] == "verdict" and held[name]:
@@ -104,3 +126,9 @@ def test_sqlite_and_lua_decide_alike(stores, limit, breaker, bulkhead, ops):
                     if isinstance(value, float):
                         row[name] = round(value, 6)
         assert mine_s == mine_r
+    for window in windows_of(limit):  # each window holds: at most permits slots in any [t, t + window)
+        ts = sorted(slots)
+        most = max(
+            (bisect.bisect_left(ts, t + window.window - 1e-9) - i for i, t in enumerate(ts)), default=0
+        )
+        assert most <= window.permits, (window, ts)

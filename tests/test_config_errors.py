@@ -47,7 +47,7 @@ from api_orchestration import BreakerPolicy, ConfigurationError, RateLimit, Resi
         ),
         (
             lambda: ResilientHttpOperator(task_id="t", endpoint="/x", rate_limit=5),
-            "task 't': rate_limit must be a RateLimit(permits, per_seconds, burst), got 5",
+            "task 't': rate_limit must be a RateLimit(permits, per_seconds, burst) or a non-empty list of them, got 5",
         ),
         (
             lambda: ResilientHttpOperator(task_id="t", endpoint="/x", on_circuit_open="wait"),

@@ -60,6 +60,26 @@ def test_uri_form_strings_are_read_as_the_field_types():
     assert p.retry == RetryPolicy(respect_retry_after=False)
 
 
+def test_more_windows_of_one_rate_limit_from_the_extra():
+    p = policies_from_extra("gh", {"rate_limit_permits": 10, "rate_limit_windows": "5000/3600, 100/60"})
+    assert p.rate_limit == (
+        RateLimit(10),
+        RateLimit(100, 60.0, burst=100),
+        RateLimit(5000, 3600.0, burst=5000),
+    )
+    for windows, words in (
+        ("5000 per hour", "must be windows as permits/seconds, comma-separated, such as 5000/3600"),
+        ("0/60", "must be an integer >= 1 (RateLimit.permits of '0/60')"),
+        ("20/1", "has two windows with the same per_seconds"),
+    ):
+        with pytest.raises(ConfigurationError) as caught:
+            policies_from_extra("gh", {"rate_limit_permits": 10, "rate_limit_windows": windows})
+        assert str(caught.value).startswith("connection 'gh': rate_limit_windows "), caught.value
+        assert words in str(caught.value)
+    with pytest.raises(ConfigurationError, match="rate_limit_windows needs rate_limit_permits too"):
+        policies_from_extra("gh", {"rate_limit_windows": "5000/3600"})
+
+
 @pytest.mark.parametrize(
     ("extra", "field", "cls", "kwargs"),
     [

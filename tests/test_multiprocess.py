@@ -120,3 +120,36 @@ def test_bulk_engines_in_four_processes_send_a_downed_endpoint_what_the_breaker_
         assert sum(r.get("CircuitOpenError", 0) for r in results) == 200 - sent
         if bulkhead:
             assert sent == policy["min_calls"]
+
+
+def test_two_windows_held_at_the_server_by_eight_processes(state_url, demo):
+    """A server holding 5 per 0.5 s and 12 per 3 s (fixed windows, 429 on a breach); 8 processes
+    share a limiter with the same two windows: no breach, neither window over, both used."""
+    import requests
+
+    tenant, duration = "two-windows", 4.0
+    windows = [{"name": "short", "limit": 5, "seconds": 0.5}, {"name": "long", "limit": 12, "seconds": 3}]
+    requests.post(f"{demo.url}/admin/ratelimits", json={"tenant": tenant, "windows": windows}, timeout=5)
+    mine = [  # the server's windows; margin: a busy 2-core machine delays some calls after their slot
+        {"permits": 5, "per_seconds": 0.5, "burst": 5, "margin": 0.1},
+        {"permits": 12, "per_seconds": 3.0, "burst": 12, "margin": 0.1},
+    ]
+    path = f"/limits/ietf/{tenant}/x"
+    args = [
+        {"mode": "limiter", "state_url": state_url, "key": tenant, "windows": mine, "duration": duration,
+         "target": f"{demo.url}{path}"}
+        for _ in range(PROCESSES)
+    ]  # fmt: skip
+    start, results = run_workers(args)
+    report = requests.get(f"{demo.url}/admin/ratelimits", timeout=5).json()["tenants"][tenant]
+    arrivals = demo.calls(path=path, arrivals=True)["arrivals"][path]
+    assert report["breaches"] == {}, report
+    assert report["admitted"] == len(arrivals) == sum(r["sent"] for r in results)
+    assert report["max_per_window"]["short"] <= 5 and report["max_per_window"]["long"] <= 12, report
+    short, long = (
+        window_stats(arrivals, 5, 0.5, start, duration),
+        window_stats(arrivals, 12, 3.0, start, duration),
+    )
+    assert short.max_in_window <= 5 and long.max_in_window <= 12, (short, long)  # in sliding windows too
+    # 12 in the first 1.1 s (5 per 0.55 s), the long window full until 3.3 s, then 5 more per 0.55 s
+    assert len(arrivals) >= 17, sorted(t - start for t in arrivals)

@@ -68,7 +68,7 @@ def test_a_secondary_limit_403_is_retried_after_retry_after(demo, backend) -> No
 def test_one_key_one_policy_a_second_policy_names_both_places(backend) -> None:
     from api_orchestration import BreakerPolicy, PolicyConflictError, RateLimit
 
-    def guard(limit: RateLimit, breaker: BreakerPolicy | None = None) -> Guard:
+    def guard(limit: RateLimit | list[RateLimit], breaker: BreakerPolicy | None = None) -> Guard:
         return Guard(backend=backend, limit_key="crm", rate_limit=limit, breaker_key="crm", breaker=breaker)
 
     guard(RateLimit(10, 1.0)).claim_policies("dag 'a' task 'x'")
@@ -82,6 +82,25 @@ def test_one_key_one_policy_a_second_policy_names_both_places(backend) -> None:
     guard(RateLimit(5, 1.0), BreakerPolicy()).claim_policies("dag 'c' task 'w'")
     with pytest.raises(PolicyConflictError, match="breaker key 'crm'"):
         guard(RateLimit(5, 1.0), BreakerPolicy(min_calls=3)).claim_policies("dag 'd' task 'v'")
+    # the same numbers from a spec (floats) and from Python (ints) are one policy; several windows are one policy
+    guard(RateLimit(5, 1)).claim_policies("spec 'e.yaml' step 's'")
+    windows = [RateLimit(5, 1.0), RateLimit(100, 60.0, burst=100)]
+    with pytest.raises(PolicyConflictError, match=r"asks \[RateLimit\(permits=5.*RateLimit\(permits=100"):
+        guard(windows).claim_policies("dag 'e' task 'u'")
+    guard(windows[::-1]).claim_policies(
+        "dag 'a' task 'x'"
+    )  # taken over; the order of the windows does not matter
+    guard(windows).claim_policies("dag 'e' task 'u'")
+    # once per task execution: the claims made are kept, and not sent again
+    sent = []
+    real = backend.policy_claims
+    backend.policy_claims = lambda claims, owner, ttl=3600.0: sent.append(claims) or real(claims, owner, ttl)
+    done: set = set()
+    both = guard(windows, BreakerPolicy())
+    for _ in range(3):
+        both.claim_policies("dag 'e' task 'u'", done)
+    assert [len(c) for c in sent] == [2]  # one round trip for the limiter and the breaker key, once
+    del backend.policy_claims
     # a claim unused for the TTL gives way
     assert backend.policy_claim("limiter", "old", "p1", "here", ttl=0.2).ok
     assert not backend.policy_claim("limiter", "old", "p2", "there", ttl=0.2).ok

@@ -144,3 +144,42 @@ def test_the_status_plugin_is_registered_once():
     plugins, errors = plugins_manager._get_plugins()
     assert [p.name for p in plugins].count("api_orchestration") == 1
     assert not [e for e in errors.values() if "api_orchestration" in e]
+
+
+def test_one_key_one_policy_on_every_path(demo):
+    """The single-call operator, bulk and ``@task.resilient_http`` each claim their key once per task
+    execution: the same policy shares the key; another policy from another task fails before any call."""
+    from airflow.sdk import DAG, task
+
+    from api_orchestration import BulkHttpOperator, RateLimit, ResilientHttpOperator
+
+    five = RateLimit(5, 1.0)
+    common = {"http_conn_id": "demo_api", "rate_limit_key": "claimed", "trigger_rule": "all_done"}
+    with DAG("one_key_one_policy", schedule=None, start_date=START) as dag:
+        first = ResilientHttpOperator(
+            task_id="first", endpoint="/echo/claims-first", rate_limit=five, **common
+        )
+        windows = ResilientHttpOperator(
+            task_id="windows", endpoint="/echo/claims-windows", **common,
+            rate_limit=[five, RateLimit(50, 60.0, burst=50)],
+        )  # fmt: skip
+        bulk = BulkHttpOperator(
+            task_id="bulk",
+            items=[1, 2],
+            endpoint="/echo/claims-bulk/{{ item }}",
+            rate_limit=RateLimit(10),
+            **common,
+        )
+
+        @task.resilient_http(rate_limit=five, **common)
+        def same(client):
+            return client.get("/echo/claims-same").status_code
+
+        first >> [windows, bulk, same()]
+    _register(dag)
+    run = dag.test()
+    states = _states(run)
+    assert states == {"first": "success", "windows": "failed", "bulk": "failed", "same": "success"}, states
+    paths = demo.calls()["paths"]
+    assert "/echo/claims-first" in paths and "/echo/claims-same" in paths
+    assert not any(p.startswith(("/echo/claims-windows", "/echo/claims-bulk")) for p in paths)

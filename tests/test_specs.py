@@ -144,6 +144,36 @@ MALFORMED = [
         "is required",
     ),
     (
+        "window-burst-over-permits",
+        spec(**{"steps.0.rate_limit": [{"permits": 10}, {"permits": 50, "per_seconds": 60, "burst": 60}]}),
+        "steps[0].rate_limit[1].burst",
+        "must be an integer from 1 to permits (50), got 60",
+    ),
+    (
+        "window-unknown-field",
+        spec(**{"steps.0.rate_limit": [{"permits": 10}, {"permits": 50, "per_second": 60}]}),
+        "steps[0].rate_limit[1].per_second",
+        "unknown field 'per_second' (did you mean 'per_seconds'?)",
+    ),
+    (
+        "windows-same-period",
+        spec(**{"defaults.rate_limit": [{"permits": 10}, {"permits": 5, "per_seconds": 1}]}),
+        "defaults.rate_limit",
+        "has two windows with the same per_seconds: keep the smaller permits only",
+    ),
+    (
+        "windows-empty",
+        spec(**{"defaults.rate_limit": []}),
+        "defaults.rate_limit",
+        "must be a RateLimit(permits, per_seconds, burst) or a non-empty list of them",
+    ),
+    (
+        "rate-limit-scalar",
+        spec(**{"steps.0.rate_limit": 5}),
+        "steps[0].rate_limit",
+        "must be a mapping (key: value), got 5",
+    ),
+    (
         "failure-rate-2",
         spec(**{"defaults.breaker": {"failure_rate": 2}}),
         "defaults.breaker.failure_rate",

@@ -52,6 +52,27 @@ def test_status_shows_breakers_limiters_and_pauses(backend, demo):
     assert 25 < partner["next_free_in_seconds"] <= 30
 
 
+def test_status_shows_each_window_of_a_key(backend):
+    from api_orchestration.policy import rate_limits
+    from api_orchestration.state import AdmissionRequest
+
+    windows = rate_limits([RateLimit(3, 60.0, burst=3), RateLimit(2, 1.0, burst=2)])
+    batch = backend.admit_many(
+        3, AdmissionRequest.of("gh", windows, max_wait=5.0)
+    )  # two now, one a second later
+    assert [round(a.wait) for a in batch.granted] == [0, 0, 1]
+    (row,) = collect_status(backend)["limiters"]  # one row per key, its windows inside
+    assert row["key"] == "gh" and row["granted_total"] == 3
+    assert [(w["permits"], w["window_seconds"], w["burst"]) for w in row["windows"]] == [
+        (2, 1.02, 2),
+        (3, 61.2, 3),
+    ]
+    assert row["windows"][1]["next_free_in_seconds"] > 60  # the minute's three are spent
+    assert (
+        row["next_free_in_seconds"] == row["windows"][1]["next_free_in_seconds"]
+    )  # the latest window decides
+
+
 def test_snapshot_does_not_move_a_breaker(backend):
     policy = BreakerPolicy(min_calls=1, window_size=1, open_seconds=0.2)
     permit = backend.breaker_acquire("k", policy, 60)

@@ -21,8 +21,10 @@ headers, sent on every answer:
 
 ``POST /admin/ratelimits {"tenant"?, "windows": [{"name", "limit", "seconds"}], "status"?,
 "secondary"?}`` sets a tenant's policy (without ``tenant``: the default for tenants without one)
-and restarts its counters; ``GET /admin/ratelimits`` reports, per tenant, the policy, admitted
-requests, refusals per window (``breaches``) and secondary refusals.
+and restarts its counters; ``seconds`` may be a fraction (short windows for tests). ``GET
+/admin/ratelimits`` reports, per tenant, the policy, admitted requests, refusals per window
+(``breaches``), the most requests admitted in one window of each (``max_per_window``) and
+secondary refusals.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ STYLES = ("github", "ietf", "legacy")
 class Window:
     name: str
     limit: int
-    seconds: int
+    seconds: float  # whole seconds as real APIs document them; fractions for short tests
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class _Tenant:
     blocked_until: float = 0.0
     admitted: int = 0
     breaches: Counter[str] = field(default_factory=Counter)
+    peaks: Counter[str] = field(default_factory=Counter)  # window -> most requests admitted in one window
     secondary_refusals: int = 0
 
 
@@ -85,7 +88,8 @@ class _Tenant:
 class WindowState:
     window: Window
     used: int
-    reset_at: int  # epoch seconds
+    index: int  # which window since the epoch
+    reset_at: float  # epoch seconds
 
     @property
     def remaining(self) -> int:
@@ -134,7 +138,9 @@ class Limits:
                 index = int(now // window.seconds)
                 seen_index, used = state.counts.get(window.name, (index, 0))
                 windows.append(
-                    WindowState(window, used if seen_index == index else 0, (index + 1) * window.seconds)
+                    WindowState(
+                        window, used if seen_index == index else 0, index, (index + 1) * window.seconds
+                    )
                 )
             secondary = policy.secondary
             if secondary is not None:
@@ -150,9 +156,10 @@ class Limits:
             if exhausted:
                 state.breaches.update(w.window.name for w in exhausted)
                 return Decision(False, tuple(windows)), policy
-            windows = [WindowState(w.window, w.used + 1, w.reset_at) for w in windows]
+            windows = [WindowState(w.window, w.used + 1, w.index, w.reset_at) for w in windows]
             for w in windows:
-                state.counts[w.window.name] = (w.reset_at // w.window.seconds - 1, w.used)
+                state.counts[w.window.name] = (w.index, w.used)
+                state.peaks[w.window.name] = max(state.peaks[w.window.name], w.used)
             state.admitted += 1
             state.recent.append(now)
             return Decision(True, tuple(windows)), policy
@@ -164,6 +171,7 @@ class Limits:
                     "policy": state.policy.as_dict(),
                     "admitted": state.admitted,
                     "breaches": dict(state.breaches),
+                    "max_per_window": dict(state.peaks),
                     "secondary_refusals": state.secondary_refusals,
                 }
                 for name, state in sorted(self._tenants.items())
@@ -181,17 +189,17 @@ def _github_headers(windows: tuple[WindowState, ...]) -> dict[str, str]:
         "x-ratelimit-limit": str(w.window.limit),
         "x-ratelimit-remaining": str(w.remaining),
         "x-ratelimit-used": str(w.used),
-        "x-ratelimit-reset": str(w.reset_at),
+        "x-ratelimit-reset": str(math.ceil(w.reset_at)),
         "x-ratelimit-resource": "core",
     }
 
 
-def _seconds_until(reset_at: int, now: float) -> int:
+def _seconds_until(reset_at: float, now: float) -> int:
     return max(math.ceil(reset_at - now), 0)
 
 
 def _ietf_headers(windows: tuple[WindowState, ...], now: float) -> dict[str, str]:
-    policy = ", ".join(f'"{w.window.name}";q={w.window.limit};w={w.window.seconds}' for w in windows)
+    policy = ", ".join(f'"{w.window.name}";q={w.window.limit};w={w.window.seconds:g}' for w in windows)
     current = ", ".join(
         f'"{w.window.name}";r={w.remaining};t={_seconds_until(w.reset_at, now)}' for w in windows
     )
@@ -204,7 +212,7 @@ def _legacy_headers(windows: tuple[WindowState, ...], now: float) -> dict[str, s
         "RateLimit-Limit": str(w.window.limit),
         "RateLimit-Remaining": str(w.remaining),
         "RateLimit-Reset": str(_seconds_until(w.reset_at, now)),
-        "RateLimit-Policy": ", ".join(f"{x.window.limit};w={x.window.seconds}" for x in windows),
+        "RateLimit-Policy": ", ".join(f"{x.window.limit};w={x.window.seconds:g}" for x in windows),
     }
 
 
@@ -262,7 +270,7 @@ def parse_policy(body: dict[str, Any]) -> Policy:
             Window(
                 name,
                 _positive(raw.get("limit"), f"windows[{i}].limit"),
-                _positive(raw.get("seconds"), f"windows[{i}].seconds"),
+                _positive(raw.get("seconds"), f"windows[{i}].seconds", integer=False),
             )
         )
     if len({w.name for w in windows}) != len(windows):

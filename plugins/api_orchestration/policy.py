@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass, field
@@ -77,6 +78,62 @@ class RateLimit:
     def interval(self) -> float:
         """Minimum spacing between calls outside a burst."""
         return self.window / self.permits
+
+
+RateLimits = RateLimit | tuple[RateLimit, ...]  # one window, or several on one key (see rate_limits)
+
+
+def rate_limits(value: object, owner: str = "rate_limit", param: str = "rate_limit") -> RateLimits | None:
+    """``value`` (None, a :class:`RateLimit` or a list of them: several windows of one key, all held
+    at once, e.g. ``[RateLimit(10, 1.0), RateLimit(5000, 3600.0, burst=5000)]``) in its one form:
+    None, a RateLimit, or a tuple of at least two ordered by period (shortest first). Raises
+    :class:`ConfigurationError` naming ``owner`` and ``param`` on anything else."""
+    if value is None or isinstance(value, RateLimit):
+        return value
+    if not isinstance(value, list | tuple) or not value or not all(isinstance(w, RateLimit) for w in value):
+        raise ConfigurationError(
+            owner,
+            param,
+            value,
+            "must be a RateLimit(permits, per_seconds, burst) or a non-empty list of them",
+        )
+    windows = tuple(sorted(value, key=lambda w: (w.per_seconds, w.permits)))
+    periods = [w.per_seconds for w in windows]
+    if len(set(periods)) != len(periods):
+        raise ConfigurationError(
+            owner, param, value, "has two windows with the same per_seconds: keep the smaller permits only"
+        )
+    return windows[0] if len(windows) == 1 else windows
+
+
+def policy_text(policy: object) -> str:
+    """A policy as stored with its key and compared as text: ``RateLimit(permits=10, per_seconds=1, ...)``
+    with every number in one form (``10`` and ``10.0`` are the same policy, from Python or a spec)."""
+    if not dataclasses.is_dataclass(policy):
+        return repr(policy)
+
+    def shown(value: object) -> str:
+        if _is_number(value):
+            number = float(value)  # type: ignore[arg-type]
+            return str(int(number)) if number.is_integer() else repr(number)
+        return repr(value)
+
+    values = ", ".join(f"{f.name}={shown(getattr(policy, f.name))}" for f in dataclasses.fields(policy))
+    return f"{type(policy).__name__}({values})"
+
+
+def describe_rate_limit(value: RateLimits | None) -> str:
+    """The policy as stored with its key: ``RateLimit(...)`` or ``[RateLimit(...), ...]``."""
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(policy_text, value)) + "]"
+    return policy_text(value)
+
+
+def windows_of(value: RateLimits | None) -> tuple[RateLimit, ...]:
+    """The windows of a normalised rate limit (see :func:`rate_limits`), shortest first."""
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, RateLimit) else value
 
 
 @dataclass(frozen=True)

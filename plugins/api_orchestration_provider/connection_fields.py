@@ -22,7 +22,7 @@ class PolicyField:
     """One extra field: ``name`` in the connection's extra, ``policy`` and ``param`` it sets."""
 
     name: str
-    policy: str  # "RateLimit", "BreakerPolicy", "RetryPolicy", "CachePolicy" or "OAuth2"
+    policy: str  # "RateLimit", "RateLimitWindows", "BreakerPolicy", "RetryPolicy", "CachePolicy" or "OAuth2"
     param: str
     kind: str  # JSON Schema type: "integer", "number", "boolean", "string" (a list of codes) or "text"
     label: str
@@ -36,6 +36,9 @@ FIELDS: tuple[PolicyField, ...] = (
                 "The period of the rate limit in seconds (default 1)."),
     PolicyField("rate_limit_burst", "RateLimit", "burst", "integer", "Rate limit: burst",
                 "How many calls may start back to back (default 1: evenly spaced)."),
+    PolicyField("rate_limit_windows", "RateLimitWindows", "windows", "text", "Rate limit: more windows",
+                "Further windows held at once, as permits/seconds, comma-separated: 5000/3600 is also at most "
+                "5,000 calls per hour (calls may go as fast as the first window allows)."),
     PolicyField("breaker_failure_rate", "BreakerPolicy", "failure_rate", "number", "Breaker: failure rate",
                 "Open the circuit when this fraction of the window failed (default 0.5). Any breaker field turns the breaker on."),
     PolicyField("breaker_window_size", "BreakerPolicy", "window_size", "integer", "Breaker: window size",

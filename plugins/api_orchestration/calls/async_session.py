@@ -12,7 +12,9 @@ log lines as the bulk operator's async engine. Replies are read in full
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from api_orchestration import compat
@@ -39,7 +41,7 @@ class AsyncGuardedClient:
         self,
         conn_id: str,
         *,
-        rate_limit: RateLimit | None = None,
+        rate_limit: RateLimit | Sequence[RateLimit] | None = None,
         rate_limit_key: str | None = None,
         breaker: BreakerPolicy | None = None,
         breaker_key: str | None = None,
@@ -50,6 +52,7 @@ class AsyncGuardedClient:
         state_url: str | None = None,
         idempotency_base: str | None = None,
         log: logging.Logger | logging.LoggerAdapter | None = None,
+        claim_as: str | None = None,
     ) -> None:
         policies = connection_policies(conn_id).under(rate_limit=rate_limit, breaker=breaker, retry=retry)
         self.conn_id, self.timeout, self.concurrency, self.log = conn_id, timeout, concurrency, log
@@ -59,12 +62,15 @@ class AsyncGuardedClient:
             max_sleep=max_sleep,
         )  # fmt: skip
         self.keys = IdempotencyKeys(idempotency_base) if idempotency_base else None
+        self.claim_as = claim_as  # the place claiming the keys for these policies (Guard.claim_policies)
         self.base_url = ""
         self._session: Any = None
         self._admissions: AdmissionQueue | None = None
         self._caller: AsyncCaller | None = None
 
     async def __aenter__(self) -> AsyncGuardedClient:
+        if self.claim_as:
+            await asyncio.to_thread(self.guard.claim_policies, self.claim_as)
         config = await compat.connection_config("GET", self.conn_id)  # as HttpAsyncHook reads it
         self.base_url = config.base_url.rstrip("/")
         self._session = new_session(self.concurrency, self.timeout, headers=config.headers, auth=config.auth)

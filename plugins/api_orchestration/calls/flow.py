@@ -530,7 +530,7 @@ def _until_slot(
     by more than half the limit's margin (its process stalled: a busy machine, a long GC, a slow
     first request) could share a window with calls whose slots are a whole window after its, so it
     takes a new slot (keeping its breaker permit and bulkhead place) instead of going out."""
-    limit, key = guard.rate_limit, guard.limit_key
+    limit, key = guard.shortest_window, guard.limit_key
     wait, sent, round_trip = admitted.admission.wait, admitted.sent, admitted.round_trip
     for _ in range(MAX_RESLOTS):
         if wait > 0:

@@ -9,7 +9,16 @@ from typing import Any, Protocol
 
 from api_orchestration.calls.events import Listener
 from api_orchestration.errors import PolicyConflictError
-from api_orchestration.policy import BreakerPolicy, CachePolicy, RateLimit, RetryPolicy
+from api_orchestration.policy import (
+    BreakerPolicy,
+    CachePolicy,
+    RateLimit,
+    RetryPolicy,
+    describe_rate_limit,
+    policy_text,
+    rate_limits,
+    windows_of,
+)
 from api_orchestration.resilience.admission import AdmissionRequest
 from api_orchestration.state.base import StateBackend
 
@@ -48,7 +57,7 @@ class Guard:
 
     backend: StateBackend
     limit_key: str
-    rate_limit: RateLimit | None = None
+    rate_limit: RateLimit | Sequence[RateLimit] | None = None  # a list: several windows, all held
     breaker_key: str = ""
     breaker: BreakerPolicy | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -62,32 +71,59 @@ class Guard:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "on_circuit_open", OnCircuitOpen(self.on_circuit_open))
+        object.__setattr__(
+            self, "rate_limit", rate_limits(self.rate_limit, f"limiter key {self.limit_key!r}")
+        )
 
-    def claim_policies(self, owner: str) -> None:
-        """Store this call site's policies with their keys; raise :class:`PolicyConflictError` when
-        another place uses one of the keys with another policy (see ``resilience.policy_claims``)."""
+    @property
+    def windows(self) -> tuple[RateLimit, ...]:
+        """The rate limit's windows, shortest first (empty: no rate limit)."""
+        return windows_of(self.rate_limit)  # type: ignore[arg-type]
+
+    @property
+    def shortest_window(self) -> RateLimit | None:
+        windows = self.windows
+        return windows[0] if windows else None
+
+    def policy_claims(self) -> list[tuple[str, str, str]]:
+        """``(kind, key, policy)`` of each key this guard uses with a policy: the limiter key with its
+        windows and bulkhead, the breaker key with its breaker."""
         claims = []
         if self.rate_limit is not None or self.max_in_flight is not None:
-            claims.append(
-                ("limiter", self.limit_key, f"{self.rate_limit!r}, max_in_flight={self.max_in_flight}")
-            )
+            policy = f"{describe_rate_limit(self.rate_limit)}, max_in_flight={self.max_in_flight}"  # type: ignore[arg-type]
+            claims.append(("limiter", self.limit_key, policy))
         if self.breaker is not None and self.breaker_key:
-            claims.append(("breaker", self.breaker_key, repr(self.breaker)))
-        for kind, key, policy in claims:
-            result = self.backend.policy_claim(kind, key, policy, owner)
+            claims.append(("breaker", self.breaker_key, policy_text(self.breaker)))
+        return claims
+
+    def claim_policies(self, owner: str, done: set[tuple[str, str, str]] | None = None) -> None:
+        """Store this call site's policies with their keys, in one store round trip; raise
+        :class:`PolicyConflictError` when another place uses one of the keys with another policy
+        (see ``resilience.policy_claims``). ``done``: claims already made (by this task execution),
+        not made again; the new ones are added to it."""
+        claims = [c for c in self.policy_claims() if done is None or c not in done]
+        if not claims:
+            return
+        for (kind, key, policy), result in zip(
+            claims, self.backend.policy_claims(claims, owner), strict=True
+        ):
             if not result.ok:
                 raise PolicyConflictError(kind, key, policy, owner, result.policy, result.owner)
+        if done is not None:
+            done.update(claims)
 
     def admission_request(self, lease: float) -> AdmissionRequest:
         """What every admission of a call under this guard asks for (``lease``: see
         :func:`lease_seconds`); a driver builds it once."""
         breaker_key = self.breaker_key if self.breaker is not None else None
+        windows = self.windows
         return AdmissionRequest(
             self.limit_key,
-            self.rate_limit,
+            windows[0] if windows else None,
             breaker_key,
             self.breaker,
             self.max_in_flight,
             self.max_sleep,
             lease,
+            windows[1:],
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,7 +112,7 @@ class GuardedSession(requests.Session):
 def guarded_session(
     conn_id: str,
     *,
-    rate_limit: RateLimit | None = None,
+    rate_limit: RateLimit | Sequence[RateLimit] | None = None,
     rate_limit_key: str | None = None,
     breaker: BreakerPolicy | None = None,
     breaker_key: str | None = None,
@@ -121,11 +122,13 @@ def guarded_session(
     state_url: str | None = None,
     idempotency_base: str | None = None,
     log: logging.Logger | logging.LoggerAdapter | None = None,
+    claim_as: str | None = None,
 ) -> GuardedSession:
     """A :class:`GuardedSession` for the Airflow connection ``conn_id``: the connection's policies
     (:func:`~api_orchestration.connections.connection_policies`) unless given here; limiter and
     breaker keys default to the connection id. Waits up to ``max_sleep`` in the process (a session
     cannot defer). ``idempotency_base`` (e.g. the task's key) numbers the keys of unsafe calls.
+    ``claim_as``: the place (a task) claiming the keys for these policies (``Guard.claim_policies``).
     Close it (or use it in a ``with`` block) to record the last call's verdict."""
     policies = connection_policies(conn_id).under(rate_limit=rate_limit, breaker=breaker, retry=retry)
     hook = ResilientHttpHook(method="GET", http_conn_id=conn_id)
@@ -135,6 +138,8 @@ def guarded_session(
         breaker_key=breaker_key or conn_id, breaker=policies.breaker, retry=policies.retry or RetryPolicy(),
         max_sleep=max_sleep,
     )  # fmt: skip
+    if claim_as:
+        guard.claim_policies(claim_as)
     caller = ResilientCaller(inner, guard, timeout=timeout, send_options=compat.merged_extra(hook), log=log)
     keys = IdempotencyKeys(idempotency_base) if idempotency_base else None
     return GuardedSession(caller, hook.base_url, keys)

@@ -16,7 +16,14 @@ from typing import Any
 
 from api_orchestration.connections.fields import BY_NAME, CONN_TYPE, FIELDS, PREFIXES
 from api_orchestration.errors import ConfigurationError, did_you_mean
-from api_orchestration.policy import BreakerPolicy, CachePolicy, RateLimit, RetryPolicy
+from api_orchestration.policy import (
+    BreakerPolicy,
+    CachePolicy,
+    RateLimit,
+    RateLimits,
+    RetryPolicy,
+    rate_limits,
+)
 
 _CLASSES: dict[str, type] = {
     "RateLimit": RateLimit,
@@ -32,7 +39,7 @@ class ConnectionPolicies:
     """The policies a connection sets (None: the connection sets none of that kind)."""
 
     conn_id: str
-    rate_limit: RateLimit | None = None
+    rate_limit: RateLimits | None = None  # one window, or several held at once
     breaker: BreakerPolicy | None = None
     retry: RetryPolicy | None = None
     cache: CachePolicy | None = None  # applies to the connection's GET/HEAD calls
@@ -41,7 +48,7 @@ class ConnectionPolicies:
     def under(
         self,
         *,
-        rate_limit: RateLimit | None = None,
+        rate_limit: RateLimits | None = None,
         breaker: BreakerPolicy | None = None,
         retry: RetryPolicy | None = None,
         cache: CachePolicy | None = None,
@@ -91,6 +98,30 @@ def _value(conn_id: str, name: str, value: Any, kind: str) -> Any:
     return value
 
 
+def _windows(owner: str, value: Any) -> list[RateLimit]:
+    """``"5000/3600, 100000/86400"``: further windows, each ``permits/seconds`` (burst: permits, so
+    calls go as fast as the first window allows)."""
+    expected = "must be windows as permits/seconds, comma-separated, such as 5000/3600"
+    if not isinstance(value, str):
+        raise ConfigurationError(owner, "rate_limit_windows", value, expected)
+    windows = []
+    for part in (p.strip() for p in value.split(",") if p.strip()):
+        permits, _, seconds = part.partition("/")
+        try:
+            n, s = int(permits), float(seconds)
+        except ValueError:
+            raise ConfigurationError(owner, "rate_limit_windows", value, expected) from None
+        try:
+            windows.append(RateLimit(n, s, burst=max(n, 1)))
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                owner, "rate_limit_windows", value, f"{exc.expected} (RateLimit.{exc.param} of {part!r})"
+            ) from exc
+    if not windows:
+        raise ConfigurationError(owner, "rate_limit_windows", value, expected)
+    return windows
+
+
 def policies_from_extra(conn_id: str, extra: Mapping[str, Any]) -> ConnectionPolicies:
     """Build the policies a connection's extra sets; raise ConfigurationError naming the
     connection and the field on an unknown field or a value the policy class refuses."""
@@ -125,8 +156,17 @@ def policies_from_extra(conn_id: str, extra: Mapping[str, Any]) -> ConnectionPol
             raise ConfigurationError(
                 owner, field, given.get(field, exc.value), f"{exc.expected} ({cls_name}.{exc.param})"
             ) from exc
+    rate_limit = built.get("RateLimit")
+    if rate_limit is not None and "rate_limit_windows" in given:
+        more = _windows(owner, given["rate_limit_windows"])
+        try:
+            rate_limit = rate_limits([rate_limit, *more], owner, "rate_limit_windows")
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                owner, "rate_limit_windows", given["rate_limit_windows"], exc.expected
+            ) from exc
     return ConnectionPolicies(
-        conn_id, built.get("RateLimit"), built.get("BreakerPolicy"), built.get("RetryPolicy"),
+        conn_id, rate_limit, built.get("BreakerPolicy"), built.get("RetryPolicy"),
         built.get("CachePolicy"), oauth2.strip() if isinstance(oauth2, str) else None,
     )  # fmt: skip
 

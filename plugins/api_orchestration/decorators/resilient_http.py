@@ -31,16 +31,17 @@ from typing import Any
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, task_decorator_factory
 
+from api_orchestration.calls.claims import task_owner
 from api_orchestration.calls.idempotency import task_key
 from api_orchestration.errors import ConfigurationError
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy, rate_limits
 
 
 class _ResilientHttpDecoratedOperator(DecoratedOperator, PythonOperator):
     """Runs the function with a guarded client for ``http_conn_id`` as its ``client_arg`` argument.
 
     :param http_conn_id: the Airflow connection (``resilient_http`` or ``http``) (templated).
-    :param rate_limit: overrides the connection's rate limit.
+    :param rate_limit: overrides the connection's rate limit (a list: several windows held at once).
     :param rate_limit_key: limiter key, default: the connection id.
     :param breaker: overrides the connection's breaker policy.
     :param breaker_key: breaker key, default: the connection id.
@@ -63,7 +64,7 @@ class _ResilientHttpDecoratedOperator(DecoratedOperator, PythonOperator):
         op_args: Any = None,
         op_kwargs: Any = None,
         http_conn_id: str = "http_default",
-        rate_limit: RateLimit | None = None,
+        rate_limit: RateLimit | Sequence[RateLimit] | None = None,
         rate_limit_key: str | None = None,
         breaker: BreakerPolicy | None = None,
         breaker_key: str | None = None,
@@ -83,8 +84,8 @@ class _ResilientHttpDecoratedOperator(DecoratedOperator, PythonOperator):
                 client_arg,
                 "must name an argument of the function (it receives the client)",
             )
-        for name, value, cls in (("rate_limit", rate_limit, RateLimit), ("breaker", breaker, BreakerPolicy),
-                                 ("retry", retry, RetryPolicy)):  # fmt: skip
+        rate_limit = rate_limits(rate_limit, owner)  # one window, or several
+        for name, value, cls in (("breaker", breaker, BreakerPolicy), ("retry", retry, RetryPolicy)):
             if value is not None and not isinstance(value, cls):
                 raise ConfigurationError(owner, name, value, f"must be a {cls.__name__}(...)")
         op_kwargs = dict(op_kwargs or {})
@@ -104,7 +105,7 @@ class _ResilientHttpDecoratedOperator(DecoratedOperator, PythonOperator):
             "rate_limit": self.rate_limit, "rate_limit_key": self.rate_limit_key, "breaker": self.breaker,
             "breaker_key": self.breaker_key, "retry": self.retry, "timeout": self.timeout,
             "max_sleep": self.max_sleep, "state_url": self.state_url,
-            "idempotency_base": task_key(context["ti"]), "log": self.log,
+            "idempotency_base": task_key(context["ti"]), "log": self.log, "claim_as": task_owner(self),
         }  # fmt: skip
 
     def execute(self, context: Any) -> Any:

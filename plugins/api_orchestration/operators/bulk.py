@@ -24,6 +24,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from api_orchestration import compat
 from api_orchestration.calls.aiohttp_driver import options_from_connection
+from api_orchestration.calls.claims import claim_once
 from api_orchestration.calls.engines import call_concurrently, call_concurrently_async
 from api_orchestration.calls.guard import Guard
 from api_orchestration.calls.idempotency import task_key
@@ -35,7 +36,14 @@ from api_orchestration.operators.paging import PagedItems, PagedList, fetch_page
 from api_orchestration.operators.step import items_from
 from api_orchestration.operators.templates import UpstreamResults, referenced_results
 from api_orchestration.paths import data_path, shared_results_url
-from api_orchestration.policy import BreakerPolicy, CachePolicy, RateLimit, RetryPolicy, allowed_failures
+from api_orchestration.policy import (
+    BreakerPolicy,
+    CachePolicy,
+    RateLimit,
+    RetryPolicy,
+    allowed_failures,
+    rate_limits,
+)
 from api_orchestration.rendering import SandboxedNativeEnvironment, SandboxedTemplates
 from api_orchestration.state import get_backend
 from api_orchestration.syncs.progress import Progress
@@ -98,7 +106,8 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
     :param inputs: the upstream steps ``items`` may read as ``results.<step>``.
     :param concurrency: calls in flight at once (1 to 256).
     :param tolerate_failures: how many items may fail (a count, or a fraction when < 1).
-    :param rate_limit: :class:`~api_orchestration.RateLimit`; default: the connection's, else none.
+    :param rate_limit: :class:`~api_orchestration.RateLimit`, or a list of them (several windows held
+        at once); default: the connection's, else none.
     :param rate_limit_key: default: the connection id.
     :param max_in_flight: the bulkhead: at most this many calls in flight under ``rate_limit_key``,
         across all workers (default: no cap).
@@ -137,7 +146,7 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         inputs: Sequence[str] = (),
         concurrency: int = 16,
         tolerate_failures: float = 0,
-        rate_limit: RateLimit | None = None,
+        rate_limit: RateLimit | Sequence[RateLimit] | None = None,
         rate_limit_key: str | None = None,
         max_in_flight: int | None = None,
         breaker: BreakerPolicy | None = None,
@@ -179,6 +188,7 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         )
         self.json, self.query, self.headers, self.inputs = json, query, headers, tuple(inputs)
         self.concurrency, self.tolerate_failures = concurrency, tolerate_failures
+        rate_limit = rate_limits(rate_limit, f"task {self.task_id!r}")  # one window, or several
         self.rate_limit, self.breaker, self.retry = rate_limit, breaker, retry  # None: the connection's
         self.rate_limit_key, self.breaker_key, self.max_in_flight = rate_limit_key, breaker_key, max_in_flight
         self.timeout, self.select, self.state_url, self.engine = timeout, select, state_url, engine
@@ -276,6 +286,7 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
             breaker=policies.breaker, retry=policies.retry or RetryPolicy(), max_sleep=3600.0,
             max_in_flight=self.max_in_flight, cache=policies.cache, log_response=self.log_response,
         )  # fmt: skip
+        claim_once(self, guard)  # one key, one policy
         cache_key = policies.cache.key if policies.cache is not None else None
         base_key = task_key(ti)
         select = jmespath.compile(self.select) if self.select else None

@@ -11,6 +11,7 @@ import requests
 from airflow.sdk import BaseOperator, Context
 
 from api_orchestration import compat
+from api_orchestration.calls.claims import claim_once
 from api_orchestration.calls.flow import DeferralNeeded
 from api_orchestration.calls.guard import Guard, OnCircuitOpen
 from api_orchestration.calls.idempotency import DEFAULT_HEADER, task_key
@@ -30,7 +31,7 @@ from api_orchestration.errors import (
 from api_orchestration.operators.paging import fetch_pages, xcom_value
 from api_orchestration.operators.resume import Resume, ResumeTrigger
 from api_orchestration.operators.templates import UpstreamResults
-from api_orchestration.policy import BreakerPolicy, CachePolicy, RateLimit, RetryPolicy
+from api_orchestration.policy import BreakerPolicy, CachePolicy, RateLimit, RetryPolicy, rate_limits
 from api_orchestration.redaction import (
     connection_secrets,
     mask_secrets,
@@ -130,8 +131,9 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
     :param query: query-string parameters (templated; ``params`` is Airflow's DAG params).
     :param headers: extra headers (templated).
     :param timeout: seconds, or ``(connect, read)``; default ``(10, 60)``.
-    :param rate_limit: :class:`RateLimit` shared by every task using ``rate_limit_key``; default:
-        the connection's (a ``resilient_http`` connection's form fields), else none.
+    :param rate_limit: :class:`RateLimit` shared by every task using ``rate_limit_key``, or a list
+        of them (several windows held at once, e.g. ``[RateLimit(10, 1.0), RateLimit(5000, 3600.0,
+        burst=5000)]``); default: the connection's (a ``resilient_http`` connection's form fields), else none.
     :param rate_limit_key: default: the connection id (templated: a key per tenant or account, e.g.
         ``"crm:{{ params.tenant }}"``).
     :param max_in_flight: the bulkhead: at most this many calls in flight under ``rate_limit_key``,
@@ -201,7 +203,7 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         query: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         timeout: float | tuple[float, float] = (10.0, 60.0),
-        rate_limit: RateLimit | None = None,
+        rate_limit: RateLimit | Sequence[RateLimit] | None = None,
         rate_limit_key: str | None = None,
         max_in_flight: int | None = None,
         breaker: BreakerPolicy | None = None,
@@ -229,9 +231,7 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         check_oauth2_conn_id(owner, oauth2_conn_id, auth_type)
         if method not in METHODS:
             raise ConfigurationError(owner, "method", method, f"must be one of {', '.join(METHODS)}")
-        _check_type(
-            owner, "rate_limit", rate_limit, RateLimit, "must be a RateLimit(permits, per_seconds, burst)"
-        )
+        rate_limit = rate_limits(rate_limit, owner)  # one window, or a list: several on one key
         _check_type(owner, "breaker", breaker, BreakerPolicy, "must be a BreakerPolicy(...)")
         _check_type(owner, "retry", retry, RetryPolicy, "must be a RetryPolicy(...)")
         _check_type(owner, "cache", cache, CachePolicy, "must be a CachePolicy(ttl, key=..., methods=...)")
@@ -405,6 +405,7 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         guard = self.guard(spec)
         if progress is not None:  # counts failed attempts and limiter waits for the progress lines
             guard = replace(guard, listeners=(*guard.listeners, progress))
+        claim_once(self, guard)  # one key, one policy: once per task execution
         caller = ResilientCaller(
             session,
             guard,

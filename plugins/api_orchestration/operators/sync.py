@@ -20,6 +20,7 @@ from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 from airflow.sdk import BaseOperator, Context
 
 from api_orchestration import compat
+from api_orchestration.calls.claims import claim_once
 from api_orchestration.calls.flow import DeferralNeeded
 from api_orchestration.calls.guard import Guard
 from api_orchestration.calls.pagination import Pagination
@@ -27,7 +28,7 @@ from api_orchestration.calls.requests_driver import ResilientCaller
 from api_orchestration.connections import ResilientHttpHook, connection_policies
 from api_orchestration.errors import ConfigurationError
 from api_orchestration.operators.http import check_oauth2_conn_id, oauth2_tokens
-from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
+from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy, rate_limits
 from api_orchestration.rendering import SandboxedTemplates
 from api_orchestration.state import get_backend
 from api_orchestration.syncs.engine import Source, run_sync
@@ -103,6 +104,7 @@ def page_caller(op: Any, progress: Any) -> tuple[ResilientHttpHook, ResilientCal
         max_in_flight=op.max_in_flight,
         listeners=(progress,),
     )
+    claim_once(op, guard)  # one key, one policy: once per task execution
     caller = ResilientCaller(
         session, guard, timeout=op.timeout, send_options=compat.merged_extra(hook), log=progress
     )
@@ -161,7 +163,7 @@ class ApiSyncOperator(SandboxedTemplates, BaseOperator):
         headers: dict[str, str] | None = None,
         oauth2_conn_id: str | None = None,
         timeout: float | tuple[float, float] = (10.0, 60.0),
-        rate_limit: RateLimit | None = None,
+        rate_limit: RateLimit | Sequence[RateLimit] | None = None,
         rate_limit_key: str | None = None,
         breaker: BreakerPolicy | None = None,
         breaker_key: str | None = None,
@@ -181,12 +183,6 @@ class ApiSyncOperator(SandboxedTemplates, BaseOperator):
         checks = (
             ("pagination", pagination, Pagination, "must be a Pagination(style=...)"),
             ("stream", stream, Stream, "must be a Stream(name=..., primary_key=...)"),
-            (
-                "rate_limit",
-                rate_limit,
-                (RateLimit, type(None)),
-                "must be a RateLimit(permits, per_seconds, burst)",
-            ),
             ("breaker", breaker, (BreakerPolicy, type(None)), "must be a BreakerPolicy(...)"),
             ("retry", retry, (RetryPolicy, type(None)), "must be a RetryPolicy(...)"),
             ("manual_window", manual_window, timedelta, "must be a timedelta"),
@@ -195,6 +191,7 @@ class ApiSyncOperator(SandboxedTemplates, BaseOperator):
             if not isinstance(value, kind):
                 raise ConfigurationError(owner, name, value, expected)
         check_oauth2_conn_id(owner, oauth2_conn_id)
+        rate_limit = rate_limits(rate_limit, owner)  # one window, or several
         if on_circuit_open not in ("fail", "defer"):
             raise ConfigurationError(owner, "on_circuit_open", on_circuit_open, "must be 'fail' or 'defer'")
         if destination and "{{" not in destination:

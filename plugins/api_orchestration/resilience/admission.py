@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from api_orchestration.policy import BreakerPolicy, RateLimit
+from api_orchestration.policy import BreakerPolicy, RateLimit, RateLimits, rate_limits, windows_of
 from api_orchestration.resilience import breaker as brk
 from api_orchestration.resilience import limiter as rl
 from api_orchestration.resilience.kinds import GRANTED, Refusal
@@ -26,7 +27,9 @@ class AdmissionRequest:
 
     ``max_in_flight``, the bulkhead, caps the calls in flight under ``limit_key`` across all
     workers (leases expire after ``lease_seconds``). ``max_wait``: a limiter slot further away than
-    this is not reserved (the caller defers)."""
+    this is not reserved (the caller defers). ``more_windows``: the key's longer windows besides
+    ``limit`` (its shortest), each kept in a record of its own (:func:`window_key`); a slot is the
+    earliest every window allows, and is reserved in every window."""
 
     limit_key: str | None
     limit: RateLimit | None = None
@@ -35,6 +38,15 @@ class AdmissionRequest:
     max_in_flight: int | None = None
     max_wait: float = NO_WAIT_LIMIT
     lease_seconds: float = 90.0
+    more_windows: tuple[RateLimit, ...] = ()
+
+    @classmethod
+    def of(
+        cls, limit_key: str | None, limits: RateLimits | list[RateLimit] | None, **kwargs: Any
+    ) -> AdmissionRequest:
+        """A request for ``limits``: one window, or several (in any order, see ``policy.rate_limits``)."""
+        windows = windows_of(rate_limits(limits))
+        return cls(limit_key, windows[0] if windows else None, more_windows=windows[1:], **kwargs)
 
     @property
     def has_breaker(self) -> bool:
@@ -134,12 +146,28 @@ def slot_log_window(limit: RateLimit | None, count: int) -> tuple[int, int] | No
     return offset, limit.permits - offset
 
 
+def window_key(limit_key: str, limit: RateLimit) -> str:
+    """Where a key's longer window is kept (its shortest is kept under the key itself)."""
+    return f"{limit_key}#{limit.per_seconds:g}s"
+
+
+@dataclass
+class WindowState:
+    """One of a key's longer windows as a batch reads and writes it."""
+
+    key: str
+    limit: RateLimit
+    rec: rl.LimiterRecord
+    slots: SlotLog | None = None  # bursty windows only
+
+
 @dataclass
 class AdmissionState:
     """What a batch reads from the store and writes back. Leases map an id to its expiry."""
 
     limiter: rl.LimiterRecord | None = None  # None: no limiter key
     slots: SlotLog | None = None  # bursty keys only
+    more: list[WindowState] = field(default_factory=list)  # the request's more_windows, in order
     breaker: brk.BreakerRecord | None = None  # None: no breaker
     breaker_leases: dict[str, float] = field(default_factory=dict)
     bulkhead_leases: dict[str, float] = field(default_factory=dict)
@@ -179,6 +207,9 @@ def admit_batch(count: int, request: AdmissionRequest, state: AdmissionState, no
         if lrec is not None:
             nth = state.slots.nth_latest() if state.slots is not None else None
             slot = rl.next_slot(lrec, r.limit, now, nth)
+            for w in state.more:  # the earliest slot every window allows
+                nth = w.slots.nth_latest() if w.slots is not None else None
+                slot = max(slot, rl.next_slot(w.rec, w.limit, now, nth))
             if slot - now > r.max_wait:
                 refused = Admission(False, Refusal.DEFER, slot - now, paused, decided_at=now)
                 break
@@ -205,6 +236,10 @@ def admit_batch(count: int, request: AdmissionRequest, state: AdmissionState, no
             rl.reserve(lrec, r.limit, slot)
             if state.slots is not None:
                 state.slots.added.append(slot)
+            for w in state.more:
+                rl.reserve(w.rec, w.limit, slot)
+                if w.slots is not None:
+                    w.slots.added.append(slot)
         granted.append(Admission(True, GRANTED, slot - now, paused, decision, lease, decided_at=now))
     return BatchResult(granted, refused, asked, gen_before)
 

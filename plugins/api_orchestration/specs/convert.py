@@ -20,7 +20,9 @@ from api_orchestration.policy import (
     CompensationRetry,
     Poll,
     RateLimit,
+    RateLimits,
     RetryPolicy,
+    rate_limits,
 )
 from api_orchestration.specs.model import (
     CallSpec,
@@ -61,7 +63,7 @@ def to_workflow(spec: WorkflowSpec, dag_id: str) -> tuple[Workflow | None, list[
     c = _Collector()
     d = spec.defaults
     retry = _policy(c, "defaults.retry", RetryPolicy, d.retry)
-    rate_limit = _policy(c, "defaults.rate_limit", RateLimit, d.rate_limit)
+    rate_limit = _rate_limit(c, "defaults.rate_limit", d.rate_limit)
     breaker = _policy(c, "defaults.breaker", BreakerPolicy, d.breaker)
     compensation_retry = (
         _policy(c, "defaults.compensation_retry", CompensationRetry, d.compensation_retry)
@@ -138,6 +140,22 @@ def start_date(value: Any) -> pendulum.DateTime:
 
 def _policy(c: _Collector, path: str, cls: Callable[..., T], spec: Any) -> T | None:
     return None if spec is None else c.make(path, cls, **spec.model_dump(exclude_none=True))
+
+
+def _rate_limit(c: _Collector, path: str, spec: Any) -> RateLimits | None:
+    """One window (a mapping) or several (a list: ``path[i]`` names the bad one)."""
+    if not isinstance(spec, list):
+        return _policy(c, path, RateLimit, spec)
+    windows = [_policy(c, f"{path}[{i}]", RateLimit, w) for i, w in enumerate(spec)]
+    if not all(windows):
+        return None
+    try:
+        return rate_limits(windows, path)
+    except ConfigurationError as exc:
+        c.problems.append(
+            (path, f"{exc.expected}, got {shown([w.model_dump(exclude_none=True) for w in spec])}")
+        )
+        return None
 
 
 def _cache(c: _Collector, path: str, spec: Any) -> CachePolicy | None:
@@ -224,7 +242,7 @@ def _step(c: _Collector, path: str, s: StepSpec) -> Step | None:
         fallback=_call(c, f"{path}.fallback", s.fallback),
         key=s.key, merge=tuple(s.merge), fan_out=fan_out, bulk=bulk, output=s.output,
         retry=_policy(c, f"{path}.retry", RetryPolicy, s.retry),
-        rate_limit=_policy(c, f"{path}.rate_limit", RateLimit, s.rate_limit),
+        rate_limit=_rate_limit(c, f"{path}.rate_limit", s.rate_limit),
         breaker=_policy(c, f"{path}.breaker", BreakerPolicy, s.breaker), timeout=s.timeout,
         sync=_sync(c, f"{path}.sync", s.sync),
         max_in_flight=s.max_in_flight, cache=_cache(c, f"{path}.cache", s.cache),

@@ -8,9 +8,9 @@ errors at the spec's field paths.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 from pydantic_core import PydanticCustomError
 
 
@@ -65,6 +65,17 @@ class RateLimitSpec(_Spec):
     per_seconds: float | None = Field(None, description="the period, seconds (1)")
     burst: int | None = Field(None, description="calls that may start back to back (1)")
     margin: float | None = Field(None, description="fraction of the period kept free (0.02)")
+
+
+def _window_count(value: Any) -> str:
+    return "windows" if isinstance(value, list) else "one window"
+
+
+# one window (a mapping) or several held at once (a list of mappings); the tags never reach a field path
+RateLimitsSpec = Annotated[
+    Annotated[RateLimitSpec, Tag("one window")] | Annotated[list[RateLimitSpec], Tag("windows")],
+    Discriminator(_window_count),
+]
 
 
 class BreakerSpec(_Spec):
@@ -316,7 +327,7 @@ class StepSpec(_Spec):
     sync: SyncSpec | None = None
     output: str | None = Field(None, description="JMESPath applied to the response to form the result")
     retry: RetrySpec | None = None
-    rate_limit: RateLimitSpec | None = None
+    rate_limit: RateLimitsSpec | None = None
     breaker: BreakerSpec | None = None
     timeout: float | None = Field(None, description="read timeout, seconds")
     max_in_flight: int | None = Field(
@@ -337,7 +348,7 @@ class DefaultsSpec(_Spec):
         None, description="OAuth2 client Connection id: every call sends its token, shared by every worker"
     )
     retry: RetrySpec | None = None
-    rate_limit: RateLimitSpec | None = None
+    rate_limit: RateLimitsSpec | None = None
     breaker: BreakerSpec | None = None
     timeout: float = Field(30.0, description="read timeout, seconds")
     max_in_flight: int | None = Field(None, description="calls in flight per key, across all workers")

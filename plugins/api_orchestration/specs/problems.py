@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from api_orchestration.errors import did_you_mean
 
 Problem = tuple[str, str]
+UNION_TAGS = frozenset({"one window", "windows"})  # the tags of tagged unions (not part of a field path)
 
 _TYPES = {
     "int_type": "must be a whole number",
@@ -47,7 +48,7 @@ def shown(value: Any) -> str:
 def from_validation_error(exc: ValidationError, model: type[BaseModel]) -> list[Problem]:
     problems = []
     for err in exc.errors(include_url=False):
-        loc, kind, value = tuple(err["loc"]), err["type"], err.get("input")
+        loc, kind, value = tuple(p for p in err["loc"] if p not in UNION_TAGS), err["type"], err.get("input")
         ctx = err.get("ctx") or {}
         if kind == "extra_forbidden":
             known = _fields_at(model, loc[:-1])
@@ -112,6 +113,8 @@ def _fields_at(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
 def _model_in(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _model_in(typing.get_args(annotation)[0])
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) in (typing.Union, list):
         for arg in typing.get_args(annotation):
             if found := _model_in(arg):

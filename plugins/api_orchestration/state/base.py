@@ -60,7 +60,7 @@ OPERATIONS = (
     "token_lease",
     "token_store",
     "token_release",
-    "policy_claim",
+    "policy_claims",
     "cache_get",
     "cache_put",
     "cache_stats",
@@ -166,11 +166,18 @@ class StateBackend(abc.ABC):
         """Delete every key this backend owns (tests and resets)."""
 
     # -- one key, one policy (see api_orchestration.resilience.policy_claims) ---------------------
-    @abc.abstractmethod
     def policy_claim(
         self, kind: str, name: str, policy: str, owner: str, ttl: float = CLAIM_TTL
     ) -> ClaimResult:
         """Claim limiter (``kind`` ``limiter``) or breaker key ``name`` for ``policy`` from ``owner``."""
+        return self.policy_claims([(kind, name, policy)], owner, ttl)[0]
+
+    @abc.abstractmethod
+    def policy_claims(
+        self, claims: Sequence[tuple[str, str, str]], owner: str, ttl: float = CLAIM_TTL
+    ) -> list[ClaimResult]:
+        """Claim each ``(kind, name, policy)`` for ``owner`` (see :meth:`policy_claim`), in one atomic
+        operation: one round trip for all the keys of a task. A conflicting claim changes nothing."""
 
     # -- shared OAuth2 tokens (see api_orchestration.resilience.tokens) ----------------------------
     @abc.abstractmethod

@@ -160,6 +160,8 @@ class RedisBackend(StateBackend):
         reply = self._run(
             "admit_many", count=count, limit_key=r.limit_key,
             limit=[lim.permits, lim.window, lim.interval, lim.burst] if lim else None,
+            more=[[adm.window_key(r.limit_key, w), w.permits, w.window, w.interval, w.burst]  # type: ignore[arg-type]
+                  for w in r.more_windows] if r.more_windows else None,
             breaker_key=r.breaker_key if r.has_breaker else None,
             breaker=_policy(r.breaker) if r.has_breaker else None,  # type: ignore[arg-type]
             max_in_flight=r.max_in_flight if r.has_bulkhead else None,
@@ -219,11 +221,11 @@ class RedisBackend(StateBackend):
         self._run("reset", breaker_key=key)
 
     # -- one key, one policy ------------------------------------------------------------------------------
-    def policy_claim(
-        self, kind: str, name: str, policy: str, owner: str, ttl: float = CLAIM_TTL
-    ) -> ClaimResult:
-        reply = self._run("policy_claim", kind=kind, name=name, policy=policy, owner=owner, ttl=ttl)
-        return ClaimResult(bool(reply["ok"]), reply["policy"], reply["owner"])
+    def policy_claims(
+        self, claims: Sequence[tuple[str, str, str]], owner: str, ttl: float = CLAIM_TTL
+    ) -> list[ClaimResult]:
+        reply = self._run("policy_claim", claims=[list(c) for c in claims], owner=owner, ttl=ttl)
+        return [ClaimResult(bool(r["ok"]), r["policy"], r["owner"]) for r in _list(reply["results"])]
 
     # -- shared OAuth2 tokens ------------------------------------------------------------------------
     def token_lease(

@@ -212,6 +212,12 @@ class SQLiteBackend(StateBackend):
             if r.limit_key is not None:
                 state.limiter, state.bulkhead_leases, _ = self._limiter(conn, r.limit_key)
                 state.slots = self._slot_log(conn, r.limit_key, r.limit, now, count)
+                for limit in r.more_windows:  # a multi-window key: one record per longer window
+                    sub = adm.window_key(r.limit_key, limit)
+                    rec = self._limiter(conn, sub)[0]
+                    state.more.append(
+                        adm.WindowState(sub, limit, rec, self._slot_log(conn, sub, limit, now, count))
+                    )
             if r.has_breaker:
                 state.breaker, state.breaker_leases = self._breaker(conn, r.breaker_key)  # type: ignore[arg-type]
             result = adm.admit_batch(count, r, state, now)
@@ -225,12 +231,18 @@ class SQLiteBackend(StateBackend):
                 )
             if result.granted and state.limiter is not None and (r.limit is not None or r.has_bulkhead):
                 self._save_limiter(conn, r.limit_key, state.limiter, state.bulkhead_leases)  # type: ignore[arg-type]
-                if state.slots is not None and state.slots.added:
-                    conn.executemany(
-                        "INSERT INTO limiter_slot (key, slot) VALUES (?, ?)",
-                        [(r.limit_key, t) for t in state.slots.added],
-                    )
+                self._save_slots(conn, r.limit_key, state.slots)
+                for w in state.more:
+                    self._save_limiter(conn, w.key, w.rec, {})
+                    self._save_slots(conn, w.key, w.slots)
             return Batch(tuple(result.granted), result.refused, recorded)
+
+    @staticmethod
+    def _save_slots(conn: sqlite3.Connection, key: str, slots: adm.SlotLog | None) -> None:
+        if slots is not None and slots.added:
+            conn.executemany(
+                "INSERT INTO limiter_slot (key, slot) VALUES (?, ?)", [(key, t) for t in slots.added]
+            )
 
     def _slot_log(
         self, conn: sqlite3.Connection, key: str, limit: Any, now: float, count: int
@@ -330,21 +342,25 @@ class SQLiteBackend(StateBackend):
             return Snapshot(now, limiters, breakers)
 
     # -- one key, one policy --------------------------------------------------------------------------
-    def policy_claim(
-        self, kind: str, name: str, policy: str, owner: str, ttl: float = pc.CLAIM_TTL
-    ) -> pc.ClaimResult:
+    def policy_claims(
+        self, claims: Sequence[tuple[str, str, str]], owner: str, ttl: float = pc.CLAIM_TTL
+    ) -> list[pc.ClaimResult]:
+        results = []
         with self._transaction() as conn:
-            row = conn.execute(
-                "SELECT policy, owner, seen_at FROM policy_claim WHERE name = ?", (f"{kind}:{name}",)
-            ).fetchone()
-            rec = pc.PolicyClaim(*row) if row else pc.PolicyClaim()
-            result = pc.claim(rec, policy, owner, self.clock(), ttl)
-            if result.ok:
-                conn.execute(
-                    "INSERT OR REPLACE INTO policy_claim (name, policy, owner, seen_at) VALUES (?, ?, ?, ?)",
-                    (f"{kind}:{name}", rec.policy, rec.owner, rec.seen_at),
-                )
-            return result
+            now = self.clock()
+            for kind, name, policy in claims:
+                row = conn.execute(
+                    "SELECT policy, owner, seen_at FROM policy_claim WHERE name = ?", (f"{kind}:{name}",)
+                ).fetchone()
+                rec = pc.PolicyClaim(*row) if row else pc.PolicyClaim()
+                result = pc.claim(rec, policy, owner, now, ttl)
+                if result.ok:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO policy_claim (name, policy, owner, seen_at) VALUES (?, ?, ?, ?)",
+                        (f"{kind}:{name}", rec.policy, rec.owner, rec.seen_at),
+                    )
+                results.append(result)
+        return results
 
     # -- shared OAuth2 tokens ---------------------------------------------------------------------
     def _token(self, conn: sqlite3.Connection, name: str) -> tok.TokenRecord:

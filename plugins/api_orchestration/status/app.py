@@ -185,10 +185,15 @@ def create_app(backend: StateBackend | Callable[[], StateBackend] | None = None)
 
     @app.get("/api/limiters/{key:path}")
     def api_limiter(key: str, user: Reader) -> dict[str, Any]:
-        found = store().limiter_status(key)
+        backend = store()
+        found = backend.limiter_status(key)
         if found is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no limiter with key {key!r}")
-        return limiter_view(found)
+        row = limiter_view(found)
+        if found.limit_permits:  # a multi-window key: its longer windows too
+            rows = {r["key"]: r for r in collect_status(backend, sagas=0)["limiters"]}
+            row = rows.get(key, row)
+        return row
 
     @app.get("/api/caches")
     def api_caches(user: Reader) -> list[dict[str, Any]]:

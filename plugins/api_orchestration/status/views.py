@@ -6,6 +6,7 @@ clock decides; the api-server's clock does not matter).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -90,6 +91,14 @@ def limiter_view(status: LimiterStatus) -> dict[str, Any]:
         else:
             used = 0
     paused = rec.paused_until > now
+    window = {
+        "permits": limit.permits if limit else None,
+        "window_seconds": round(limit.window, 6) if limit else None,
+        "burst": limit.burst if limit else None,
+        "permits_used": used,
+        "next_free_at": iso(max(next_free, now)),
+        "next_free_in_seconds": _seconds(next_free - now),
+    }
     return {
         "key": key,
         "permits": limit.permits if limit else None,
@@ -103,7 +112,30 @@ def limiter_view(status: LimiterStatus) -> dict[str, Any]:
         "pause_until": iso(rec.paused_until),  # the end of the last pause (past once it is over)
         "granted_total": rec.granted,
         "in_flight": status.in_flight,
+        "windows": [window] if limit else [],  # a multi-window key: each window (see limiter_views)
     }
+
+
+_WINDOW_SUFFIX = re.compile(r"#[0-9.e+-]+s")  # resilience.admission.window_key
+
+
+def limiter_views(limiters: dict[str, LimiterStatus]) -> list[dict[str, Any]]:
+    """One row per limiter key, ordered by key; a key's longer windows (kept under ``key#<period>s``)
+    are listed in its ``windows``, and its next free permit is the latest of its windows'."""
+    rows = {key: limiter_view(status) for key, status in sorted(limiters.items())}
+    out = []
+    for key, row in rows.items():
+        parent, sep, _ = key.rpartition("#")
+        if sep and parent in rows and _WINDOW_SUFFIX.fullmatch(key[len(parent) :]):
+            main, (window,) = rows[parent], row["windows"] or [None]
+            if window is not None:
+                main["windows"].append(window)
+                if window["next_free_in_seconds"] > main["next_free_in_seconds"]:
+                    main["next_free_at"] = window["next_free_at"]
+                    main["next_free_in_seconds"] = window["next_free_in_seconds"]
+            continue
+        out.append(row)
+    return out
 
 
 def collect_status(backend: StateBackend, sagas: int = 20) -> dict[str, Any]:
@@ -114,7 +146,7 @@ def collect_status(backend: StateBackend, sagas: int = 20) -> dict[str, Any]:
         "now": iso(snap.now),
         "state_url": backend.safe_url,
         "breakers": [breaker_view(b) for _, b in sorted(snap.breakers.items())],
-        "limiters": [limiter_view(status) for _, status in sorted(snap.limiters.items())],
+        "limiters": limiter_views(snap.limiters),
         "sagas": [{**s, "at": iso(s.get("at"))} for s in backend.saga_recent(sagas)] if sagas > 0 else [],
         "streams": [{**s, "at": iso(s.get("at"))} for s in backend.stream_latest()],
         "caches": cache_views(backend),

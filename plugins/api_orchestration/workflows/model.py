@@ -6,6 +6,7 @@ into the same model. Validation errors name the workflow, the step and the field
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from api_orchestration.policy import (
     RateLimit,
     RetryPolicy,
     allowed_failures,
+    rate_limits,
 )
 from api_orchestration.syncs.stream import Stream
 
@@ -297,7 +299,7 @@ class Step:
     bulk: Bulk | None = None
     output: str | None = None  # JMESPath applied to the response JSON before it becomes the result
     retry: RetryPolicy | None = None
-    rate_limit: RateLimit | None = None
+    rate_limit: RateLimit | Sequence[RateLimit] | None = None  # a list: several windows held at once
     breaker: BreakerPolicy | None = None
     timeout: float | None = None
     max_in_flight: int | None = None  # the bulkhead on the step's key: calls in flight, all workers
@@ -321,7 +323,7 @@ class Workflow:
     conn_id: str = "http_default"
     oauth2_conn_id: str | None = None  # an OAuth2 client connection: every call sends its shared token
     retry: RetryPolicy | None = None  # None: the connection's (resilient_http), else RetryPolicy()
-    rate_limit: RateLimit | None = None
+    rate_limit: RateLimit | Sequence[RateLimit] | None = None  # a list: several windows held at once
     breaker: BreakerPolicy | None = None
     timeout: float = 30.0
     max_in_flight: int | None = None
@@ -339,6 +341,7 @@ class Workflow:
         owner = f"workflow {self.name!r}"
         if not self.steps:
             raise ConfigurationError(owner, "steps", [], "must hold at least one step")
+        _check_rate_limit(owner, self.rate_limit, None)
         seen: set[str] = set()
         for s in self.steps:
             if not isinstance(s.name, str) or not (s.name.isascii() and s.name.replace("_", "a").isalnum()):
@@ -356,6 +359,7 @@ class Workflow:
             seen.add(s.name)
             where = f"{owner} step {s.name!r}"
             step = s.name
+            _check_rate_limit(where, s.rate_limit, step)
             if (s.call is None) == (not s.merge):
                 raise ConfigurationError(
                     where, "call/merge", None, "needs exactly one of a call or a merge", step=step
@@ -461,6 +465,14 @@ class Workflow:
                     pending.remove(name)
                     break
         return done
+
+
+def _check_rate_limit(where: str, value: Any, step: str | None) -> None:
+    """A RateLimit or a list of them (several windows of one key)."""
+    try:
+        rate_limits(value, where)
+    except ConfigurationError as exc:
+        raise ConfigurationError(where, "rate_limit", value, exc.expected, step=step) from None
 
 
 def _check_paginate(where: str, s: Step) -> None:

@@ -18,6 +18,51 @@ if rl_hash then
     for i = 2, #z, 2 do older[#older + 1] = tonumber(z[i]) end
   end
 end
+-- a multi-window key: its longer windows, each in a hash of its own (admission.window_key), read
+-- like the key's own: ws[i] = {hash, lim, tat, last, granted, pstart, pcount, older, offset, slots}
+local ws = {}
+for i, m in ipairs(req.more or {}) do
+  local w = {hash = key('rl', m[1]), lim = {m[2], m[3], m[4], m[5]}, older = {}, offset = 0, slots = {}}
+  local h = redis.call('HMGET', w.hash, 'tat', 'last_slot', 'granted', 'period_start', 'period_count')
+  w.tat, w.last, w.granted = tonumber(h[1]) or 0, tonumber(h[2]) or 0, tonumber(h[3]) or 0
+  w.pstart, w.pcount = h[4] or '', tonumber(h[5]) or 0
+  if w.lim[4] > 1 then
+    redis.call('ZREMRANGEBYSCORE', w.hash .. ':z', '-inf', f(now - w.lim[2]))
+    w.offset = math.max(0, w.lim[1] - count)
+    local z = redis.call('ZREVRANGE', w.hash .. ':z', w.offset, w.lim[1] - 1, 'WITHSCORES')
+    for k = 2, #z, 2 do w.older[#w.older + 1] = tonumber(z[k]) end
+  end
+  ws[i] = w
+end
+-- the earliest slot a window allows after slot (limiter.next_slot, without the pause: the key's own)
+local function window_slot(slot, lim, tat_, last_, j, added, older_, offset_)
+  slot = math.max(slot, tat_ - (lim[4] - 1) * lim[3], last_)
+  if lim[4] > 1 then  -- the permits-th latest slot, this batch's own included
+    local nth
+    if j >= lim[1] then nth = added[j - lim[1] + 1] else nth = older_[lim[1] - j - offset_] end
+    if nth then slot = math.max(slot, nth + lim[2]) end
+  end
+  return slot
+end
+-- book slot in a window (limiter.reserve): returns tat, last, granted, pstart, pcount
+local function window_reserve(slot, lim, tat_, granted_, pstart_, pcount_, added)
+  local start = f(math.floor(slot / lim[2]) * lim[2])
+  if start == pstart_ then pcount_ = pcount_ + 1 else pstart_, pcount_ = start, 1 end
+  added[#added + 1] = slot
+  return math.max(tat_, slot) + lim[3], slot, granted_ + 1, pstart_, pcount_
+end
+local function save_slots(hash, lim, added)
+  if lim[4] > 1 and #added > 0 then
+    local seq = redis.call('HINCRBY', hash, 'seq', #added) - #added
+    local z = {}
+    for i, slot in ipairs(added) do
+      table.insert(z, f(slot))
+      table.insert(z, tostring(seq + i))
+    end
+    redis.call('ZADD', hash .. ':z', unpack(z))
+    redis.call('PEXPIRE', hash .. ':z', TTL_MS)
+  end
+end
 local paused = rl_hash ~= nil and paused_until > now
 local bulkhead = rl_hash and req.max_in_flight
 local in_bulkhead = 0
@@ -31,13 +76,9 @@ end
 local grants, slots, refusal, asked, touched = {}, {}, nil, false, false
 for j = 0, count - 1 do
   local slot = math.max(now, paused_until)
-  if lim then
-    slot = math.max(slot, tat - (lim[4] - 1) * lim[3], last)
-    if lim[4] > 1 then  -- the permits-th latest slot, this batch's own included
-      local nth
-      if j >= lim[1] then nth = slots[j - lim[1] + 1] else nth = older[lim[1] - j - offset] end
-      if nth then slot = math.max(slot, nth + lim[2]) end
-    end
+  if lim then slot = window_slot(slot, lim, tat, last, j, slots, older, offset) end
+  for _, w in ipairs(ws) do  -- the earliest slot every window allows
+    slot = window_slot(slot, w.lim, w.tat, w.last, j, w.slots, w.older, w.offset)
   end
   if rl_hash and slot - now > req.max_wait then
     refusal = {reason = 'defer', wait = f(slot - now), paused = paused}
@@ -69,12 +110,13 @@ for j = 0, count - 1 do
     touched = true
   end
   if lim then
-    tat, last, granted = math.max(tat, slot) + lim[3], slot, granted + 1
-    -- for the status page (as limiter.reserve): the policy last used, grants per epoch-aligned period
-    local start = f(math.floor(slot / lim[2]) * lim[2])
-    if start == pstart then pcount = pcount + 1 else pstart, pcount = start, 1 end
-    slots[#slots + 1] = slot
+    -- period_*: for the status page (as limiter.reserve), grants per epoch-aligned period
+    tat, last, granted, pstart, pcount = window_reserve(slot, lim, tat, granted, pstart, pcount, slots)
     touched = true
+  end
+  for _, w in ipairs(ws) do
+    w.tat, w.last, w.granted, w.pstart, w.pcount =
+      window_reserve(slot, w.lim, w.tat, w.granted, w.pstart, w.pcount, w.slots)
   end
   table.insert(grants, {wait = f(slot - now), decision = decision, bulkhead_lease = lease})
 end
@@ -94,15 +136,15 @@ if touched then
   end
   redis.call('PEXPIRE', rl_hash, TTL_MS)
   if bulkhead then redis.call('PEXPIRE', rl_hash .. ':f', TTL_MS) end
-  if lim and lim[4] > 1 and #slots > 0 then
-    local seq = redis.call('HINCRBY', rl_hash, 'seq', #slots) - #slots
-    local z = {}
-    for i, slot in ipairs(slots) do
-      table.insert(z, f(slot))
-      table.insert(z, tostring(seq + i))
+  if lim then save_slots(rl_hash, lim, slots) end
+  for _, w in ipairs(ws) do
+    if #w.slots > 0 then
+      local l = w.lim
+      redis.call('HSET', w.hash, 'tat', f(w.tat), 'last_slot', f(w.last), 'granted', w.granted, 'period_start',
+                 w.pstart, 'period_count', w.pcount, 'limit_permits', l[1], 'limit_window', f(l[2]), 'limit_burst', l[4])
+      redis.call('PEXPIRE', w.hash, TTL_MS)
+      save_slots(w.hash, l, w.slots)
     end
-    redis.call('ZADD', rl_hash .. ':z', unpack(z))
-    redis.call('PEXPIRE', rl_hash .. ':z', TTL_MS)
   end
 end
 return cjson.encode({granted = grants, refused = refusal or false, paused = paused, recorded = recorded})

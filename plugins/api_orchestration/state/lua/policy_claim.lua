@@ -1,11 +1,17 @@
--- claim a key for a policy; the port of resilience.policy_claims.claim
-local hash = key('pol', req.kind .. ':' .. req.name)
-local h = redis.call('HMGET', hash, 'policy', 'owner', 'seen_at')
-local policy, owner, seen = h[1] or '', h[2] or '', tonumber(h[3]) or 0
-if policy ~= '' and policy ~= req.policy and owner ~= req.owner and now - seen < req.ttl then
-  return cjson.encode({ok = false, policy = policy, owner = owner})
+-- claim keys for policies, each as resilience.policy_claims.claim (its port): req.claims is a list of
+-- {kind, name, policy}; a conflicting claim changes nothing
+local results = {}
+for i, c in ipairs(req.claims) do
+  local hash = key('pol', c[1] .. ':' .. c[2])
+  local h = redis.call('HMGET', hash, 'policy', 'owner', 'seen_at')
+  local policy, owner, seen = h[1] or '', h[2] or '', tonumber(h[3]) or 0
+  if policy ~= '' and policy ~= c[3] and owner ~= req.owner and now - seen < req.ttl then
+    results[i] = {ok = false, policy = policy, owner = owner}
+  else
+    if policy ~= c[3] or owner == '' then policy, owner = c[3], req.owner end
+    redis.call('HSET', hash, 'policy', policy, 'owner', owner, 'seen_at', f(now))
+    redis.call('PEXPIRE', hash, TTL_MS)
+    results[i] = {ok = true, policy = policy, owner = owner}
+  end
 end
-if policy ~= req.policy or owner == '' then policy, owner = req.policy, req.owner end
-redis.call('HSET', hash, 'policy', policy, 'owner', owner, 'seen_at', f(now))
-redis.call('PEXPIRE', hash, TTL_MS)
-return cjson.encode({ok = true, policy = policy, owner = owner})
+return cjson.encode({results = results})
