@@ -160,3 +160,94 @@ def test_a_sync_sends_the_token_of_its_connections_oauth2_conn_id(oauth_conn, mo
                     sync=Sync(Stream("oauth_echo", primary_key="path"))),),
     )  # fmt: skip
     assert build(wf, schedule=None, start_date=START).get_task("s").oauth2_conn_id == "demo_oauth"
+
+
+def _stored_tokens_and_entries() -> tuple[set[str], list[str]]:
+    """The access tokens in the suite's state store, and every response-cache entry as stored."""
+    import sqlite3
+
+    from api_orchestration.state import get_backend
+
+    with sqlite3.connect(get_backend().path) as db:
+        tokens = {
+            json.loads(entry)["access_token"] for (entry,) in db.execute("SELECT entry FROM oauth_token")
+        }
+        entries = [body for (body,) in db.execute("SELECT body FROM cache_entry")]
+    return tokens, entries
+
+
+def test_a_cached_get_behind_oauth2_needs_no_token_is_kept_per_credential_and_revalidates_after_a_401(
+    oauth_conn, monkeypatch, caplog
+) -> None:
+    """Two OAuth2 clients call the same URL under the same limiter key (so the same cache scope):
+    each gets its own entry. A fresh entry is served with no call and no token request though the
+    token is expiring; a stale one is revalidated with the token, a 401 (revoked) gets one new
+    token and one retry, and the 304 serves the stored body. No token is in an entry, log or XCom."""
+    import logging
+    import time
+    import uuid
+
+    from airflow.sdk import DAG
+
+    from api_orchestration.policy import CachePolicy
+
+    demo = oauth_conn
+    reader = {"conn_type": "generic", "host": f"{demo.url}/oauth/token", "login": "reader-client",
+              "password": "reader-secret", "extra": {"scopes": ["read"]}}  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_READER_OAUTH", json.dumps(reader))
+    path = f"/oauth/api/ref-{uuid.uuid4().hex[:8]}"
+    with DAG("oauth_cache", schedule=None, start_date=START, params={"max_age": 60}) as dag:
+        for task_id, conn in (("as_demo", "demo_oauth"), ("as_reader", "reader_oauth")):
+            ResilientHttpOperator(
+                task_id=task_id, http_conn_id="demo_api", oauth2_conn_id=conn, rate_limit_key="crm",
+                endpoint=path + "?max_age={{ params.max_age }}", cache=CachePolicy(ttl=60), log_response=True,
+                response_filter=lambda r: {**r.json(), "cached": getattr(r, "from_cache", False)},
+            )  # fmt: skip
+    _register(dag)
+
+    def run(max_age: int) -> dict:
+        result = dag.test(run_conf={"max_age": max_age})
+        assert result.state == "success", _states(result)
+        return {t: _xcom(result, t) for t in ("as_demo", "as_reader")}
+
+    def settings(**values) -> None:
+        requests.post(f"{demo.url}/admin/oauth/settings", json=values, timeout=5).raise_for_status()
+
+    tokens, xcoms = set(), []
+    with caplog.at_level(logging.INFO):
+        # 1. tokens of 30 s: within the 60 s refresh margin, so any call would first fetch a new one
+        settings(access_token_ttl=30)
+        first = run(60)
+        tokens |= _stored_tokens_and_entries()[0]
+        before = _oauth(demo)
+        again = run(60)
+        after = _oauth(demo)
+        assert (first["as_demo"]["client_id"], first["as_reader"]["client_id"]) == (
+            "demo-client",
+            "reader-client",
+        )
+        assert again == {t: {**first[t], "cached": True} for t in first}  # each client its own entry
+        assert (
+            after["token_requests"] == before["token_requests"] and after["api_calls"] == before["api_calls"]
+        )
+        # 2. a stale entry, a token the API has revoked: 401, one new token, one retry, 304
+        settings(access_token_ttl=3600)
+        stored = run(1)
+        tokens |= _stored_tokens_and_entries()[0]
+        requests.post(f"{demo.url}/admin/oauth/revoke", json={}, timeout=5).raise_for_status()
+        time.sleep(1.1)  # max-age=1: stale, revalidated with its ETag
+        before = _oauth(demo)
+        revalidated = run(1)
+        after = _oauth(demo)
+        xcoms += [first, again, stored, revalidated]
+    assert revalidated == {t: {**stored[t], "cached": True} for t in stored}
+    delta = {
+        k: after.get(k, 0) - before.get(k, 0)
+        for k in ("token_requests", "api_invalid_token", "api_not_modified", "api_ok")
+    }
+    assert delta == {"token_requests": 2, "api_invalid_token": 2, "api_not_modified": 2, "api_ok": 0}
+    current, entries = _stored_tokens_and_entries()
+    tokens |= current
+    assert len(tokens) >= 4 and entries  # (demo and reader) x (30 s, 3600 s, after the 401)
+    seen = caplog.text + json.dumps(xcoms) + "".join(entries)
+    assert not [t for t in tokens if t in seen]

@@ -18,9 +18,12 @@ together): beyond it, 429 ``{"error": "rate_limited"}`` with ``Retry-After``.
 
 ``ANY /oauth/api/<path>`` echoes the request and the token's client and scope when it carries
 ``Authorization: Bearer <valid token>``; GET/HEAD need scope ``read``, other methods ``write``
-(else 403 ``insufficient_scope``). No credentials: 401 ``WWW-Authenticate: Bearer realm="demo"``
+(else 403 ``insufficient_scope``). A GET's answer has an ``ETag`` (of the body: per path and
+client), answered **304** to a matching ``If-None-Match``; ``?max_age=N`` adds ``Cache-Control:
+private, max-age=N`` (for this client only, as such APIs mark per-user answers). No credentials: 401 ``WWW-Authenticate: Bearer realm="demo"``
 (RFC 6750 §3.1: no error code); an unknown, expired or revoked token: 401 with
-``error="invalid_token"``.
+``error="invalid_token"``. The counts ``api_ok`` and ``api_not_modified`` (304s) are per client
+too (``api_ok.<client>``).
 
 Admin: ``GET /admin/oauth`` (token-request counts by grant and outcome, tokens issued, protected
 calls and their 401s), ``POST /admin/oauth/expire`` and ``/admin/oauth/revoke`` (``{"access_token"?,
@@ -34,6 +37,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import json
 import secrets
 import threading
 import time
@@ -42,7 +47,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from demo_services.common import GET, POST, ServiceError, json_object
+from demo_services.common import GET, POST, ServiceError, json_object, query_int
+from demo_services.reference import matches
 from demo_services.routing import Request, Response, Route
 from demo_services.state import DemoState
 
@@ -296,10 +302,26 @@ def protected(request: Request, state: DemoState) -> Response:
             headers = _bearer_challenge("insufficient_scope", description)
             headers["WWW-Authenticate"] += f', scope="{needed}"'
             return Response(403, {"error": "insufficient_scope", "detail": description}, headers)
-        auth.counts["api_ok"] += 1
         client_id, scopes = found.client_id, sorted(found.scopes)
-    body = {"path": request.path, "method": request.method, "client_id": client_id, "scope": " ".join(scopes)}
-    return Response(200, body)
+        body = {
+            "path": request.path,
+            "method": request.method,
+            "client_id": client_id,
+            "scope": " ".join(scopes),
+        }
+        headers: dict[str, str] = {}
+        if request.method == "GET":
+            digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+            headers["ETag"] = f'"{digest}"'
+            if "max_age" in request.query:
+                headers["Cache-Control"] = f"private, max-age={query_int(request, 'max_age', 60, 0, 86400)}"
+            if matches(request.headers.get("if-none-match", ""), headers["ETag"]):
+                auth.counts["api_not_modified"] += 1
+                auth.counts[f"api_not_modified.{client_id}"] += 1
+                return Response(304, None, headers)
+        auth.counts["api_ok"] += 1
+        auth.counts[f"api_ok.{client_id}"] += 1
+    return Response(200, body, headers)
 
 
 # --- admin ----------------------------------------------------------------------------------

@@ -145,9 +145,13 @@ class AsyncCaller:
         proxy = self._proxies[origin]
         return {"proxy": proxy} if proxy else {}
 
-    async def call(self, r: flow.HttpRequest, cache_key: str | None = None) -> Reply:
+    async def call(
+        self, r: flow.HttpRequest, cache_key: str | None = None, admissions: AdmissionQueue | None = None
+    ) -> Reply:
         """Make the call; return the successful reply or raise a typed error (or DeferralNeeded).
-        ``cache_key``: the entry's key in the guard's cache (default: the method and full URL)."""
+        ``cache_key``: the entry's key in the guard's cache (default: the method and full URL);
+        ``admissions``: the queue of this call's guard (default: the caller's; bulk's per-item keys)."""
+        queue = admissions or self.admissions
         target = URL(r.url).extend_query(query_pairs(r.params)) if r.params else URL(r.url)
         body = {}
         if r.has_body:
@@ -155,18 +159,20 @@ class AsyncCaller:
         options = {**body, **self.options, **self._proxy(target)}
         headers = r.all_headers
         sent_headers = {**self.session.headers, **headers}  # what goes out (the cache's Vary, auth rules)
-        if self.session.auth is not None:
-            sent_headers.setdefault("Authorization", "<session auth>")
+        if (
+            self.session.auth is not None
+        ):  # the connection's credential (the cache keeps entries per credential)
+            sent_headers.setdefault("Authorization", self.session.auth.encode())
         info = flow.CallInfo(
             r.method, redact_url(str(target)), r.idempotency_key, (str(target), target.raw_path_qs),
             sent_headers, cache_key,
         )  # fmt: skip
         stepper = flow.Stepper(
-            flow.attempt_flow(info, self.guard, self.admissions.request, self.events, time.monotonic)
+            flow.attempt_flow(info, queue.guard, queue.request, self.events, time.monotonic)
         )
         while (command := stepper.next()) is not None:
             try:
-                stepper.succeeded(await self._execute(command, r.method, target, headers, options))
+                stepper.succeeded(await self._execute(command, r.method, target, headers, options, queue))
             except BaseException as exc:
                 stepper.failed(exc)
         return stepper.result  # type: ignore[return-value]
@@ -178,7 +184,9 @@ class AsyncCaller:
         target: URL,
         headers: dict[str, str],
         options: dict[str, Any],
+        admissions: AdmissionQueue,
     ) -> Any:
+        guard = admissions.guard
         if isinstance(command, flow.Send):
             if command.headers:  # the OAuth2 Authorization, a revalidation's If-None-Match
                 headers = {**headers, **dict(command.headers)}
@@ -193,26 +201,25 @@ class AsyncCaller:
             )
             return flow.Sent(reply, None, False, time.perf_counter() - started)
         if isinstance(command, flow.Authorize):  # a store read, rarely a token request: off the event loop
-            return await asyncio.to_thread(self.guard.tokens.authorize, command.reject)  # type: ignore[union-attr]
+            return await asyncio.to_thread(guard.tokens.authorize, command.reject)  # type: ignore[union-attr]
         if isinstance(command, flow.Admit):
-            return await self.admissions.admit(slot_only=command.slot_only)
+            return await admissions.admit(slot_only=command.slot_only)
         if isinstance(command, flow.Sleep):
             await asyncio.sleep(command.seconds)
             return None
         if isinstance(command, flow.Report):
-            self.admissions.record(command.verdict)  # before the next admission asked for
+            admissions.record(command.verdict)  # before the next admission asked for
             return None
         if isinstance(command, flow.Pause):
-            return await self.admissions.pause(command.seconds)
+            return await admissions.pause(command.seconds)
         if isinstance(command, flow.CacheLookup):  # one short store operation, off the event loop
-            backend = self.guard.backend
-            found = await asyncio.to_thread(backend.cache_get, command.scope, command.key)
+            found = await asyncio.to_thread(guard.backend.cache_get, command.scope, command.key)
             entry = CacheEntry.from_dict(found) if found else None
             return flow.CacheFound(entry, lambda e: Reply.from_entry(e, str(target)))
         if isinstance(command, flow.CacheStore):
             e = command.entry
             return await asyncio.to_thread(
-                self.guard.backend.cache_put, command.scope, command.key, e.to_dict(), e.size, command.keep,
+                guard.backend.cache_put, command.scope, command.key, e.to_dict(), e.size, command.keep,
                 command.max_total_bytes,
             )  # fmt: skip
         raise TypeError(f"unknown command {command!r}")

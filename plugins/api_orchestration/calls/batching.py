@@ -7,6 +7,10 @@ the store. The pump makes at most one operation every ``interval`` seconds (an i
 request goes at once), so under load the batches grow: at 2,000 calls/s, about 10 calls per
 operation instead of one or two operations per call. Slots are still handed out first come,
 first served, and the store's decisions are exactly those of the same admissions one by one.
+
+A store operation decides one limiter and breaker key (``admit_many``), so calls under several keys
+(bulk's per-item keys) are batched per key: :class:`AdmissionQueues` keeps one queue per key pair,
+all sharing a small pool of store threads.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from api_orchestration.state.base import Batch, Verdict
 
 MAX_BATCH = 256  # admissions per store operation
 INTERVAL = 0.005  # at most one store operation per this many seconds, while busy
+STORE_THREADS = 4  # store operations of different keys in flight at once (one per key at most)
 Waiter = asyncio.Future[Admitted]
 
 
@@ -39,13 +44,15 @@ class AdmissionQueue:
         *,
         max_batch: int = MAX_BATCH,
         interval: float = INTERVAL,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self.guard, self.events, self.max_batch, self.interval = guard, events, max_batch, interval
         self.request = guard.admission_request(lease_seconds)
         self.operations = 0  # store operations made (admit_many calls)
         self.new_slots = 0  # slot-only admissions (late calls)
         self.round_trip = float("inf")  # the shortest operation seen, start to answer: its steady part
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="api-orchestration-admission")
+        self._own_executor = executor is None  # else shared with other keys' queues, shut down by its owner
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="api-orchestration-admission")
         self._waiting: deque[Waiter] = deque()
         self._slot_only: deque[Waiter] = deque()
         self._verdicts: list[Verdict] = []
@@ -71,7 +78,7 @@ class AdmissionQueue:
 
     async def close(self) -> None:
         """Wait for the pump, record the verdicts still queued (a failure is logged, not raised:
-        the calls were made; their leases expire), and stop the store thread."""
+        the calls were made; their leases expire), and stop the store thread (if its own)."""
         if self._pump is not None:
             await asyncio.gather(self._pump, return_exceptions=True)
         verdicts, self._verdicts = self._verdicts, []
@@ -82,7 +89,8 @@ class AdmissionQueue:
             key = self.guard.breaker_key or self.guard.limit_key
             self.events.publish(VerdictNotRecorded(key, len(verdicts), getattr(exc, "cause_text", str(exc))))
         finally:
-            self._executor.shutdown(wait=True)
+            if self._own_executor:
+                self._executor.shutdown(wait=True)
 
     # -- the pump -------------------------------------------------------------------------------
     def _kick(self) -> None:
@@ -153,3 +161,40 @@ class AdmissionQueue:
                 self.events.publish(
                     BreakerTransition(self.guard.breaker_key, transition.before, transition.after)
                 )
+
+
+class AdmissionQueues:
+    """One :class:`AdmissionQueue` per guard (limiter and breaker key pair) of one event loop, made
+    on first use; the queues share ``STORE_THREADS`` store threads, and each makes at most one
+    store operation at a time, so a single key behaves exactly as one queue on its own."""
+
+    def __init__(self, lease_seconds: float, events: Events, **options: Any) -> None:
+        self.lease_seconds, self.events, self.options = lease_seconds, events, options
+        self._executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="api-orchestration-admission")
+        self._queues: dict[tuple[str, str], AdmissionQueue] = {}
+
+    def get(self, guard: Guard) -> AdmissionQueue:
+        """The queue of ``guard``'s keys (guards of the same keys share one)."""
+        pair = (guard.limit_key, guard.breaker_key)
+        queue = self._queues.get(pair)
+        if queue is None:
+            queue = self._queues[pair] = AdmissionQueue(
+                guard, self.lease_seconds, self.events, executor=self._executor, **self.options
+            )
+        return queue
+
+    @property
+    def operations(self) -> int:
+        """Store operations made by every queue."""
+        return sum(q.operations for q in self._queues.values())
+
+    @property
+    def new_slots(self) -> int:
+        return sum(q.new_slots for q in self._queues.values())
+
+    async def close(self) -> None:
+        """Close every queue (see :meth:`AdmissionQueue.close`), then stop the store threads."""
+        try:
+            await asyncio.gather(*(q.close() for q in self._queues.values()))
+        finally:
+            self._executor.shutdown(wait=True)

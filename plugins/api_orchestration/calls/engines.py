@@ -1,8 +1,13 @@
 """The two engines of bulk mode: many calls through one :class:`~api_orchestration.calls.guard.Guard`.
 
 Both take ``request(i)`` (call i's ``method``, ``url`` and keyword arguments, ``cache_key`` among
-them) and yield one row per call, in order: ``{"index", "ok": True, "status", "result"}`` (plus
-``"cached": True`` when the shared cache served it) or ``{"index", "ok": False, "error"}``.
+them, and optionally the call's own ``guard``, from a :class:`~api_orchestration.calls.guard.KeyedGuards`:
+bulk's per-item keys) and yield one row per call, in order: ``{"index", "ok": True, "status",
+"result"}`` (plus ``"cached": True`` when the shared cache served it) or ``{"index", "ok": False,
+"error", "limit_key", "breaker_key"}`` (the keys the call was under; ``breaker_key`` with a breaker
+only; neither when ``request(i)`` itself failed with an :class:`~api_orchestration.errors.ApiOrchestrationError`,
+e.g. a template that did not render). Calls under different keys are limited and broken apart:
+the async engine batches admissions per key (:class:`~api_orchestration.calls.batching.AdmissionQueues`).
 
 - :func:`call_concurrently_async` (the default): ``concurrency`` calls in flight on one asyncio
   event loop over aiohttp, admitted in batches (one store operation per batch, see
@@ -26,7 +31,7 @@ import aiohttp
 import requests
 
 from api_orchestration.calls.aiohttp_driver import AsyncCaller, new_session
-from api_orchestration.calls.batching import AdmissionQueue
+from api_orchestration.calls.batching import AdmissionQueues
 from api_orchestration.calls.events import default_events
 from api_orchestration.calls.flow import HttpRequest
 from api_orchestration.calls.guard import Guard, lease_seconds
@@ -70,8 +75,15 @@ def _row(index: int, response: Any, select: Callable[[Any], Any] | None) -> Row:
     return row
 
 
-def _failed(index: int, exc: ApiOrchestrationError) -> Row:
-    return {"index": index, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+def _failed(index: int, exc: ApiOrchestrationError, guard: Guard | None) -> Row:
+    """A failed call's row, with the keys it was limited and broken under (None: it failed before
+    it had any, e.g. a template that did not render)."""
+    row: Row = {"index": index, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    if guard is not None:
+        row["limit_key"] = guard.limit_key
+        if guard.breaker is not None:
+            row["breaker_key"] = guard.breaker_key
+    return row
 
 
 def call_concurrently(
@@ -95,11 +107,14 @@ def call_concurrently(
             caller = local.caller = ResilientCaller(sessions(), guard, timeout=timeout, log=log)
             with lock:
                 callers.append(caller)
-        kwargs = request(index)
+        call_guard = None
         try:
-            return _row(index, caller.call(kwargs.pop("method"), kwargs.pop("url"), **kwargs), select)
+            kwargs = request(index)
+            call_guard = kwargs.pop("guard", None) or guard
+            response = caller.call(kwargs.pop("method"), kwargs.pop("url"), guard=call_guard, **kwargs)
+            return _row(index, response, select)
         except ApiOrchestrationError as exc:
-            return _failed(index, exc)
+            return _failed(index, exc, call_guard)
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         try:
@@ -131,22 +146,25 @@ def call_concurrently_async(
     rows: dict[int, Row] = {}
     with _frozen_heap(), asyncio.Runner(loop_factory=_new_loop) as runner:
         loop = runner.get_loop()
-        admissions = AdmissionQueue(guard, lease_seconds(timeout), default_events(log, guard.listeners))
+        admissions = AdmissionQueues(lease_seconds(timeout), default_events(log, guard.listeners))
 
         async def engine() -> None:
             async with new_session(concurrency, timeout, headers=headers, auth=auth) as session:
-                caller = AsyncCaller(session, admissions, request_options=request_options)
+                caller = AsyncCaller(session, admissions.get(guard), request_options=request_options)
                 indices = iter(range(count))
 
                 async def worker() -> None:
                     for index in indices:
-                        kwargs = request(index)
-                        cache_key = kwargs.pop("cache_key", None)
+                        call_guard = None
                         try:
-                            reply = await caller.call(HttpRequest(**kwargs), cache_key)
+                            kwargs = request(index)
+                            call_guard = kwargs.pop("guard", None) or guard
+                            cache_key = kwargs.pop("cache_key", None)
+                            queue = admissions.get(call_guard)
+                            reply = await caller.call(HttpRequest(**kwargs), cache_key, queue)
                             rows[index] = _row(index, reply, select)
                         except ApiOrchestrationError as exc:
-                            rows[index] = _failed(index, exc)
+                            rows[index] = _failed(index, exc, call_guard)
 
                 workers = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, count))]
                 try:

@@ -230,7 +230,8 @@ class CallInfo:
     safe_url: str
     idempotency_key: str | None = None
     raw_urls: tuple[str, ...] = ()  # the first is the full URL (the cache's default key)
-    request_headers: Mapping[str, str] | None = None  # as sent (the cache's Vary and Authorization rules)
+    # as sent (the cache's Vary, Authorization and credential rules); may hold credentials: not shown
+    request_headers: Mapping[str, str] | None = field(default=None, repr=False)
     cache_key: str | None = None  # the rendered CachePolicy.key (None: the method and full URL)
 
     @property
@@ -409,9 +410,13 @@ class _Cache:
         policy = guard.cache
         if policy is None or call.method not in policy.methods:
             return None
+        headers = dict(call.request_headers or {})
         text = f"{call.method} {call.cache_key if call.cache_key is not None else call.raw_urls[0]}"
+        token_source = guard.tokens.token_key if guard.tokens is not None else None
+        if credential := http_cache.credential_partition(headers, token_source):
+            text += f"\n{credential}"  # one credential's entries are never served to another
         key = hashlib.sha256(text.encode()).hexdigest()[:40]  # no URL (or secret in it) in the store's keys
-        return cls(policy, guard.limit_key, key, dict(call.request_headers or {}))
+        return cls(policy, guard.limit_key, key, headers)
 
     def event(self, call: CallInfo, result: CacheResult, **fields: Any) -> CacheUsed:
         return CacheUsed(call.method, call.safe_url, self.scope, result, **fields)
@@ -422,7 +427,7 @@ def _cache_response(cache: _Cache, call: CallInfo, events: Events, response: Any
     p = cache.policy
     verdict = http_cache.store_decision(
         call.method, response.status_code, cache.request_headers, response.headers, ttl=p.ttl,
-        methods=p.methods, now=now,
+        methods=p.methods, now=now, per_credential=True,
     )  # fmt: skip
     if verdict != http_cache.StoreVerdict.STORE:
         events.publish(cache.event(call, CacheResult.NOT_STORED, detail=str(verdict)))

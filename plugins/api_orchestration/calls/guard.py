@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -112,6 +113,12 @@ class Guard:
         if done is not None:
             done.update(claims)
 
+    def with_keys(self, limit_key: str, breaker_key: str) -> Guard:
+        """This guard's policies and settings under other keys (itself when they are its own)."""
+        if limit_key == self.limit_key and breaker_key == self.breaker_key:
+            return self
+        return replace(self, limit_key=limit_key, breaker_key=breaker_key)
+
     def admission_request(self, lease: float) -> AdmissionRequest:
         """What every admission of a call under this guard asks for (``lease``: see
         :func:`lease_seconds`); a driver builds it once."""
@@ -127,3 +134,43 @@ class Guard:
             lease,
             windows[1:],
         )
+
+
+class KeyedGuards:
+    """The guards of a call site whose limiter and breaker keys are chosen per call (bulk's per-item
+    ``rate_limit_key``/``breaker_key`` templates): one :class:`Guard` per key pair, ``base``'s
+    policies under that pair, built on first use and shared by every later call of the pair (so
+    calls of one key share one limiter and breaker; those of other keys are decided apart).
+
+    Every per-item guard is made here: ``prepare`` runs once on each new guard before any call uses
+    it (e.g. ``lambda g: g.claim_policies(owner)``), and an error it raises is raised by :meth:`get`
+    for every call of that pair. Thread-safe (the threads engine asks from many threads)."""
+
+    def __init__(self, base: Guard, prepare: Callable[[Guard], None] | None = None) -> None:
+        self.base, self.prepare = base, prepare
+        self._lock = threading.Lock()
+        self._guards: dict[tuple[str, str], Guard | Exception] = {}
+
+    def get(self, limit_key: str | None = None, breaker_key: str | None = None) -> Guard:
+        """The guard of ``limit_key`` and ``breaker_key`` (None: the base guard's key)."""
+        pair = (limit_key or self.base.limit_key, breaker_key or self.base.breaker_key)
+        found = self._guards.get(pair)
+        if found is None:
+            with self._lock:
+                found = self._guards.get(pair)
+                if found is None:
+                    guard = self.base.with_keys(*pair)
+                    try:
+                        if self.prepare is not None:
+                            self.prepare(guard)
+                        found = guard
+                    except Exception as exc:  # raised for every call of the pair
+                        found = exc
+                    self._guards[pair] = found
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def __len__(self) -> int:
+        """How many key pairs have been used."""
+        return len(self._guards)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from http import HTTPStatus
 from typing import Any
 
@@ -41,7 +42,7 @@ from api_orchestration.calls.flow import (
 from api_orchestration.calls.guard import Guard, lease_seconds
 from api_orchestration.errors import StateBackendError
 from api_orchestration.redaction import redact_url
-from api_orchestration.resilience.admission import Transition, Verdict
+from api_orchestration.resilience.admission import AdmissionRequest, Transition, Verdict
 from api_orchestration.resilience.http_cache import CacheEntry
 
 __all__ = ["DeferralNeeded", "Guard", "ResilientCaller", "lease_seconds", "response_from_entry"]
@@ -60,6 +61,11 @@ def response_from_entry(entry: CacheEntry, request: requests.PreparedRequest) ->
     return response
 
 
+def _key_of(verdict: Verdict) -> str:
+    """The key a verdict is told under in events: its breaker's, else its limiter's."""
+    return verdict.request.breaker_key or verdict.request.limit_key or ""
+
+
 class ResilientCaller:
     """Sends requests over one ``requests.Session`` under a :class:`Guard`."""
 
@@ -75,7 +81,8 @@ class ResilientCaller:
         self.session, self.guard, self.timeout = session, guard, timeout
         self.send_options = send_options or {}
         self.log = log or logger
-        self.request = guard.admission_request(lease_seconds(timeout))
+        self.lease = lease_seconds(timeout)
+        self.request = guard.admission_request(self.lease)
         self.events = default_events(self.log, guard.listeners)
         self._settings: dict[str, dict[str, Any]] = {}  # per scheme://host: bounded in bulk mode
         self._pending: Verdict | None = None  # the last call's verdict, sent with the next admission
@@ -95,13 +102,16 @@ class ResilientCaller:
         idempotency_header: str = "Idempotency-Key",
         first_attempt: int = 1,
         cache_key: str | None = None,
+        guard: Guard | None = None,
     ) -> requests.Response:
         """Make the call; return the successful response or raise a typed error (or DeferralNeeded).
-        ``cache_key``: the entry's key in the guard's cache (default: the method and full URL)."""
+        ``cache_key``: the entry's key in the guard's cache (default: the method and full URL);
+        ``guard``: this call's (default: the caller's; bulk's per-item keys)."""
         r = HttpRequest(method, url, params, json, data, headers, idempotency_key, idempotency_header)
         body = {"json": r.json, "data": r.data} if r.has_body else {}
         request = requests.Request(r.method, r.url, params=r.params, headers=r.all_headers, **body)
-        return self.send(self.session.prepare_request(request), idempotency_key, first_attempt, cache_key)
+        prepared = self.session.prepare_request(request)
+        return self.send(prepared, idempotency_key, first_attempt, cache_key, guard)
 
     def send(
         self,
@@ -109,20 +119,22 @@ class ResilientCaller:
         idempotency_key: str | None = None,
         first_attempt: int = 1,
         cache_key: str | None = None,
+        guard: Guard | None = None,
     ) -> requests.Response:
-        """Send a prepared request under the guard (its idempotency header, if any, already set)."""
+        """Send a prepared request under the guard (its idempotency header, if any, already set).
+        A verdict pending from an earlier call of another guard is recorded under its own keys."""
+        guard = guard or self.guard
+        request = self.request if guard is self.guard else guard.admission_request(self.lease)
         url = prepared.url or ""
         info = CallInfo(
             prepared.method or "GET", redact_url(url), idempotency_key, (url, prepared.path_url),
             prepared.headers, cache_key,
         )  # fmt: skip
         settings = self._send_settings(url)  # before admission: nothing slow between slot and send
-        stepper = Stepper(
-            attempt_flow(info, self.guard, self.request, self.events, time.monotonic, first_attempt)
-        )
+        stepper = Stepper(attempt_flow(info, guard, request, self.events, time.monotonic, first_attempt))
         while (command := stepper.next()) is not None:
             try:
-                stepper.succeeded(self._execute(command, prepared, settings))
+                stepper.succeeded(self._execute(command, prepared, settings, guard, request))
             except BaseException as exc:
                 stepper.failed(exc)
         return stepper.result  # type: ignore[return-value]
@@ -134,14 +146,19 @@ class ResilientCaller:
         if verdict is None:
             return
         try:
-            self._transition(self.guard.backend.record(verdict))
+            self._transition(verdict, self.guard.backend.record(verdict))
         except StateBackendError as exc:
-            self.events.publish(
-                VerdictNotRecorded(self.guard.breaker_key or self.guard.limit_key, 1, exc.cause_text)
-            )
+            self.events.publish(VerdictNotRecorded(_key_of(verdict), 1, exc.cause_text))
 
     # -- the commands -----------------------------------------------------------------------------
-    def _execute(self, command: Command, prepared: requests.PreparedRequest, settings: dict[str, Any]) -> Any:
+    def _execute(
+        self,
+        command: Command,
+        prepared: requests.PreparedRequest,
+        settings: dict[str, Any],
+        guard: Guard,
+        request: AdmissionRequest,
+    ) -> Any:
         if isinstance(command, Send):
             if command.headers:  # the OAuth2 Authorization, a revalidation's If-None-Match
                 prepared = prepared.copy()
@@ -153,9 +170,9 @@ class ResilientCaller:
                 return Sent(None, exc, isinstance(exc, requests.Timeout), time.perf_counter() - started)
             return Sent(response, None, False, time.perf_counter() - started)
         if isinstance(command, Authorize):
-            return self.guard.tokens.authorize(command.reject)  # type: ignore[union-attr]
+            return guard.tokens.authorize(command.reject)  # type: ignore[union-attr]
         if isinstance(command, Admit):
-            return self._admit(command)
+            return self._admit(command, guard, request)
         if isinstance(command, Sleep):
             time.sleep(command.seconds)
             return None
@@ -165,34 +182,36 @@ class ResilientCaller:
                 self._pending = command.verdict
                 return None
             self.flush()
-            return self.guard.backend.record(command.verdict)
+            return guard.backend.record(command.verdict)
         if isinstance(command, Pause):
-            return self.guard.backend.limiter_pause(self.guard.limit_key, command.seconds)
+            return guard.backend.limiter_pause(guard.limit_key, command.seconds)
         if isinstance(command, CacheLookup):
-            found = self.guard.backend.cache_get(command.scope, command.key)
+            found = guard.backend.cache_get(command.scope, command.key)
             entry = CacheEntry.from_dict(found) if found else None
             return CacheFound(entry, lambda e: response_from_entry(e, prepared))
         if isinstance(command, CacheStore):
             e = command.entry
-            return self.guard.backend.cache_put(
+            return guard.backend.cache_put(
                 command.scope, command.key, e.to_dict(), e.size, command.keep, command.max_total_bytes
             )
         raise TypeError(f"unknown command {command!r}")
 
-    def _admit(self, command: Admit) -> Admitted:
-        request = self.request.slot_only() if command.slot_only else self.request
+    def _admit(self, command: Admit, guard: Guard, request: AdmissionRequest) -> Admitted:
+        request = request.slot_only() if command.slot_only else request
         verdict, self._pending = self._pending, None
         sent = time.monotonic()
         try:
-            admission = self.guard.backend.admit(request, verdict)
+            admission = guard.backend.admit(request, verdict)
         except StateBackendError as exc:
             if verdict is not None:
-                self.events.publish(
-                    VerdictNotRecorded(self.guard.breaker_key or self.guard.limit_key, 1, exc.cause_text)
-                )
+                self.events.publish(VerdictNotRecorded(_key_of(verdict), 1, exc.cause_text))
             raise
+        if verdict is not None and verdict.request.breaker_key not in (None, guard.breaker_key):
+            # the earlier call was under other keys (bulk's per-item keys): its transition is its key's
+            self._transition(verdict, admission.recorded)
+            admission = replace(admission, recorded=None)
         wall, now = time.time(), time.monotonic()
-        if self.guard.backend.local_clock:  # the decision instant is known exactly
+        if guard.backend.local_clock:  # the decision instant is known exactly
             return Admitted(admission, decision_instant(admission, True, sent, wall, now), 0.0)
         # the steady part of the store's round trip, once this caller has seen one; a first
         # admission (a single-call task's only one) counts all of it against the slot
@@ -200,11 +219,10 @@ class ResilientCaller:
         self.round_trip = min(self.round_trip, now - sent)
         return Admitted(admission, sent, steady)
 
-    def _transition(self, transition: Transition | None) -> None:
+    def _transition(self, verdict: Verdict, transition: Transition | None) -> None:
         if transition is not None and transition.changed:
-            self.events.publish(
-                BreakerTransition(self.guard.breaker_key, transition.before, transition.after)
-            )
+            key = verdict.request.breaker_key or ""
+            self.events.publish(BreakerTransition(key, transition.before, transition.after))
 
     def _send_settings(self, url: str) -> dict[str, Any]:
         """Proxies, CA bundle and redirects for the URL's scheme and host, computed once per origin."""

@@ -4,7 +4,9 @@
 templates in the sandboxed native environment (:mod:`api_orchestration.rendering`) with Airflow's task context (``params``, ``run_id``,
 ``ds``, ``dag_run``, ...), ``results.<step>`` (upstream results), ``item`` and ``index``, and ``conf``
 as a shortcut for ``dag_run.conf``; a template that is exactly ``{{ expression }}`` keeps its native
-type. Results go to a JSON-lines file (one line per
+type. ``rate_limit_key`` and ``breaker_key`` may be templates too (a key per tenant, account or
+host): each item's calls are then limited and broken under its own keys, through one
+:class:`~api_orchestration.calls.guard.KeyedGuards`. Results go to a JSON-lines file (one line per
 item: index, status, result or error); the task returns its path and the counts.
 """
 
@@ -18,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import jmespath
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
@@ -26,7 +29,7 @@ from api_orchestration import compat
 from api_orchestration.calls.aiohttp_driver import options_from_connection
 from api_orchestration.calls.claims import claim_once
 from api_orchestration.calls.engines import call_concurrently, call_concurrently_async
-from api_orchestration.calls.guard import Guard
+from api_orchestration.calls.guard import Guard, KeyedGuards
 from api_orchestration.calls.idempotency import task_key
 from api_orchestration.calls.requests_driver import ResilientCaller
 from api_orchestration.connections import ResilientHttpHook, connection_policies
@@ -49,6 +52,7 @@ from api_orchestration.state import get_backend
 from api_orchestration.syncs.progress import Progress
 
 _ENV = SandboxedNativeEnvironment()
+_STRICT_ENV = SandboxedNativeEnvironment(undefined=jinja2.StrictUndefined)  # keys: no silent "tenant-"
 ENGINES = ("async", "threads")
 
 
@@ -56,6 +60,25 @@ ENGINES = ("async", "threads")
 def _compiled(text: str) -> Callable[..., Any]:
     """``text`` compiled once per task (not once per item)."""
     return _ENV.from_string(text).render
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_key(text: str) -> Callable[..., Any]:
+    return _STRICT_ENV.from_string(text).render
+
+
+def is_template(value: Any) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+def render_key(template: str, variables: dict[str, Any]) -> str:
+    """A limiter or breaker key rendered for one item: undefined names are errors (a missing
+    ``item.tenant`` must not put every tenant under the key ``"tenant-"``), and the key must be a
+    non-empty string (a number is taken as its text)."""
+    value = _compiled_key(template)(**variables)
+    if isinstance(value, bool) or not isinstance(value, str | int) or not str(value).strip():
+        raise ValueError(f"rendered to {value!r}, not a non-empty string")
+    return str(value)
 
 
 def render(value: Any, variables: dict[str, Any]) -> Any:
@@ -108,11 +131,14 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
     :param tolerate_failures: how many items may fail (a count, or a fraction when < 1).
     :param rate_limit: :class:`~api_orchestration.RateLimit`, or a list of them (several windows held
         at once); default: the connection's, else none.
-    :param rate_limit_key: default: the connection id.
+    :param rate_limit_key: default: the connection id. A per-item template (e.g.
+        ``"crm:{{ item.tenant }}"``): items of one key share its limiter (and bulkhead) with every
+        other call under that key; items of other keys are limited apart. Undefined names are errors.
     :param max_in_flight: the bulkhead: at most this many calls in flight under ``rate_limit_key``,
         across all workers (default: no cap).
     :param breaker: :class:`~api_orchestration.BreakerPolicy`; default: the connection's, else none.
-    :param breaker_key: default: the connection id.
+    :param breaker_key: default: the connection id. A per-item template, like ``rate_limit_key``
+        (e.g. ``"{{ item.host }}"``): one key's open breaker fails only that key's items.
     :param retry: :class:`~api_orchestration.RetryPolicy`; default: the connection's, else ``RetryPolicy()``.
     :param timeout: seconds, or ``(connect, read)``, per call.
     :param select: JMESPath applied to each JSON response to form the row's result.
@@ -221,6 +247,10 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
             request_options=options_from_connection(config.extra_options, config.base_url), **common,
         )  # fmt: skip
 
+    def _guards(self, base: Guard) -> KeyedGuards:
+        """Where every guard of this task comes from, the per-item ones included."""
+        return KeyedGuards(base, prepare=lambda guard: claim_once(self, guard))  # one key, one policy
+
     def _items(self, context: Context) -> Sequence[Any]:
         if isinstance(self.items, PagedList):
             return self._paged_items(context, self.items)
@@ -238,14 +268,14 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         progress = Progress(self.log, f"items of {self.task_id}")
 
         def key(value: str | None) -> str:
-            return value if value and "{{" not in value else self.http_conn_id
+            return value if value and not is_template(value) else self.http_conn_id
 
-        guard = Guard(
+        guard = self._guards(Guard(
             backend=backend, tokens=oauth2_tokens(policies.oauth2_conn_id, backend),
             limit_key=key(self.rate_limit_key), rate_limit=policies.rate_limit,
             breaker_key=key(self.breaker_key), breaker=policies.breaker, retry=policies.retry or RetryPolicy(),
             max_sleep=3600.0, max_in_flight=self.max_in_flight, listeners=(progress,),
-        )  # fmt: skip
+        )).get()  # fmt: skip
         variables = {
             **context,
             "results": UpstreamResults(ti),
@@ -279,19 +309,26 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
             method=self.method,
         )  # the DAG's own policies win over the connection's
         backend = get_backend(self.state_url)
-        guard = Guard(
+        base = Guard(
             backend=backend, tokens=oauth2_tokens(policies.oauth2_conn_id, backend),
             limit_key=self.rate_limit_key or self.http_conn_id,
             rate_limit=policies.rate_limit, breaker_key=self.breaker_key or self.http_conn_id,
             breaker=policies.breaker, retry=policies.retry or RetryPolicy(), max_sleep=3600.0,
             max_in_flight=self.max_in_flight, cache=policies.cache, log_response=self.log_response,
         )  # fmt: skip
-        claim_once(self, guard)  # one key, one policy
+        guards = self._guards(base)
+        keys = {
+            name: template
+            for name, template in (("rate_limit_key", self.rate_limit_key), ("breaker_key", self.breaker_key))
+            if is_template(template)
+        }  # rendered per item; else every call is under the one guard
+        guard = guards.base if keys else guards.get()
         cache_key = policies.cache.key if policies.cache is not None else None
         base_key = task_key(ti)
         select = jmespath.compile(self.select) if self.select else None
         results = UpstreamResults(ti)
-        for step in referenced_results([self.endpoint, self.json, self.query, self.headers, cache_key]):
+        fields = [self.endpoint, self.json, self.query, self.headers, cache_key, *keys.values()]
+        for step in referenced_results(fields):
             results[step]  # pulled here, once, not from the engine's threads or event loop
         shared = {
             **context,
@@ -299,21 +336,39 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
             "conf": dict(getattr(context.get("dag_run"), "conf", None) or {}),
             "params": dict(context.get("params") or {}),
         }
+        owner = f"bulk {self.task_id!r}"
 
         def request(base_url: str) -> Callable[[int], dict[str, Any]]:
             def one(index: int) -> dict[str, Any]:
                 v = {**shared, "item": items[index], "index": index}
-                return {
-                    "method": self.method, "url": join_url(base_url, render(self.endpoint, v)),
-                    "json": render(self.json, v), "params": render(self.query, v), "headers": render(self.headers, v),
+
+                def field(
+                    name: str, value: Any, renderer: Callable[[Any, dict[str, Any]], Any] = render
+                ) -> Any:
+                    try:
+                        return renderer(value, v)
+                    except Exception as exc:  # any template error fails this item's row
+                        shown = value if isinstance(value, str) else "{...}"  # a dict may hold a secret
+                        why = f"did not render ({type(exc).__name__}: {exc})"
+                        raise ConfigurationError(f"{owner} item {index}", name, shown, why) from None
+
+                call = {
+                    "method": self.method, "url": join_url(base_url, field("endpoint", self.endpoint)),
+                    "json": field("json", self.json), "params": field("query", self.query),
+                    "headers": field("headers", self.headers),
                     "idempotency_key": f"{base_key}-{index}" if self.method in UNSAFE_METHODS else None,
-                    "cache_key": None if cache_key is None else str(render(cache_key, v)),
+                    "cache_key": None if cache_key is None else str(field("cache.key", cache_key)),
                 }  # fmt: skip
+                if keys:
+                    rendered = {name: field(name, template, render_key) for name, template in keys.items()}
+                    call["guard"] = guards.get(rendered.get("rate_limit_key"), rendered.get("breaker_key"))
+                return call
 
             return one
 
         started = time.monotonic()
         rows = self._rows(len(items), request, guard, select.search if select else None)
+        first_error = None
         from airflow.sdk import ObjectStoragePath
 
         out = ObjectStoragePath(results_base(self.results_url)) / ti.dag_id / ti.run_id.replace("/", "_")
@@ -323,6 +378,8 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         with out.open("wb") as fh:
             for row in rows:
                 failed += not row["ok"]
+                if not row["ok"] and first_error is None:
+                    first_error = f"item {row['index']}: {row['error']}"
                 line = (json.dumps(row, default=str) + "\n").encode()
                 size += len(line)
                 digest.update(line)
@@ -338,10 +395,13 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
             "failed": failed,
             "seconds": round(seconds, 3),
         }
+        if keys:
+            summary["keys"] = len(guards)  # the key pairs the items were limited and broken under
         self.log.info("bulk %s: %s", self.task_id, summary)
         allowed = allowed_failures(self.tolerate_failures, len(items))
         if failed > allowed:
             raise AirflowFailException(
-                f"bulk {self.task_id!r}: {failed} of {len(items)} calls failed (see {out}); at most {allowed:g} tolerated"
+                f"bulk {self.task_id!r}: {failed} of {len(items)} calls failed (see {out}); at most {allowed:g} "
+                f"tolerated; the first: {first_error}"
             )
         return summary

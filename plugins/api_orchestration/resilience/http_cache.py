@@ -11,6 +11,10 @@
 - :func:`lookup` decides, for a stored :class:`CacheEntry`: ``FRESH`` (serve it, no call), ``REVALIDATE``
   (call with :func:`conditional_headers`: ``If-None-Match``/``If-Modified-Since``) or ``MISS``.
 - :func:`refreshed` applies a ``304 Not Modified``: the stored body stays, headers and freshness update.
+- :func:`credential_partition` names the credential a request is made with (an OAuth2 connection,
+  the ``Authorization``, ``Cookie`` or API-key headers), hashed: entries fetched with one credential
+  are never served to a request made with another. No stored entry holds a credential: the request
+  header values a response ``Vary``-es on are kept as digests.
 
 :class:`CacheEntry` converts to and from a JSON-able dict (:meth:`CacheEntry.to_dict`) for a shared store.
 """
@@ -18,6 +22,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import time
 from collections.abc import Iterable, Mapping
@@ -25,6 +30,8 @@ from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
+
+from api_orchestration.redaction import CREDENTIAL_NAME
 
 CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 STORABLE_STATUSES = frozenset({200, 203})
@@ -149,8 +156,14 @@ def store_decision(
     methods: Iterable[str] = CACHEABLE_METHODS,
     statuses: Iterable[int] = STORABLE_STATUSES,
     now: float | None = None,
+    per_credential: bool = False,
 ) -> StoreVerdict:
-    """May this response be stored? ``StoreVerdict.STORE``, or the reason why not."""
+    """May this response be stored? ``StoreVerdict.STORE``, or the reason why not.
+
+    ``per_credential``: the entry is served only to requests made with the same credential (its key
+    includes :func:`credential_partition`), so a response to a request carrying ``Authorization``
+    may be stored like any other, as a private cache would; otherwise (one cache for everyone) only
+    when the server marks it shareable (RFC 9111 §3.5)."""
     if method.upper() not in {m.upper() for m in methods}:
         return StoreVerdict.METHOD
     if status not in set(statuses):
@@ -161,8 +174,10 @@ def store_decision(
         return StoreVerdict.NO_STORE
     if "*" in {v.strip() for v in resp.get("vary", "").split(",")}:
         return StoreVerdict.VARY_STAR
-    if "authorization" in req and not (
-        response_cc.public or response_cc.s_maxage is not None or response_cc.must_revalidate
+    if (
+        "authorization" in req
+        and not per_credential
+        and not (response_cc.public or response_cc.s_maxage is not None or response_cc.must_revalidate)
     ):
         return StoreVerdict.PRIVATE_AUTH  # RFC 9111 §3.5: a cache shared by workers must not reuse it
     if freshness_lifetime(resp, ttl=ttl, now=now) <= 0 and "etag" not in resp and "last-modified" not in resp:
@@ -181,7 +196,7 @@ class CacheEntry:
     fresh_until: float
     etag: str | None = None
     last_modified: str | None = None
-    vary: tuple[tuple[str, str | None], ...] = ()  # the request headers the response varies on, as sent
+    vary: tuple[tuple[str, str | None], ...] = ()  # the request headers the response varies on: digests
 
     @property
     def header_map(self) -> dict[str, str]:
@@ -221,12 +236,28 @@ class CacheEntry:
         )
 
 
+def _digest(value: str | None) -> str | None:
+    """A request header's value as an entry keeps it (``Vary`` matching): a digest, so that no
+    credential (``Vary: Authorization``) lands in the shared store."""
+    return None if value is None else hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
 def _vary_of(
     request_headers: Mapping[str, str], response_headers: Mapping[str, str]
 ) -> tuple[tuple[str, str | None], ...]:
     req, resp = _lower(request_headers), _lower(response_headers)
     names = sorted({n.strip().lower() for n in resp.get("vary", "").split(",") if n.strip()})
-    return tuple((name, req.get(name)) for name in names)
+    return tuple((name, _digest(req.get(name))) for name in names)
+
+
+def credential_partition(request_headers: Mapping[str, str], token_source: str | None = None) -> str:
+    """Which credential a request is made with, as a digest ("" for none): ``token_source`` (an
+    OAuth2 connection, whose tokens rotate while it stays the same credential) and the values of
+    the credential headers sent (``Authorization``, ``Cookie``, ``X-Api-Key``, ...). A cache key
+    that includes it keeps what one tenant's credential fetched from any other's."""
+    parts = [f"oauth2 {token_source}"] if token_source else []
+    parts += sorted(f"{k} {v}" for k, v in _lower(request_headers).items() if CREDENTIAL_NAME.search(k))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32] if parts else ""
 
 
 def entry_from_response(
@@ -261,7 +292,7 @@ def lookup(entry: CacheEntry | None, request_headers: Mapping[str, str], *, now:
     if entry is None:
         return CacheLookup.MISS
     req = _lower(request_headers)
-    if any(req.get(name) != value for name, value in entry.vary):
+    if any(_digest(req.get(name)) != value for name, value in entry.vary):
         return CacheLookup.MISS
     request_cc = parse_cache_control(req.get("cache-control"))
     if request_cc.no_store:

@@ -316,7 +316,10 @@ class StepSpec(_Spec):
         None, description="how long compensate keeps trying (default: defaults.compensation_retry)"
     )
     fallback: CallSpec | None = Field(None, description="called instead when the call fails for good")
-    key: str | None = Field(None, description="limiter and breaker key (default: the connection id)")
+    key: str | None = Field(
+        None,
+        description="limiter and breaker key (default: the connection id); a template, per item in a bulk step",
+    )
     merge: list[str] = Field(
         default_factory=list,
         description="steps whose results this step merges",

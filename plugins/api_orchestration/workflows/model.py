@@ -293,7 +293,7 @@ class Step:
     compensate: Call | None = None
     compensation_retry: CompensationRetry | None = None  # how long ``compensate`` keeps trying
     fallback: Call | None = None  # called instead when the call fails for good; the result says so
-    key: str | None = None  # the limiter and breaker key (default: the connection id)
+    key: str | None = None  # the limiter and breaker key (default: the connection id; per item in bulk)
     merge: tuple[str, ...] = ()
     fan_out: FanOut | None = None
     bulk: Bulk | None = None
