@@ -13,7 +13,8 @@ modes:
   ``target`` under ``RateLimit(permits, per_seconds)`` and the default ``BreakerPolicy()``), each
   time with a new hook, session and connection, as a new task would.
 - ``oauth``: ``calls`` GETs of ``target`` (an endpoint needing a bearer token) through the call path
-  with OAuth2 connection ``conn`` (a dict of Connection fields) shared through the store; counts
+  with OAuth2 connection ``conn`` (a dict of Connection fields) shared through the store (``prime``:
+  read the stored token before the start); counts
   outcomes and this process's token requests. ``engine``: ``requests`` (default) or ``async``.
 - ``headers``: ``calls`` GETs of ``target`` (a demo ``/limits`` endpoint) with no limit of its own:
   only the server's rate-limit headers, shared as key pauses, hold the worker back.
@@ -26,6 +27,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 REAL_TIME = time.time
 
@@ -36,10 +41,17 @@ def _skew_clock(seconds: float) -> None:
         time.time = lambda: REAL_TIME() + seconds  # type: ignore[assignment]
 
 
+def _stdio_handshake() -> float:
+    print("ready", flush=True)
+    return float(sys.stdin.readline())
+
+
+_handshake = _stdio_handshake  # a forked worker (fleet.run_workers) talks through its pipe instead
+
+
 def _ready_then_wait_for_start() -> float:
     """Tell the parent we are imported and connected; it answers with the common start instant."""
-    print("ready", flush=True)
-    start_at = float(sys.stdin.readline())
+    start_at = _handshake()
     time.sleep(max(0.0, start_at - REAL_TIME()))
     return start_at
 
@@ -180,6 +192,8 @@ def run_oauth(args: dict) -> dict:
     guard = Guard(backend=backend, limit_key=args["key"], retry=RetryPolicy(max_attempts=1), tokens=tokens)
     backend.limiter_status(args["key"])  # connect before the start
     requests.get(args["target"].split("/oauth/")[0] + "/health", timeout=10)
+    if args.get("prime"):  # hold the store's token already, as a worker that has made calls does
+        tokens.authorize()
     _ready_then_wait_for_start()
     counts: dict[str, int] = {}
     if args.get("engine") == "async":
@@ -258,20 +272,50 @@ def run_operator(args: dict) -> dict:
     return {"sent": sent}
 
 
-def main() -> None:
-    args = json.loads(sys.argv[1])
-    sys.stdout.reconfigure(line_buffering=True)
+MODES = {
+    "limiter": run_limiter,
+    "breaker": run_breaker,
+    "bulk": run_bulk,
+    "operator": run_operator,
+    "oauth": run_oauth,
+    "headers": run_headers,
+}
+# what every mode imports: a fork server imports them once (fleet.run_workers), not each worker
+PRELOAD = (
+    "loadgen", "requests", "aiohttp", "api_orchestration", "api_orchestration.state",
+    "api_orchestration.calls.engines", "api_orchestration.calls.oauth2", "api_orchestration.calls.tokens",
+)  # fmt: skip
+
+
+def run(args: dict) -> dict:
     _skew_clock(args.get("clock_skew", 0.0))
-    modes = {
-        "limiter": run_limiter,
-        "breaker": run_breaker,
-        "bulk": run_bulk,
-        "operator": run_operator,
-        "oauth": run_oauth,
-        "headers": run_headers,
-    }
-    result = modes[args["mode"]](args)
-    print(json.dumps(result))
+    return MODES[args["mode"]](args)
+
+
+def forked(args: dict, env: dict[str, str], conn: Connection) -> None:
+    """A worker forked from the fork server: the parent's environment, the handshake and the result
+    (or the error) through ``conn``."""
+    global _handshake
+    import os
+    import traceback
+
+    os.environ.clear()
+    os.environ.update(env)
+
+    def handshake() -> float:
+        conn.send("ready")
+        return float(conn.recv())
+
+    _handshake = handshake
+    try:
+        conn.send(("ok", run(args)))
+    except BaseException:  # the parent reports it
+        conn.send(("error", traceback.format_exc()))
+
+
+def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)
+    print(json.dumps(run(json.loads(sys.argv[1]))))
 
 
 if __name__ == "__main__":

@@ -188,7 +188,7 @@ def test_eight_processes_with_an_expired_token_make_one_token_request(demo, stat
         "mode": "oauth", "state_url": state_url, "key": "things", "calls": 50,
         "target": f"{demo.url}/oauth/api/things", "conn": conn_fields(demo),
     }  # fmt: skip
-    _, results = run_workers([args] * 8)
+    _, results = run_workers([{**args, "prime": True}] * 8)  # each holds the token before the start
     assert [r.get("ok") for r in results] == [50] * 8, results
     assert counts(demo)["token_requests"] == 2 and sum(r["token_requests"] for r in results) == 1
     assert counts(demo)["api_invalid_token"] == 8  # one 401 per worker, each recovered
