@@ -161,9 +161,13 @@ def postgres_url():
         yield name
 
 
+ORDERS = 60  # about 1 s each under the faults below
+
+
 @pytest.mark.slow
 def test_chaos_order_sagas_complete_or_fully_compensate(dagbag, demo):
-    """100 orders under faults: every order completed or fully compensated, never charged twice."""
+    """60 orders under faults (1 in 10 out of stock): every order completed or fully compensated,
+    never charged twice; both outcomes occur."""
     import random
     import time
 
@@ -174,8 +178,8 @@ def test_chaos_order_sagas_complete_or_fully_compensate(dagbag, demo):
     dag = dagbag.get_dag("order_saga")
     started = time.monotonic()
     outcomes = {}
-    for i in range(100):
-        skus = ["OUT-OF-STOCK"] if rng.random() < 0.05 else ["SKU-1"]
+    for i in range(ORDERS):
+        skus = ["OUT-OF-STOCK"] if rng.random() < 0.1 else ["SKU-1"]
         run = dag.test(run_conf={**ORDER, "order_id": f"chaos-{i}", "skus": skus})
         outcomes[f"chaos-{i}"] = run.state
     wall = time.monotonic() - started
@@ -195,7 +199,8 @@ def test_chaos_order_sagas_complete_or_fully_compensate(dagbag, demo):
             assert (o["net_cents"], o["open_reservations"], o["open_shipments"]) == (0, 0, 0), (order_id, o)
     charges = [e for e in book["entries"] if e["type"] == "charge"]
     assert len(charges) == len({e["order_id"] for e in charges})  # no order charged twice
+    assert set(outcomes.values()) == {"success", "failed"}, outcomes  # completions and rollbacks
     print(
-        f"\nchaos: 100 order_saga runs in {wall:.1f} s; {sum(s == 'success' for s in outcomes.values())} completed"
+        f"\nchaos: {ORDERS} order_saga runs in {wall:.1f} s; {sum(s == 'success' for s in outcomes.values())} completed"
     )
     assert dt.timedelta(seconds=wall) < dt.timedelta(minutes=8)

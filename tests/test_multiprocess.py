@@ -7,7 +7,7 @@ from fleet import run_workers, window_stats
 
 pytestmark = pytest.mark.slow
 
-PROCESSES, PERMITS, DURATION = 8, 20, 10.0
+PROCESSES, PERMITS, DURATION = 8, 20, 5.0
 
 
 def _hammer(state_url: str, demo, path: str, skews: list[float]) -> tuple:
