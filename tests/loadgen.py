@@ -301,6 +301,9 @@ def forked(args: dict, env: dict[str, str], conn: Connection) -> None:
 
     os.environ.clear()
     os.environ.update(env)
+    quiet = os.open(os.devnull, os.O_WRONLY)  # log lines would reach the terminal: errors come through conn
+    os.dup2(quiet, 1)
+    os.dup2(quiet, 2)
 
     def handshake() -> float:
         conn.send("ready")
