@@ -161,7 +161,7 @@ def postgres_url():
         yield name
 
 
-ORDERS = 60  # about 1 s each under the faults below
+ORDERS = 40  # 1-2 s each under the faults below
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ from make_run_probe import alive, cmdline, descendants, processes_mentioning, se
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 BURST_RUNS = int(os.environ.get("MAKE_RUN_BURST_RUNS", "200"))
-BURST_SETTLE_SECONDS = float(os.environ.get("MAKE_RUN_BURST_SETTLE_SECONDS", "60"))
+BURST_SETTLE_SECONDS = float(os.environ.get("MAKE_RUN_BURST_SETTLE_SECONDS", "45"))
 
 
 class MakeRun:
@@ -179,7 +179,7 @@ def test_a_killed_scheduler_is_restarted_and_dags_still_run(make_run, client):
 def test_a_burst_of_200_order_sagas_on_the_embedded_sqlite(make_run, client):
     """200 triggers back to back: every one accepted (no HTTP 500), no component crashes or logs
     "database is locked" while the runs are worked off; the counts are printed. The runs are not all
-    awaited (about 1,000 task runs; MAKE_RUN_BURST_SETTLE_SECONDS, default 60 s): the next test
+    awaited (about 1,000 task runs; MAKE_RUN_BURST_SETTLE_SECONDS, default 45 s): the next test
     stops make run with them in flight."""
     crashes_before = len(make_run.crashes())
     prefix = "burst_"
