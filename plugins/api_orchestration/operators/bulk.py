@@ -32,9 +32,9 @@ from api_orchestration.calls.engines import call_concurrently, call_concurrently
 from api_orchestration.calls.guard import Guard, KeyedGuards
 from api_orchestration.calls.idempotency import task_key
 from api_orchestration.calls.requests_driver import ResilientCaller
-from api_orchestration.connections import ResilientHttpHook, connection_policies
+from api_orchestration.connections import ResilientHttpHook
 from api_orchestration.errors import ConfigurationError
-from api_orchestration.operators.http import UNSAFE_METHODS, check_oauth2_conn_id, oauth2_tokens
+from api_orchestration.operators.http import UNSAFE_METHODS, check_oauth2_conn_id, connection_guard
 from api_orchestration.operators.paging import PagedItems, PagedList, fetch_pages
 from api_orchestration.operators.step import items_from
 from api_orchestration.operators.templates import UpstreamResults, referenced_results
@@ -48,7 +48,6 @@ from api_orchestration.policy import (
     rate_limits,
 )
 from api_orchestration.rendering import SandboxedNativeEnvironment, SandboxedTemplates
-from api_orchestration.state import get_backend
 from api_orchestration.syncs.progress import Progress
 
 _ENV = SandboxedNativeEnvironment()
@@ -260,21 +259,16 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
         """Every page of ``source`` through this task's connection, limiter and breaker (its keys
         when they are not per-item templates), written to files; the items read back lazily."""
         ti = context["ti"]
-        policies = connection_policies(self.http_conn_id).under(
-            rate_limit=self.rate_limit, breaker=self.breaker, retry=self.retry,
-            oauth2_conn_id=self.oauth2_conn_id, method="GET",
-        )  # fmt: skip
-        backend = get_backend(self.state_url)
         progress = Progress(self.log, f"items of {self.task_id}")
 
         def key(value: str | None) -> str:
             return value if value and not is_template(value) else self.http_conn_id
 
-        guard = self._guards(Guard(
-            backend=backend, tokens=oauth2_tokens(policies.oauth2_conn_id, backend),
-            limit_key=key(self.rate_limit_key), rate_limit=policies.rate_limit,
-            breaker_key=key(self.breaker_key), breaker=policies.breaker, retry=policies.retry or RetryPolicy(),
-            max_sleep=3600.0, max_in_flight=self.max_in_flight, listeners=(progress,),
+        guard = self._guards(connection_guard(
+            self.http_conn_id, state_url=self.state_url, rate_limit=self.rate_limit, breaker=self.breaker,
+            retry=self.retry, oauth2_conn_id=self.oauth2_conn_id, limit_key=key(self.rate_limit_key),
+            breaker_key=key(self.breaker_key), cacheable=False, max_sleep=3600.0,
+            max_in_flight=self.max_in_flight, listeners=(progress,),
         )).get()  # fmt: skip
         variables = {
             **context,
@@ -300,21 +294,11 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         items = self._items(context)
         ti = context["ti"]
-        policies = connection_policies(self.http_conn_id).under(
-            rate_limit=self.rate_limit,
-            breaker=self.breaker,
-            retry=self.retry,
-            cache=self.cache,
-            oauth2_conn_id=self.oauth2_conn_id,
-            method=self.method,
-        )  # the DAG's own policies win over the connection's
-        backend = get_backend(self.state_url)
-        base = Guard(
-            backend=backend, tokens=oauth2_tokens(policies.oauth2_conn_id, backend),
-            limit_key=self.rate_limit_key or self.http_conn_id,
-            rate_limit=policies.rate_limit, breaker_key=self.breaker_key or self.http_conn_id,
-            breaker=policies.breaker, retry=policies.retry or RetryPolicy(), max_sleep=3600.0,
-            max_in_flight=self.max_in_flight, cache=policies.cache, log_response=self.log_response,
+        base = connection_guard(
+            self.http_conn_id, state_url=self.state_url, rate_limit=self.rate_limit, breaker=self.breaker,
+            retry=self.retry, oauth2_conn_id=self.oauth2_conn_id, limit_key=self.rate_limit_key,
+            breaker_key=self.breaker_key, cache=self.cache, method=self.method, max_sleep=3600.0,
+            max_in_flight=self.max_in_flight, log_response=self.log_response,
         )  # fmt: skip
         guards = self._guards(base)
         keys = {
@@ -323,7 +307,7 @@ class BulkHttpOperator(SandboxedTemplates, BaseOperator):
             if is_template(template)
         }  # rendered per item; else every call is under the one guard
         guard = guards.base if keys else guards.get()
-        cache_key = policies.cache.key if policies.cache is not None else None
+        cache_key = base.cache.key if base.cache is not None else None
         base_key = task_key(ti)
         select = jmespath.compile(self.select) if self.select else None
         results = UpstreamResults(ti)

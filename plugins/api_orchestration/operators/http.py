@@ -72,6 +72,38 @@ def oauth2_tokens(conn_id: str | None, backend: Any) -> SharedTokens | None:
     return shared_tokens(config, backend)
 
 
+def connection_guard(
+    conn_id: str,
+    *,
+    state_url: str | None,
+    rate_limit: RateLimit | Sequence[RateLimit] | None,
+    breaker: BreakerPolicy | None,
+    retry: RetryPolicy | None,
+    oauth2_conn_id: str | None,
+    limit_key: str | None = None,
+    breaker_key: str | None = None,
+    cache: CachePolicy | None = None,
+    method: str = "GET",
+    cacheable: bool = True,
+    **options: Any,
+) -> Guard:
+    """The guard of an operator's calls on connection ``conn_id``: the DAG's own policies win over
+    the connection's, keys default to the connection id, OAuth2 tokens are shared through the store.
+    ``cacheable=False`` (pages): no response cache, whatever the connection says. ``options``: the
+    other :class:`Guard` fields (``max_sleep``, ``max_in_flight``, ``listeners``, ...)."""
+    policies = connection_policies(conn_id).under(
+        rate_limit=rate_limit, breaker=breaker, retry=retry, cache=cache, oauth2_conn_id=oauth2_conn_id,
+        method=method,
+    )  # fmt: skip
+    backend = get_backend(state_url)
+    return Guard(
+        backend=backend, tokens=oauth2_tokens(policies.oauth2_conn_id, backend),
+        limit_key=limit_key or conn_id, rate_limit=policies.rate_limit,
+        breaker_key=breaker_key or conn_id, breaker=policies.breaker, retry=policies.retry or RetryPolicy(),
+        cache=policies.cache if cacheable else None, **options,
+    )  # fmt: skip
+
+
 def _check_pagination(
     owner: str, pagination: Any, method: str, response_check: Any, response_filter: Any, cache: Any
 ) -> None:
@@ -372,29 +404,13 @@ class ResilientHttpOperator(SandboxedTemplates, BaseOperator):
         )
 
     def guard(self, spec: CallSpec) -> Guard:
-        backend = get_backend(self.state_url)
-        policies = connection_policies(spec.http_conn_id).under(
-            rate_limit=self.rate_limit,
-            breaker=self.breaker,
-            retry=self.retry,
-            cache=self.cache,
-            oauth2_conn_id=spec.oauth2_conn_id,
-            method=spec.method,
-        )  # the DAG's own policies win over the connection's
-        return Guard(
-            backend=backend,
-            tokens=oauth2_tokens(policies.oauth2_conn_id, backend),
-            limit_key=spec.rate_limit_key or spec.http_conn_id,
-            rate_limit=policies.rate_limit,
-            breaker_key=spec.breaker_key or spec.http_conn_id,
-            breaker=policies.breaker,
-            retry=policies.retry or RetryPolicy(),
-            max_sleep=self.max_sleep,
-            on_circuit_open=self.on_circuit_open,
-            max_in_flight=self.max_in_flight,
-            cache=policies.cache,
+        return connection_guard(
+            spec.http_conn_id, state_url=self.state_url, rate_limit=self.rate_limit, breaker=self.breaker,
+            retry=self.retry, oauth2_conn_id=spec.oauth2_conn_id, limit_key=spec.rate_limit_key,
+            breaker_key=spec.breaker_key, cache=self.cache, method=spec.method, max_sleep=self.max_sleep,
+            on_circuit_open=self.on_circuit_open, max_in_flight=self.max_in_flight,
             log_response=self.log_response,
-        )
+        )  # fmt: skip
 
     def _caller(
         self, spec: CallSpec, progress: Progress | None = None

@@ -22,12 +22,11 @@ from airflow.sdk import BaseOperator, Context
 from api_orchestration import compat
 from api_orchestration.calls.claims import claim_once
 from api_orchestration.calls.flow import DeferralNeeded
-from api_orchestration.calls.guard import Guard
 from api_orchestration.calls.pagination import Pagination
 from api_orchestration.calls.requests_driver import ResilientCaller
-from api_orchestration.connections import ResilientHttpHook, connection_policies
+from api_orchestration.connections import ResilientHttpHook
 from api_orchestration.errors import ConfigurationError
-from api_orchestration.operators.http import check_oauth2_conn_id, oauth2_tokens
+from api_orchestration.operators.http import check_oauth2_conn_id, connection_guard
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy, rate_limits
 from api_orchestration.rendering import SandboxedTemplates
 from api_orchestration.state import get_backend
@@ -87,23 +86,12 @@ def page_caller(op: Any, progress: Any) -> tuple[ResilientHttpHook, ResilientCal
     """
     hook = ResilientHttpHook(method="GET", http_conn_id=op.http_conn_id)  # policy fields are no headers
     session = hook.get_conn()
-    policies = connection_policies(op.http_conn_id).under(
-        rate_limit=op.rate_limit, breaker=op.breaker, retry=op.retry, oauth2_conn_id=op.oauth2_conn_id
-    )  # the DAG's own policies win over the connection's
-    backend = get_backend(op.state_url)
-    guard = Guard(
-        backend=backend,
-        tokens=oauth2_tokens(policies.oauth2_conn_id, backend),
-        limit_key=op.rate_limit_key or op.http_conn_id,
-        rate_limit=policies.rate_limit,
-        breaker_key=op.breaker_key or op.http_conn_id,
-        breaker=policies.breaker,
-        retry=policies.retry or RetryPolicy(),
-        max_sleep=op.max_sleep,
-        on_circuit_open=op.on_circuit_open,
-        max_in_flight=op.max_in_flight,
-        listeners=(progress,),
-    )
+    guard = connection_guard(
+        op.http_conn_id, state_url=op.state_url, rate_limit=op.rate_limit, breaker=op.breaker, retry=op.retry,
+        oauth2_conn_id=op.oauth2_conn_id, limit_key=op.rate_limit_key, breaker_key=op.breaker_key,
+        cacheable=False, max_sleep=op.max_sleep, on_circuit_open=op.on_circuit_open,
+        max_in_flight=op.max_in_flight, listeners=(progress,),
+    )  # fmt: skip
     claim_once(op, guard)  # one key, one policy: once per task execution
     caller = ResilientCaller(
         session, guard, timeout=op.timeout, send_options=compat.merged_extra(hook), log=progress

@@ -101,12 +101,7 @@ def limiter_view(status: LimiterStatus) -> dict[str, Any]:
     }
     return {
         "key": key,
-        "permits": limit.permits if limit else None,
-        "window_seconds": round(limit.window, 6) if limit else None,
-        "burst": limit.burst if limit else None,
-        "permits_used": used,
-        "next_free_at": iso(max(next_free, now)),
-        "next_free_in_seconds": _seconds(next_free - now),
+        **window,  # the key's own (shortest) window, as before keys had several
         "paused": paused,  # by a 429's Retry-After, for every caller of the key
         "last_retry_after_seconds": rec.last_retry_after or None,
         "pause_until": iso(rec.paused_until),  # the end of the last pause (past once it is over)
