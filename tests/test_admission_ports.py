@@ -48,7 +48,7 @@ BREAKERS = [
 
 op = st.one_of(
     st.tuples(st.just("admit"), st.integers(1, 6), st.booleans()),
-    st.tuples(st.just("verdict"), st.integers(0, 50), st.booleans()),
+    st.tuples(st.just("verdict"), st.integers(0, 50), st.sampled_from(["ok", "failed", "unused"])),
     st.tuples(st.just("tick"), st.sampled_from([0.0, 0.05, 0.3, 1.1, 2.5])),
     st.tuples(st.just("pause"), st.sampled_from([0.2, 1.0])),
 )
@@ -110,7 +110,10 @@ def test_sqlite_and_lua_decide_alike(stores, limit, breaker, bulkhead, ops):
                 answers[name] = _answer(batch)
             elif step[0] == "verdict" and held[name]:
                 a = held[name].pop(step[1] % len(held[name]))
-                answers[name] = store.record(Verdict(request, a.breaker, a.bulkhead_lease, step[2]))
+                verdict = Verdict(
+                    request, a.breaker, a.bulkhead_lease, step[2] == "failed", step[2] == "unused"
+                )
+                answers[name] = store.record(verdict)
             elif step[0] == "pause":
                 answers[name] = round(store.limiter_pause(key, step[1]) - clock.now, 6)
         assert answers.get("sqlite") == answers.get("redis"), step

@@ -43,6 +43,7 @@ from api_orchestration.calls.flow import (
     Report,
     Send,
     Sent,
+    ServerBudget,
     Sleep,
     Stepper,
     attempt_flow,
@@ -103,7 +104,7 @@ class Script:
                     raise item
                 return item
             return None
-        if isinstance(command, Pause):
+        if isinstance(command, (Pause, ServerBudget)):
             return None
         if isinstance(command, Authorize):
             return self.authorize(command)

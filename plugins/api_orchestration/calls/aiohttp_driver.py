@@ -210,6 +210,8 @@ class AsyncCaller:
         if isinstance(command, flow.Report):
             admissions.record(command.verdict)  # before the next admission asked for
             return None
+        if isinstance(command, flow.ServerBudget):  # this driver takes no admissions ahead
+            return None
         if isinstance(command, flow.Pause):
             return await admissions.pause(command.seconds)
         if isinstance(command, flow.CacheLookup):  # one short store operation, off the event loop

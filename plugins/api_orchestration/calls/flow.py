@@ -18,9 +18,10 @@ the exception into the flow, so the flow decides (a call killed mid-request is r
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from api_orchestration.calls import diagnostics
@@ -48,7 +49,7 @@ from api_orchestration.errors import (
     StateBackendError,
     TransportError,
 )
-from api_orchestration.policy import CachePolicy
+from api_orchestration.policy import CachePolicy, RateLimit
 from api_orchestration.resilience import http_cache
 from api_orchestration.resilience.admission import Admission, AdmissionRequest, Transition, Verdict
 from api_orchestration.resilience.kinds import BreakerDecisionKind, OutcomeKind, Refusal
@@ -98,6 +99,23 @@ class Admitted:
     admission: Admission
     sent: float
     round_trip: float
+
+    def lateness(self, now: float) -> float:
+        """How late a call going out at ``now`` is for its slot, beyond the store's steady round trip."""
+        return now - self.sent - self.admission.wait - self.round_trip
+
+    def rebased(self, now: float) -> Admitted:
+        """The same slot, its wait counted from ``now`` (an admission taken ahead, used later)."""
+        wait = max(0.0, self.sent + self.admission.wait - now)
+        return Admitted(
+            replace(self.admission, wait=wait), self.sent + self.admission.wait - wait, self.round_trip
+        )
+
+
+def late_allowance(limit: RateLimit | None) -> float:
+    """How late a call may go out after its slot: half the limit's margin (a later one could share a
+    window with calls whose slots are a whole window after its)."""
+    return math.inf if limit is None else limit.margin * limit.per_seconds / 2
 
 
 def decision_instant(
@@ -154,6 +172,15 @@ class Report:
 
 
 @dataclass(frozen=True)
+class ServerBudget:
+    """What a response's rate-limit headers say is left in the server's tightest window (shared
+    by every client of the API). A driver that takes admissions ahead stops while it runs low."""
+
+    remaining: int
+    limit: int | None
+
+
+@dataclass(frozen=True)
 class Pause:
     """Pause the limiter key for every caller (a 429's ``Retry-After``)."""
 
@@ -189,7 +216,7 @@ class CacheStore:
     max_total_bytes: int
 
 
-Command = Admit | Sleep | Authorize | Send | Report | Pause | CacheLookup | CacheStore
+Command = Admit | Sleep | Authorize | Send | Report | ServerBudget | Pause | CacheLookup | CacheStore
 Flow = Generator[Command, Any, Any]
 
 
@@ -309,6 +336,8 @@ def attempt_flow(
             throttled = sent.response.status_code == 403 and is_rate_limited(limits)
             # a rate-limit 403 (GitHub's secondary limit) is a 429 by another name: retried, not permanent
             outcome = classify_status(429 if throttled else sent.response.status_code, policy)
+            if limits.remaining is not None:
+                yield ServerBudget(limits.remaining, limits.limit)
         else:
             outcome = classify_exception(sent.timeout, policy)
         will_retry = not outcome.ok and outcome.retryable and attempt < max_attempts
@@ -536,15 +565,15 @@ def _until_slot(
     first request) could share a window with calls whose slots are a whole window after its, so it
     takes a new slot (keeping its breaker permit and bulkhead place) instead of going out."""
     limit, key = guard.shortest_window, guard.limit_key
-    wait, sent, round_trip = admitted.admission.wait, admitted.sent, admitted.round_trip
+    wait = admitted.admission.wait
     for _ in range(MAX_RESLOTS):
         if wait > 0:
             yield Sleep(wait)
-        late = clock() - sent - wait - round_trip
-        if limit is None or late <= limit.margin * limit.per_seconds / 2:
+        late = admitted.lateness(clock())
+        if late <= late_allowance(limit):
             return
-        again = yield from _admit(guard, events, attempt, _Waits(), sent_calls, slot_only=True)
-        wait, sent, round_trip = again.admission.wait, again.sent, again.round_trip
+        admitted = yield from _admit(guard, events, attempt, _Waits(), sent_calls, slot_only=True)
+        wait = admitted.admission.wait
         waits.add(wait, f"for a new slot on {key!r} (the first was missed by {late * 1000:.0f} ms)")
     if wait > 0:
         yield Sleep(wait)

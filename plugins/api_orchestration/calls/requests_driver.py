@@ -3,7 +3,9 @@
 :class:`ResilientCaller` is what the single-call operator, the threads bulk engine and TaskFlow code
 use. Its session comes from providers-http's ``HttpHook.get_conn`` (base URL, credentials and
 headers from the Airflow Connection). A verdict that needs no hurry travels with the caller's next
-admission (one store round trip per call); :meth:`ResilientCaller.flush` sends the last one.
+admission (one store round trip per call), and a caller making calls one after another takes several
+admissions per round trip (:mod:`.ahead`); :meth:`ResilientCaller.flush` sends the last verdicts and
+gives back the admissions it did not use.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import requests
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers
 
+from api_orchestration.calls.ahead import AdmissionsAhead
 from api_orchestration.calls.events import BreakerTransition, VerdictNotRecorded, default_events
 from api_orchestration.calls.flow import (
     Admit,
@@ -34,16 +37,19 @@ from api_orchestration.calls.flow import (
     Report,
     Send,
     Sent,
+    ServerBudget,
     Sleep,
     Stepper,
     attempt_flow,
     decision_instant,
+    late_allowance,
 )
 from api_orchestration.calls.guard import Guard, lease_seconds
 from api_orchestration.errors import StateBackendError
 from api_orchestration.redaction import redact_url
-from api_orchestration.resilience.admission import AdmissionRequest, Transition, Verdict
+from api_orchestration.resilience.admission import Admission, AdmissionRequest, Transition, Verdict
 from api_orchestration.resilience.http_cache import CacheEntry
+from api_orchestration.resilience.kinds import Refusal
 
 __all__ = ["DeferralNeeded", "Guard", "ResilientCaller", "lease_seconds", "response_from_entry"]
 logger = logging.getLogger(__name__)
@@ -85,7 +91,8 @@ class ResilientCaller:
         self.request = guard.admission_request(self.lease)
         self.events = default_events(self.log, guard.listeners)
         self._settings: dict[str, dict[str, Any]] = {}  # per scheme://host: bounded in bulk mode
-        self._pending: Verdict | None = None  # the last call's verdict, sent with the next admission
+        self._pending: list[Verdict] = []  # verdicts not recorded yet, sent with the next admission
+        self.ahead = AdmissionsAhead(self.request, late_allowance(guard.shortest_window))
         self.round_trip = float("inf")  # the shortest admission seen (stores on another host's clock)
 
     # -- one call ---------------------------------------------------------------------------------
@@ -140,15 +147,23 @@ class ResilientCaller:
         return stepper.result  # type: ignore[return-value]
 
     def flush(self) -> None:
-        """Record the last call's verdict if it is still pending. A store failure is logged, not
-        raised: the call was made, its result stands, its lease expires."""
-        verdict, self._pending = self._pending, None
-        if verdict is None:
+        """Record the verdicts still pending and give back the admissions taken ahead. A store
+        failure is logged, not raised: the calls were made, their results stand, leases expire."""
+        self._give_back(self.ahead.give_back())
+        verdicts, self._pending = self._pending, []
+        if not verdicts:
             return
+        backend = self.guard.backend
         try:
-            self._transition(verdict, self.guard.backend.record(verdict))
+            if len(verdicts) == 1:
+                recorded: tuple[Transition, ...] = (backend.record(verdicts[0]),)
+            else:
+                recorded = backend.admit_many(0, self.request, verdicts).recorded
         except StateBackendError as exc:
-            self.events.publish(VerdictNotRecorded(_key_of(verdict), 1, exc.cause_text))
+            self._not_recorded(verdicts, exc)
+            return
+        for verdict, transition in zip(verdicts, recorded, strict=False):
+            self._transition(verdict, transition)
 
     # -- the commands -----------------------------------------------------------------------------
     def _execute(
@@ -177,13 +192,19 @@ class ResilientCaller:
             time.sleep(command.seconds)
             return None
         if isinstance(command, Report):
+            if command.verdict.failed:  # a failure ends the run of admissions taken ahead
+                self._give_back(self.ahead.give_back())
             if not command.urgent:
-                self.flush()  # an older one first
-                self._pending = command.verdict
+                self._pending.append(command.verdict)
                 return None
             self.flush()
             return guard.backend.record(command.verdict)
+        if isinstance(command, ServerBudget):
+            if not self.ahead.server_allows(command.remaining, command.limit):
+                self._give_back(self.ahead.give_back())
+            return None
         if isinstance(command, Pause):
+            self._give_back(self.ahead.give_back())
             return guard.backend.limiter_pause(guard.limit_key, command.seconds)
         if isinstance(command, CacheLookup):
             found = guard.backend.cache_get(command.scope, command.key)
@@ -197,19 +218,37 @@ class ResilientCaller:
         raise TypeError(f"unknown command {command!r}")
 
     def _admit(self, command: Admit, guard: Guard, request: AdmissionRequest) -> Admitted:
-        request = request.slot_only() if command.slot_only else request
-        verdict, self._pending = self._pending, None
+        """An admission held from an earlier round trip while fresh, else one round trip that also
+        records the pending verdicts (and takes more admissions ahead when the caller is quick)."""
+        ahead = self.ahead if guard is self.guard and not command.slot_only else None
+        if ahead is not None:
+            held, stale = ahead.take(time.monotonic())
+            self._give_back(stale)
+            if held is not None:
+                return held
+        count, asked = 1, request.slot_only() if command.slot_only else request
+        if ahead is not None:
+            plan = ahead.plan(time.monotonic())
+            count, asked = plan.count, plan.request
+        verdicts, self._pending = self._pending, []
         sent = time.monotonic()
         try:
-            admission = guard.backend.admit(request, verdict)
+            batch = guard.backend.admit_many(count, asked, verdicts)
+            for verdict, transition in zip(verdicts, batch.recorded, strict=False):
+                self._transition(verdict, transition)
+            if count > 1 and not batch.granted and batch.refused and batch.refused.reason == Refusal.DEFER:
+                sent = time.monotonic()  # no slot due now: ask as for a single call
+                batch = guard.backend.admit_many(1, request)
         except StateBackendError as exc:
-            if verdict is not None:
-                self.events.publish(VerdictNotRecorded(_key_of(verdict), 1, exc.cause_text))
+            self._not_recorded(verdicts, exc)
             raise
-        if verdict is not None and verdict.request.breaker_key not in (None, guard.breaker_key):
-            # the earlier call was under other keys (bulk's per-item keys): its transition is its key's
-            self._transition(verdict, admission.recorded)
-            admission = replace(admission, recorded=None)
+        admissions = list(batch.granted) or [batch.refused]
+        admitted = [self._admitted(a, guard, sent) for a in admissions if a is not None]
+        if ahead is not None:
+            ahead.keep(admitted[1:])
+        return admitted[0]
+
+    def _admitted(self, admission: Admission, guard: Guard, sent: float) -> Admitted:
         wall, now = time.time(), time.monotonic()
         if guard.backend.local_clock:  # the decision instant is known exactly
             return Admitted(admission, decision_instant(admission, True, sent, wall, now), 0.0)
@@ -218,6 +257,18 @@ class ResilientCaller:
         steady = self.round_trip if self.round_trip != float("inf") else 0.0
         self.round_trip = min(self.round_trip, now - sent)
         return Admitted(admission, sent, steady)
+
+    def _give_back(self, admissions: list[Admission]) -> None:
+        """Admissions taken ahead and not used: their breaker leases go back with the next verdicts."""
+        for admission in admissions:
+            verdict = Verdict.of(self.request, admission, False)
+            if verdict is not None:
+                self._pending.append(replace(verdict, unused=True))
+
+    def _not_recorded(self, verdicts: list[Verdict], exc: StateBackendError) -> None:
+        for verdict in verdicts:
+            if not verdict.unused:
+                self.events.publish(VerdictNotRecorded(_key_of(verdict), 1, exc.cause_text))
 
     def _transition(self, verdict: Verdict, transition: Transition | None) -> None:
         if transition is not None and transition.changed:

@@ -94,12 +94,15 @@ class Admission:
 
 @dataclass(frozen=True)
 class Verdict:
-    """A finished call's outcome: recorded in its breaker, and its bulkhead place given back."""
+    """A finished call's outcome: recorded in its breaker, and its bulkhead place given back.
+    ``unused``: the admission was never used for a call (one taken ahead, see
+    ``calls.ahead``): its breaker lease and bulkhead place are given back, the breaker is told nothing."""
 
     request: AdmissionRequest
     breaker: brk.BreakerDecision | None
     bulkhead_lease: str
     failed: bool
+    unused: bool = False
 
     @classmethod
     def of(cls, request: AdmissionRequest, admission: Admission, failed: bool) -> Verdict | None:
@@ -252,12 +255,16 @@ def apply_verdict(
     now: float,
 ) -> Transition:
     """Record ``verdict``: its bulkhead place and breaker lease given back, the breaker told the
-    outcome; mutates the records. Returns the breaker's transition (``"" -> ""`` without one)."""
+    outcome (an ``unused`` one gives back its trial permit instead); mutates the records. Returns the breaker's transition
+    (``"" -> ""`` without one)."""
     bulkhead_leases.pop(verdict.bulkhead_lease, None)
     decision = verdict.breaker
     if breaker is None or decision is None or verdict.request.breaker is None:
         return Transition("", "")
     before = breaker.state
     breaker_leases.pop(decision.lease, None)
-    brk.record(breaker, verdict.request.breaker, decision, verdict.failed, now)
+    if verdict.unused:
+        brk.give_back(breaker, verdict.request.breaker, decision, now)
+    else:
+        brk.record(breaker, verdict.request.breaker, decision, verdict.failed, now)
     return Transition(str(before), str(breaker.state))

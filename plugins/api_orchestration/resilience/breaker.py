@@ -135,6 +135,14 @@ def record(
     return rec.state != before
 
 
+def give_back(rec: BreakerRecord, policy: BreakerPolicy, decision: BreakerDecision, now: float) -> None:
+    """An admission that was never used for a call: a half-open trial permit it held is issued
+    again to the next caller; nothing else changes (its lease is the caller's to drop)."""
+    advance(rec, policy, now)
+    if decision.gen == rec.gen and rec.state == HALF_OPEN and decision.kind == Kind.TRIAL:
+        rec.trials_issued = max(0, rec.trials_issued - 1)
+
+
 def reset(rec: BreakerRecord, now: float) -> BreakerRecord:
     """A closed breaker with an empty window, in a new generation (in-flight verdicts are ignored)."""
     return BreakerRecord(gen=rec.gen + 1, changed_at=now)

@@ -196,6 +196,7 @@ class RedisBackend(StateBackend):
             "limit_key": r.limit_key,
             "bulkhead_lease": v.bulkhead_lease,
             "failed": v.failed,
+            "unused": True if v.unused else None,
         }
         if d is not None and r.has_breaker:
             out.update(

@@ -96,6 +96,13 @@ local function record_breaker(r, p, v)
     if trips(o, p) then open_(r, p) end
   end
 end
+-- an admission never used for a call: its half-open trial permit is issued again
+local function give_back_breaker(r, p, v)
+  advance(r, p)
+  if v.gen == r.gen and r.state == 'half_open' and v.kind == 'trial' then
+    r.trials_issued = math.max(0, r.trials_issued - 1)
+  end
+end
 -- breaker rows read by this script, by hash: each is loaded once and saved once (save_breakers),
 -- however many verdicts and admissions of one script touch it
 local breakers = {}
@@ -130,7 +137,7 @@ local function apply_verdict(v)
   local row = breaker_row(key('br', v.breaker_key))
   if v.lease ~= '' then redis.call('ZREM', row.leases, v.lease) end
   local before = row.r.state
-  record_breaker(row.r, v.breaker, v)
+  if v.unused then give_back_breaker(row.r, v.breaker, v) else record_breaker(row.r, v.breaker, v) end
   settle(row)
   return {before, row.r.state}
 end
