@@ -42,6 +42,7 @@ with DAG(
         "destination": Param(
             DEFAULT_DESTINATION,
             type="string",
+            maxLength=500,
             description="'' (SQLite), postgres://<conn id>, or an object-storage URI",
         )
     },

@@ -9,6 +9,7 @@ import pathlib
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -99,6 +100,48 @@ def redis_available() -> str:
 
 def unique_redis_url(base: str) -> str:
     return f"{base}?prefix=apiorch-test-{uuid.uuid4().hex[:12]}:"
+
+
+@contextlib.contextmanager
+def own_redis_server(
+    directory: pathlib.Path, password: str | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A redis-server on a free port for one test (``requirepass`` if ``password``): its URL without
+    the password, and the process, whose ``stop()`` kills it."""
+    import redis
+    from devtools.cluster import free_port
+
+    port = free_port()
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(directory)]  # fmt: skip
+    try:
+        proc = subprocess.Popen(
+            [*args, *(["--requirepass", password] if password else [])], stdout=subprocess.DEVNULL
+        )
+    except FileNotFoundError as exc:
+        service_missing("redis-server (the binary)", str(exc))
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url, password=password).ping()
+            break
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+
+    def stop() -> None:
+        proc.kill()
+        proc.wait(timeout=10)
+
+    proc.stop = stop  # type: ignore[attr-defined]
+    try:
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            stop()
 
 
 @pytest.fixture(params=["sqlite", "redis"])

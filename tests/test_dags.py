@@ -45,6 +45,48 @@ def test_example_dags_import_cleanly(dagbag):
         assert "api-orchestration" in dagbag.get_dag(dag_id).tags
 
 
+def _unbounded(name: str, schema: dict) -> list[str]:
+    """What a param's JSON schema leaves unbounded: numbers without minimum and maximum, strings
+    without maxLength (or an enum), arrays without maxItems or with unbounded items."""
+    kind = schema.get("type")
+    kinds = set(kind) - {"null"} if isinstance(kind, list) else {kind}
+    if "enum" in schema:
+        return []
+    gaps = []
+    if kinds & {"integer", "number"} and not {"minimum", "maximum"} <= set(schema):
+        gaps.append(f"{name}: minimum and maximum")
+    if "string" in kinds and "maxLength" not in schema:
+        gaps.append(f"{name}: maxLength")
+    if "array" in kinds:
+        if "maxItems" not in schema:
+            gaps.append(f"{name}: maxItems")
+        gaps += _unbounded(f"{name}[]", schema.get("items") or {"type": "object"})
+    if kinds - {"integer", "number", "string", "array", "boolean"}:
+        gaps.append(f"{name}: type {kind!r}")
+    return gaps
+
+
+def test_example_dags_params_are_bounded_and_refuse_a_huge_integer(dagbag):
+    """What a trigger is checked against (issue 13: an unbounded integer above 2**64 crashed the
+    dag-processor): every param of every example DAG, Python and spec, is bounded."""
+    from airflow.sdk.definitions.param import ParamValidationError
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    gaps = [
+        f"{dag_id}.{gap}"
+        for dag_id in dagbag.dag_ids
+        for name, param in dagbag.get_dag(dag_id).params.items()
+        for gap in _unbounded(name, param.schema)
+    ]
+    assert gaps == []
+    for dag_id in ("order_saga", "order_saga_spec"):  # as the REST API checks a trigger's conf
+        params = DagSerialization.from_dict(DagSerialization.to_dict(dagbag.get_dag(dag_id))).params
+        params.deep_merge({"amount_cents": 4200}).validate()
+        for bad in ({"amount_cents": 10**20}, {"amount_cents": 0}, {"order_id": "o 1; drop"}):
+            with pytest.raises(ParamValidationError):
+                params.deep_merge(bad).validate()
+
+
 def test_resilient_call_example_succeeds(dagbag, demo):
     run = dagbag.get_dag("resilient_call_example").test()
     assert run.state == "success", _states(run)

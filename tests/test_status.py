@@ -8,6 +8,7 @@ The same app mounted in a real api-server, with the Airflow UI and a headless br
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -121,8 +122,8 @@ def auth(airflow_db):
     return token
 
 
-@pytest.fixture
-def server(backend, auth) -> Iterator[str]:
+@contextlib.contextmanager
+def serve(backend) -> Iterator[str]:
     """The status app on a real uvicorn server in a thread, over ``backend``."""
     import uvicorn
 
@@ -140,9 +141,17 @@ def server(backend, auth) -> Iterator[str]:
     while not srv.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def server(backend, auth) -> Iterator[str]:
+    with serve(backend) as url:
+        yield url
 
 
 def test_api_needs_airflow_credentials_and_reset_needs_op(backend, demo, server, auth):
@@ -329,3 +338,31 @@ def test_cache_entries_show_on_the_api_and_the_page(backend, demo, server, auth)
         f'<tr data-cache="reference"><td><b>reference</b></td><td class="num">2</td><td class="num">{row["bytes"]}</td>'
         in html
     )
+
+
+def test_a_redis_password_never_shows_on_the_page_or_the_api(auth, tmp_path):
+    """A store behind ``requirepass``, its password in the URL both ways (user info and
+    ``?password=``): the page and the JSON API show the URL with the password redacted."""
+    from conftest import own_redis_server
+
+    password = f"pw-{os.urandom(6).hex()}"
+    with own_redis_server(tmp_path, password=password) as (url, _):
+        host = url.removeprefix("redis://")
+        for raw in (f"redis://:{password}@{host}?prefix=s:", f"redis://{host}?password={password}&prefix=s:"):
+            backend = backend_for_url(raw)
+            backend.breaker_reset("payments")  # the store answers only with the password
+            try:
+                with serve(backend) as server:
+                    page = requests.get(f"{server}/", cookies={"_token": auth("admin")}, timeout=10)
+                    api = requests.get(
+                        f"{server}/api/status",
+                        headers={"Authorization": f"Bearer {auth('viewer')}"},
+                        timeout=10,
+                    )
+            finally:
+                backend.close()
+            assert page.status_code == api.status_code == 200
+            assert password not in page.text and password not in api.text
+            shown = api.json()["state_url"]
+            assert shown.startswith(f"redis://{host}") and "prefix=s:" in shown, shown
+            assert f"<code>{shown}</code>" in page.text.replace("&amp;", "&")

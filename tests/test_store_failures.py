@@ -8,15 +8,15 @@ saga counts the step as having had no effect.
 from __future__ import annotations
 
 import logging
-import subprocess
+import threading
 import time
 
 import pytest
-import redis as redis_py
 import requests
-from devtools.cluster import free_port
+from conftest import own_redis_server
 
 from api_orchestration import BreakerPolicy, Guard, RateLimit, ResilientCaller, RetryPolicy, StateBackendError
+from api_orchestration.calls.engines import call_concurrently
 from api_orchestration.operators.saga import had_no_effect
 from api_orchestration.state.redis import RedisBackend
 
@@ -24,32 +24,8 @@ from api_orchestration.state.redis import RedisBackend
 @pytest.fixture
 def own_redis(tmp_path):
     """A redis-server on a free port, for this test alone; ``stop()`` kills it."""
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            redis_py.Redis.from_url(url).ping()
-            break
-        except redis_py.RedisError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("redis-server did not start")
-            time.sleep(0.05)
-
-    def stop() -> None:
-        proc.kill()
-        proc.wait(timeout=10)
-
-    proc.stop = stop  # type: ignore[attr-defined]
-    yield url, proc
-    if proc.poll() is None:
-        stop()
+    with own_redis_server(tmp_path) as (url, proc):
+        yield url, proc
 
 
 def _caller(url: str, **guard) -> ResilientCaller:
@@ -92,3 +68,83 @@ def test_a_store_that_dies_between_attempts_says_an_attempt_was_sent(own_redis, 
     assert info.value.calls_made == 1 and "1 earlier attempt(s) of this call were sent" in str(info.value)
     assert demo.calls()["paths"]["/status/503"] == 1
     assert not had_no_effect(info.value)  # its effect is unknown: a saga compensates it
+
+
+def test_the_threads_bulk_engine_keeps_the_results_of_calls_made_before_the_store_died(
+    own_redis, demo, caplog
+):
+    """The engine's closing flush of each thread's last verdict once raised: every row was lost."""
+    url, proc = own_redis
+    guard = Guard(
+        backend=RedisBackend(url, socket_timeout=1.0), limit_key="bulk", rate_limit=RateLimit(100),
+        breaker_key="bulk", breaker=BreakerPolicy(), retry=RetryPolicy(max_attempts=1),
+    )  # fmt: skip
+
+    def session() -> requests.Session:
+        s = requests.Session()
+        s.hooks["response"].append(lambda response, *a, **k: proc.stop() if proc.poll() is None else None)
+        return s
+
+    request = lambda i: {"method": "POST", "url": f"{demo.url}/echo/bulk/{i}", "idempotency_key": f"b-{i}"}  # noqa: E731
+    with caplog.at_level(logging.ERROR):
+        rows = list(call_concurrently(6, request, guard=guard, sessions=session, concurrency=2))
+    sent = [r for r in rows if r["ok"]]
+    assert len(rows) == 6 and sent, rows
+    assert len(sent) == sum(demo.calls()["paths"].values())  # every call made kept its result
+    for row in rows:
+        if not row["ok"]:  # admitted after the store died: refused, and said so
+            assert "StateBackendError" in row["error"] and "No call was made" in row["error"], row
+    assert "VERDICT NOT RECORDED" in caplog.text
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_saga_reports_each_store_failure_as_it_happened(own_redis, demo):
+    """``charge``: the store dies while its call is in flight, so the step succeeds (it once failed
+    with "No call was made" and the saga ended NOT FULLY UNDONE). ``reserve``: the store is down
+    before its call, so it had no effect and is not compensated; the saga rolls back cleanly."""
+    import pendulum
+    from test_dags import _register, _states
+
+    from api_orchestration import Call, Step, Workflow, build
+    from api_orchestration.state import get_backend
+
+    url, proc = own_redis
+    wf = Workflow(
+        "wf_store_down_saga", conn_id="demo_api", retry=RetryPolicy(max_attempts=2, base_delay=0, max_delay=0),
+        rate_limit=RateLimit(100), breaker=BreakerPolicy(),
+        steps=(
+            Step("charge", Call("POST", "/delay/1"), compensate=Call("POST", "/echo/refund")),
+            Step("reserve", Call("POST", "/echo/reserve"), depends_on=("charge",),
+                 compensate=Call("POST", "/echo/release")),
+        ),
+    )  # fmt: skip
+    dag = build(wf, schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"))
+    for step in ("charge", "reserve"):
+        dag.get_task(step).state_url = url  # the undo steps keep the suite's store
+    _register(dag)
+
+    def kill_when_charging() -> None:
+        deadline = time.monotonic() + 120
+        while "/delay/1" not in demo.calls()["paths"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.stop()
+
+    killer = threading.Thread(target=kill_when_charging, daemon=True)
+    killer.start()
+    run = dag.test()
+    killer.join(timeout=5)
+    states = _states(run)
+    assert (states["charge"], states["reserve"]) == ("success", "failed"), states
+    assert (states["undo_reserve"], states["undo_charge"], states["saga_outcome"]) == (
+        "skipped", "success", "failed",
+    )  # fmt: skip
+    paths = demo.calls()["paths"]
+    assert paths["/delay/1"] == 1 and paths["/echo/refund"] == 1
+    assert "/echo/reserve" not in paths and "/echo/release" not in paths
+    [outcome] = [s for s in get_backend().saga_recent(20) if s["run_id"] == run.run_id]
+    assert (outcome["outcome"], outcome["undone"], outcome["not_undone"]) == ("rolled_back", ["charge"], [])
+    assert outcome["cause"].startswith("reserve failed on try 1: state backend redis://127.0.0.1")
+    assert "No call was made" in outcome["cause"]
+    reserve = next(t for t in run.get_task_instances() if t.task_id == "reserve")
+    record = reserve.xcom_pull(task_ids="reserve", key="saga_failure")
+    assert (record["error_type"], record["no_effect"]) == ("StateBackendError", True)
