@@ -214,26 +214,85 @@ def test_bulk_takes_the_connections_rate_limit(demo, monkeypatch):
 
 @pytest.mark.usefixtures("airflow_db")
 def test_a_bad_policy_in_the_connection_fails_the_task_without_calling(demo, monkeypatch):
-    from airflow.sdk import DAG
+    """Every path (operator, bulk, a builder step, a spec step, ``@task.resilient_http``) fails its
+    task with the error naming the connection and the field; none calls (never silently unlimited)."""
+    from airflow.sdk import DAG, task
+
+    from api_orchestration import Call, Step, Workflow, build
+    from api_orchestration.specs import load_text
 
     set_connection(monkeypatch, "conn_bad", demo.port, {"rate_limit_permits": 0})
-    with pytest.raises(
-        ConfigurationError, match=r"connection 'conn_bad': rate_limit_permits must be an integer >= 1"
-    ):
+    message = "connection 'conn_bad': rate_limit_permits must be an integer >= 1"
+    with pytest.raises(ConfigurationError, match=message):
         connection_policies("conn_bad")
-    with DAG("conn_policy_bad", schedule=None, start_date=START) as dag:
+    errors: dict[str, str] = {}
+
+    def record(context) -> None:
+        errors[context["ti"].task_id] = str(context["exception"])
+
+    with DAG(
+        "conn_policy_bad", schedule=None, start_date=START, default_args={"on_failure_callback": record}
+    ) as dag:
         ResilientHttpOperator(task_id="call", http_conn_id="conn_bad", endpoint="/echo/never")
         BulkHttpOperator(task_id="bulk", http_conn_id="conn_bad", items=[1, 2], endpoint="/echo/never")
-    _register(dag)
-    run = dag.test()
-    assert _states(run) == {"call": "failed", "bulk": "failed"}
+
+        @task.resilient_http(http_conn_id="conn_bad")
+        def decorated(client):
+            return client.get("/echo/never").status_code
+
+        decorated()
+    workflow = build(
+        Workflow("conn_policy_bad_wf", conn_id="conn_bad", steps=(Step("step", Call("GET", "/echo/never")),)),
+        schedule=None, start_date=START, default_args={"on_failure_callback": record},
+    )  # fmt: skip
+    loaded = load_text(
+        "dag_id: conn_policy_bad_spec\ndefaults: {conn_id: conn_bad}\n"
+        "steps:\n  - name: spec_step\n    call: {path: /echo/never}\n",
+        "conn_policy_bad_spec.yaml",
+    )
+    default_args = {**loaded.dag_kwargs.get("default_args", {}), "on_failure_callback": record}
+    spec = build(loaded.workflow, **{**loaded.dag_kwargs, "default_args": default_args})
+    for d in (dag, workflow, spec):
+        _register(d)
+    assert _states(dag.test()) == {"call": "failed", "bulk": "failed", "decorated": "failed"}
+    assert _states(workflow.test()) == {"step": "failed"}
+    assert _states(spec.test()) == {"spec_step": "failed"}
     assert demo.calls()["total"] == 0  # never silently unlimited
+    assert set(errors) == {"call", "bulk", "decorated", "step", "spec_step"}
+    assert all(message in text for text in errors.values()), errors
 
 
 def test_hook_reads_the_connection_without_the_policy_fields(demo, monkeypatch):
     set_connection(monkeypatch, "conn_hook", demo.port, {"rate_limit_permits": 3, "X-Team": "t"})
     session = ResilientHttpHook(method="GET", http_conn_id="conn_hook").get_conn()
     assert session.headers["X-Team"] == "t" and "rate_limit_permits" not in session.headers
+
+
+def test_the_ui_test_button_reports_a_bad_policy_with_the_policy_message(demo, monkeypatch):
+    """``ResilientHttpHook.test_connection`` (the connection form's Test button): a bad field is
+    refused with the same words as the Python class, before any call; a good one tests the host."""
+    with pytest.raises(ConfigurationError) as python_side:
+        BreakerPolicy(failure_rate=1.5)
+    set_connection(monkeypatch, "conn_ui_bad", demo.port, {"breaker_failure_rate": 1.5})
+    ok, message = ResilientHttpHook(method="GET", http_conn_id="conn_ui_bad").test_connection()
+    assert not ok and message.startswith("connection 'conn_ui_bad': breaker_failure_rate ")
+    assert python_side.value.expected in message
+    assert demo.calls()["total"] == 0
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CONN_UI_GOOD",
+        json.dumps(
+            {
+                "conn_type": "resilient_http",
+                "host": f"{demo.url}/echo/ui-test",
+                "extra": {"rate_limit_permits": 5},
+            }
+        ),
+    )
+    assert ResilientHttpHook(method="GET", http_conn_id="conn_ui_good").test_connection() == (
+        True,
+        "Connection successfully tested",
+    )
+    assert demo.calls()["paths"] == {"/echo/ui-test": 1}
 
 
 @pytest.mark.usefixtures("airflow_db")
@@ -254,17 +313,28 @@ def test_workflows_and_specs_take_the_connections_policies_unless_they_set_their
         ),
     )
     dag = build(wf, schedule=None, start_date=START)
+    set_connection(monkeypatch, "conn_spec_limited", demo.port, {"rate_limit_permits": 5})
     spec = load_text(
         "dag_id: conn_policy_spec\ndefaults: {conn_id: conn_wf}\n"
-        "steps:\n  - name: inherits\n    call: {path: /flaky/spec-a?fail=3}\n",
+        "steps:\n  - name: inherits\n    call: {path: /flaky/spec-a?fail=3}\n"
+        "  - name: limited\n    call: {path: '/echo/spec-limited-{{ item }}', conn_id: conn_spec_limited}\n"
+        "    bulk: {over: [1, 2, 3, 4, 5, 6]}\n",
         "conn_policy_spec.yaml",
     ).dag
     for d in (dag, spec):
         _register(d)
     assert _states(dag.test()) == {"inherits": "success", "own": "failed"}
-    assert _states(spec.test()) == {"inherits": "success"}
+    assert _states(spec.test()) == {"inherits": "success", "limited": "success"}
     paths = demo.calls()["paths"]
     assert (paths["/flaky/wf-a"], paths["/flaky/wf-b"], paths["/flaky/spec-a"]) == (4, 2, 4)
+    # a spec step without rate_limit holds the connection's 5 per second: 6 calls span 1 s (unlimited: ms)
+    arrivals = sorted(
+        t
+        for p, ts in demo.calls(arrivals=True)["arrivals"].items()
+        if p.startswith("/echo/spec-limited-")
+        for t in ts
+    )
+    assert len(arrivals) == 6 and arrivals[-1] - arrivals[0] >= 0.8, arrivals
 
 
 def test_the_connections_cache_and_oauth2_settings_are_validated():

@@ -98,6 +98,50 @@ def test_a_third_party_client_given_the_session_goes_through_the_shared_limiter(
     assert span(demo, "/echo/users/") >= 0.8  # 6 calls at 5 per second: 1.02 s, held for uplink too
 
 
+def test_the_oauth2_token_goes_with_a_third_party_clients_and_the_async_clients_calls(demo, monkeypatch):
+    """The connection's ``oauth2_conn_id`` field (uplink through the session) and the decorator's own
+    ``oauth2_conn_id`` (the async client on a plain ``http`` connection): every call carries the
+    shared token; the API answers 401 to a call without one."""
+    from airflow.sdk import DAG, task
+
+    monkeypatch.setenv("AIRFLOW_CONN_DECO_OAUTH", json.dumps({
+        "conn_type": "generic", "host": f"{demo.url}/oauth/token", "login": "demo-client",
+        "password": "demo-secret", "extra": {"scopes": ["read"]},
+    }))  # fmt: skip
+    set_connection(monkeypatch, "deco_oauth_api", demo.port, {"oauth2_conn_id": "deco_oauth"})
+    with DAG("deco_oauth", schedule=None, start_date=START) as dag:
+
+        @task.resilient_http(http_conn_id="deco_oauth_api")
+        def via_uplink(client):
+            import uplink
+
+            class Me(uplink.Consumer):
+                @uplink.get("oauth/api/users/{user_id}")
+                def user(self, user_id: uplink.Path): ...
+
+            api = Me(base_url=client.base_url + "/", client=client)
+            return [api.user(i).json().get("client_id") for i in range(3)]
+
+        @task.resilient_http(http_conn_id="demo_api", oauth2_conn_id="deco_oauth")
+        async def concurrent(client):
+            import asyncio
+
+            replies = await asyncio.gather(*(client.get(f"/oauth/api/async/{i}") for i in range(4)))
+            return [r.json().get("client_id") for r in replies]
+
+        via_uplink() >> concurrent()
+    _register(dag)
+    before = requests.get(f"{demo.url}/admin/oauth", timeout=5).json()["counts"]
+    run = dag.test()
+    assert run.state == "success", _states(run)
+    tis = {t.task_id: t for t in run.get_task_instances()}
+    assert tis["via_uplink"].xcom_pull(task_ids="via_uplink") == ["demo-client"] * 3
+    assert tis["concurrent"].xcom_pull(task_ids="concurrent") == ["demo-client"] * 4
+    after = requests.get(f"{demo.url}/admin/oauth", timeout=5).json()["counts"]
+    assert after.get("api_ok", 0) - before.get("api_ok", 0) == 7, after
+    assert requests.get(f"{demo.url}/oauth/api/users/1", timeout=5).status_code == 401  # no token, no answer
+
+
 def test_an_async_function_gets_the_async_client_for_concurrent_calls(demo, monkeypatch):
     from airflow.sdk import DAG, task
 

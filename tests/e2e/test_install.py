@@ -2,9 +2,9 @@
 the repository's constraints) and the built wheel, ``AIRFLOW_HOME`` and the DAGs folder outside the
 repository, no ``plugins/`` folder and no ``PYTHONPATH``. Shows: ``pip check`` is clean, ``airflow
 providers list`` lists the provider, an example DAG that imports only the installed package runs under
-``airflow dags test`` and under a real scheduler, the api-server offers the ``resilient_http``
-connection form (``GET /ui/connections/hook_meta``) and serves the status page through the
-``airflow.plugins`` entry point.
+``airflow dags test`` (which runs ``dag.test()``) and under a real scheduler, the api-server offers
+the ``resilient_http`` connection form (``GET /ui/connections/hook_meta``) and serves the status page
+through the ``airflow.plugins`` entry point.
 
 pip's cache is reused (``~/.cache/pip``); only PyPI is needed. Timings are printed (``-s``) and written
 to ``tests/artifacts/install-timings.json``.

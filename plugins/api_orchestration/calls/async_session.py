@@ -20,14 +20,13 @@ from typing import Any
 from api_orchestration import compat
 from api_orchestration.calls.aiohttp_driver import AsyncCaller, Reply, new_session, options_from_connection
 from api_orchestration.calls.batching import AdmissionQueue
+from api_orchestration.calls.connection_guard import connection_guard
 from api_orchestration.calls.events import default_events
 from api_orchestration.calls.flow import HttpRequest
-from api_orchestration.calls.guard import Guard, lease_seconds
+from api_orchestration.calls.guard import lease_seconds
 from api_orchestration.calls.session import UNSAFE_METHODS, IdempotencyKeys
-from api_orchestration.connections import connection_policies
 from api_orchestration.errors import HttpStatusError
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
-from api_orchestration.state import get_backend
 
 
 class AsyncGuardedClient:
@@ -46,6 +45,7 @@ class AsyncGuardedClient:
         breaker: BreakerPolicy | None = None,
         breaker_key: str | None = None,
         retry: RetryPolicy | None = None,
+        oauth2_conn_id: str | None = None,
         timeout: float | tuple[float, float] = (10.0, 60.0),
         concurrency: int = 16,
         max_sleep: float = 3600.0,
@@ -54,11 +54,10 @@ class AsyncGuardedClient:
         log: logging.Logger | logging.LoggerAdapter | None = None,
         claim_as: str | None = None,
     ) -> None:
-        policies = connection_policies(conn_id).under(rate_limit=rate_limit, breaker=breaker, retry=retry)
         self.conn_id, self.timeout, self.concurrency, self.log = conn_id, timeout, concurrency, log
-        self.guard = Guard(
-            backend=get_backend(state_url), limit_key=rate_limit_key or conn_id, rate_limit=policies.rate_limit,
-            breaker_key=breaker_key or conn_id, breaker=policies.breaker, retry=policies.retry or RetryPolicy(),
+        self.guard = connection_guard(
+            conn_id, state_url=state_url, rate_limit=rate_limit, breaker=breaker, retry=retry,
+            oauth2_conn_id=oauth2_conn_id, limit_key=rate_limit_key, breaker_key=breaker_key, cacheable=False,
             max_sleep=max_sleep,
         )  # fmt: skip
         self.keys = IdempotencyKeys(idempotency_base) if idempotency_base else None

@@ -23,13 +23,12 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from api_orchestration import compat
-from api_orchestration.calls.guard import Guard
+from api_orchestration.calls.connection_guard import connection_guard
 from api_orchestration.calls.idempotency import DEFAULT_HEADER
 from api_orchestration.calls.requests_driver import ResilientCaller
-from api_orchestration.connections import ResilientHttpHook, connection_policies
+from api_orchestration.connections import ResilientHttpHook
 from api_orchestration.errors import HttpStatusError
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy
-from api_orchestration.state import get_backend
 
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
@@ -117,6 +116,7 @@ def guarded_session(
     breaker: BreakerPolicy | None = None,
     breaker_key: str | None = None,
     retry: RetryPolicy | None = None,
+    oauth2_conn_id: str | None = None,
     timeout: float | tuple[float, float] = (10.0, 60.0),
     max_sleep: float = 3600.0,
     state_url: str | None = None,
@@ -125,19 +125,20 @@ def guarded_session(
     claim_as: str | None = None,
 ) -> GuardedSession:
     """A :class:`GuardedSession` for the Airflow connection ``conn_id``: the connection's policies
-    (:func:`~api_orchestration.connections.connection_policies`) unless given here; limiter and
-    breaker keys default to the connection id. Waits up to ``max_sleep`` in the process (a session
-    cannot defer). ``idempotency_base`` (e.g. the task's key) numbers the keys of unsafe calls.
-    ``claim_as``: the place (a task) claiming the keys for these policies (``Guard.claim_policies``).
-    Close it (or use it in a ``with`` block) to record the last call's verdict."""
-    policies = connection_policies(conn_id).under(rate_limit=rate_limit, breaker=breaker, retry=retry)
-    hook = ResilientHttpHook(method="GET", http_conn_id=conn_id)
-    inner = hook.get_conn()  # a plain session: the connection's auth, headers, TLS and proxies
-    guard = Guard(
-        backend=get_backend(state_url), limit_key=rate_limit_key or conn_id, rate_limit=policies.rate_limit,
-        breaker_key=breaker_key or conn_id, breaker=policies.breaker, retry=policies.retry or RetryPolicy(),
+    (:func:`~api_orchestration.connections.connection_policies`) unless given here, its OAuth2
+    connection's shared token on every request (``oauth2_conn_id``, else the connection's field);
+    limiter and breaker keys default to the connection id; no response cache. Waits up to
+    ``max_sleep`` in the process (a session cannot defer). ``idempotency_base`` (e.g. the task's
+    key) numbers the keys of unsafe calls. ``claim_as``: the place (a task) claiming the keys for
+    these policies (``Guard.claim_policies``). Close it (or use it in a ``with`` block) to record
+    the last call's verdict."""
+    guard = connection_guard(
+        conn_id, state_url=state_url, rate_limit=rate_limit, breaker=breaker, retry=retry,
+        oauth2_conn_id=oauth2_conn_id, limit_key=rate_limit_key, breaker_key=breaker_key, cacheable=False,
         max_sleep=max_sleep,
     )  # fmt: skip
+    hook = ResilientHttpHook(method="GET", http_conn_id=conn_id)
+    inner = hook.get_conn()  # a plain session: the connection's auth, headers, TLS and proxies
     if claim_as:
         guard.claim_policies(claim_as)
     caller = ResilientCaller(inner, guard, timeout=timeout, send_options=compat.merged_extra(hook), log=log)

@@ -14,9 +14,9 @@
         return [r.json() for r in replies]
 
 Every call the function makes through ``client`` (or through a library given the session) shares the
-limiter, breaker, retries, idempotency keys and log lines of ``ResilientHttpOperator``: the
-connection's policies (a ``resilient_http`` connection's form fields) unless the decorator sets its
-own. POST/PUT/PATCH/DELETE get the idempotency keys ``<task key>-1``, ``-2``, ... in call order, so a
+limiter, breaker, retries, OAuth2 token, idempotency keys and log lines of ``ResilientHttpOperator``:
+the connection's policies (a ``resilient_http`` connection's form fields) unless the decorator sets
+its own (the response cache is the operators' only). POST/PUT/PATCH/DELETE get the idempotency keys ``<task key>-1``, ``-2``, ... in call order, so a
 retried task that repeats its calls repeats its keys (concurrent async calls: pass
 ``idempotency_key=`` yourself, their order is not fixed). The client is passed by keyword, under
 the name ``client_arg`` (default ``client``); do not pass it when calling the task.
@@ -32,6 +32,7 @@ from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, task_decorator_factory
 
 from api_orchestration.calls.claims import task_owner
+from api_orchestration.calls.connection_guard import check_oauth2_conn_id
 from api_orchestration.calls.idempotency import task_key
 from api_orchestration.errors import ConfigurationError
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy, rate_limits
@@ -46,6 +47,8 @@ class _ResilientHttpDecoratedOperator(DecoratedOperator, PythonOperator):
     :param breaker: overrides the connection's breaker policy.
     :param breaker_key: breaker key, default: the connection id.
     :param retry: overrides the connection's retry policy.
+    :param oauth2_conn_id: an OAuth2 client connection whose shared token every call sends
+        (default: the ``resilient_http`` connection's ``oauth2_conn_id`` field).
     :param timeout: seconds, or ``(connect, read)``.
     :param max_sleep: the longest wait (limiter, ``Retry-After``, backoff) made in the worker; a
         longer one fails the call (a running function cannot defer).
@@ -69,6 +72,7 @@ class _ResilientHttpDecoratedOperator(DecoratedOperator, PythonOperator):
         breaker: BreakerPolicy | None = None,
         breaker_key: str | None = None,
         retry: RetryPolicy | None = None,
+        oauth2_conn_id: str | None = None,
         timeout: float | tuple[float, float] = (10.0, 60.0),
         max_sleep: float = 3600.0,
         concurrency: int = 16,
@@ -88,6 +92,7 @@ class _ResilientHttpDecoratedOperator(DecoratedOperator, PythonOperator):
         for name, value, cls in (("breaker", breaker, BreakerPolicy), ("retry", retry, RetryPolicy)):
             if value is not None and not isinstance(value, cls):
                 raise ConfigurationError(owner, name, value, f"must be a {cls.__name__}(...)")
+        check_oauth2_conn_id(owner, oauth2_conn_id)
         op_kwargs = dict(op_kwargs or {})
         op_kwargs.setdefault(client_arg, None)  # filled at run time; lets the call omit it
         super().__init__(
@@ -99,12 +104,13 @@ class _ResilientHttpDecoratedOperator(DecoratedOperator, PythonOperator):
             rate_limit, rate_limit_key, breaker, breaker_key,
         )  # fmt: skip
         self.retry, self.timeout, self.max_sleep, self.concurrency = retry, timeout, max_sleep, concurrency
+        self.oauth2_conn_id = oauth2_conn_id
 
     def _client_kwargs(self, context: Any) -> dict[str, Any]:
         return {
             "rate_limit": self.rate_limit, "rate_limit_key": self.rate_limit_key, "breaker": self.breaker,
-            "breaker_key": self.breaker_key, "retry": self.retry, "timeout": self.timeout,
-            "max_sleep": self.max_sleep, "state_url": self.state_url,
+            "breaker_key": self.breaker_key, "retry": self.retry, "oauth2_conn_id": self.oauth2_conn_id,
+            "timeout": self.timeout, "max_sleep": self.max_sleep, "state_url": self.state_url,
             "idempotency_base": task_key(context["ti"]), "log": self.log, "claim_as": task_owner(self),
         }  # fmt: skip
 
@@ -136,7 +142,7 @@ def resilient_http_task(
     :param python_callable: the function (a plain or an ``async`` function).
     :param multiple_outputs: unroll a returned dict into one XCom per key.
     :param kwargs: the operator's arguments: ``http_conn_id``, ``rate_limit``, ``breaker``,
-        ``retry``, ``timeout``, ``max_sleep``, ``concurrency``, ``client_arg`` and ``BaseOperator``'s.
+        ``retry``, ``oauth2_conn_id``, ``timeout``, ``max_sleep``, ``concurrency``, ``client_arg`` and ``BaseOperator``'s.
     """
     return task_decorator_factory(
         python_callable=python_callable,

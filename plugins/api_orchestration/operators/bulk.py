@@ -28,13 +28,14 @@ from airflow.sdk.exceptions import AirflowFailException
 from api_orchestration import compat
 from api_orchestration.calls.aiohttp_driver import options_from_connection
 from api_orchestration.calls.claims import claim_once
+from api_orchestration.calls.connection_guard import check_oauth2_conn_id, connection_guard
 from api_orchestration.calls.engines import call_concurrently, call_concurrently_async
 from api_orchestration.calls.guard import Guard, KeyedGuards
 from api_orchestration.calls.idempotency import task_key
 from api_orchestration.calls.requests_driver import ResilientCaller
 from api_orchestration.connections import ResilientHttpHook
 from api_orchestration.errors import ConfigurationError
-from api_orchestration.operators.http import UNSAFE_METHODS, check_oauth2_conn_id, connection_guard
+from api_orchestration.operators.http import UNSAFE_METHODS
 from api_orchestration.operators.paging import PagedItems, PagedList, fetch_pages
 from api_orchestration.operators.step import items_from
 from api_orchestration.operators.templates import UpstreamResults, referenced_results

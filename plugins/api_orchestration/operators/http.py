@@ -12,15 +12,14 @@ from airflow.sdk import BaseOperator, Context
 
 from api_orchestration import compat
 from api_orchestration.calls.claims import claim_once
+from api_orchestration.calls.connection_guard import check_oauth2_conn_id, connection_guard
 from api_orchestration.calls.flow import DeferralNeeded
 from api_orchestration.calls.guard import Guard, OnCircuitOpen
 from api_orchestration.calls.idempotency import DEFAULT_HEADER, task_key
-from api_orchestration.calls.oauth2 import load_config
 from api_orchestration.calls.pagination import Pagination
 from api_orchestration.calls.requests_driver import ResilientCaller
 from api_orchestration.calls.responses import default_response_filter
-from api_orchestration.calls.tokens import SharedTokens, shared_tokens
-from api_orchestration.connections import ResilientHttpHook, connection_policies
+from api_orchestration.connections import ResilientHttpHook
 from api_orchestration.errors import (
     CircuitOpenError,
     ConfigurationError,
@@ -40,68 +39,12 @@ from api_orchestration.redaction import (
     request_secrets,
 )
 from api_orchestration.rendering import SandboxedTemplates
-from api_orchestration.state import get_backend
 from api_orchestration.syncs.progress import Progress
 
 __all__ = ["ResilientHttpOperator", "default_response_filter"]
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 CALL_FAILURES = (HttpCallError, CircuitOpenError, StateBackendError)  # what on_call_failed sees
-
-
-def check_oauth2_conn_id(owner: str, oauth2_conn_id: Any, auth_type: Any = None) -> None:
-    if oauth2_conn_id is not None and (not isinstance(oauth2_conn_id, str) or not oauth2_conn_id.strip()):
-        raise ConfigurationError(
-            owner, "oauth2_conn_id", oauth2_conn_id, "must be the id of an OAuth2 client connection, or None"
-        )
-    if oauth2_conn_id and auth_type is not None:
-        raise ConfigurationError(
-            owner,
-            "auth_type",
-            auth_type,
-            "must not be set with oauth2_conn_id: the token is the authorization",
-        )
-
-
-def oauth2_tokens(conn_id: str | None, backend: Any) -> SharedTokens | None:
-    """The shared tokens of OAuth2 connection ``conn_id`` (None: no OAuth2); its secrets masked."""
-    if not conn_id:
-        return None
-    config = load_config(conn_id)
-    register_secrets(config.secrets)
-    return shared_tokens(config, backend)
-
-
-def connection_guard(
-    conn_id: str,
-    *,
-    state_url: str | None,
-    rate_limit: RateLimit | Sequence[RateLimit] | None,
-    breaker: BreakerPolicy | None,
-    retry: RetryPolicy | None,
-    oauth2_conn_id: str | None,
-    limit_key: str | None = None,
-    breaker_key: str | None = None,
-    cache: CachePolicy | None = None,
-    method: str = "GET",
-    cacheable: bool = True,
-    **options: Any,
-) -> Guard:
-    """The guard of an operator's calls on connection ``conn_id``: the DAG's own policies win over
-    the connection's, keys default to the connection id, OAuth2 tokens are shared through the store.
-    ``cacheable=False`` (pages): no response cache, whatever the connection says. ``options``: the
-    other :class:`Guard` fields (``max_sleep``, ``max_in_flight``, ``listeners``, ...)."""
-    policies = connection_policies(conn_id).under(
-        rate_limit=rate_limit, breaker=breaker, retry=retry, cache=cache, oauth2_conn_id=oauth2_conn_id,
-        method=method,
-    )  # fmt: skip
-    backend = get_backend(state_url)
-    return Guard(
-        backend=backend, tokens=oauth2_tokens(policies.oauth2_conn_id, backend),
-        limit_key=limit_key or conn_id, rate_limit=policies.rate_limit,
-        breaker_key=breaker_key or conn_id, breaker=policies.breaker, retry=policies.retry or RetryPolicy(),
-        cache=policies.cache if cacheable else None, **options,
-    )  # fmt: skip
 
 
 def _check_pagination(

@@ -21,12 +21,12 @@ from airflow.sdk import BaseOperator, Context
 
 from api_orchestration import compat
 from api_orchestration.calls.claims import claim_once
+from api_orchestration.calls.connection_guard import check_oauth2_conn_id, connection_guard
 from api_orchestration.calls.flow import DeferralNeeded
 from api_orchestration.calls.pagination import Pagination
 from api_orchestration.calls.requests_driver import ResilientCaller
 from api_orchestration.connections import ResilientHttpHook
 from api_orchestration.errors import ConfigurationError
-from api_orchestration.operators.http import check_oauth2_conn_id, connection_guard
 from api_orchestration.policy import BreakerPolicy, RateLimit, RetryPolicy, rate_limits
 from api_orchestration.rendering import SandboxedTemplates
 from api_orchestration.state import get_backend
