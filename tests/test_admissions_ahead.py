@@ -95,8 +95,8 @@ def _admitted(sent: float, wait: float = 0.0) -> Admitted:
 
 
 def test_the_count_follows_the_callers_pace_and_caps():
-    ahead = AdmissionsAhead(AdmissionRequest.of("k", RateLimit(1000, 1.0)), allowance=0.010)
-    assert ahead.fresh_for == 0.005
+    ahead = AdmissionsAhead(AdmissionRequest.of("k", RateLimit(1000, 1.0)), allowance=0.00625)
+    assert ahead.fresh_for == pytest.approx(0.005)  # four fifths of the allowance
     sizes, now = [], 0.0
     for _ in range(6):  # one call per millisecond: five fit in the 5 ms an admission stays fresh
         plan = ahead.plan(now)
@@ -108,8 +108,8 @@ def test_the_count_follows_the_callers_pace_and_caps():
             assert held is not None and not stale
         now += 0.001
     assert sizes == [1, 2, 4, 5, 5, 5]
-    assert plan.request.max_wait == 0.005  # only slots due now are taken ahead
-    slow = AdmissionsAhead(AdmissionRequest.of("k", RateLimit(1000, 1.0)), allowance=0.010)
+    assert plan.request.max_wait == pytest.approx(0.005)  # only slots due now are taken ahead
+    slow = AdmissionsAhead(AdmissionRequest.of("k", RateLimit(1000, 1.0)), allowance=0.00625)
     slow.plan(0.0)
     assert slow.plan(0.030).count == 1  # a caller slower than an admission's freshness: one at a time
     assert _cap(RateLimit(40, 1.0)) == 5 and _cap(RateLimit(10**6, 1.0)) == MOST_AHEAD
@@ -130,7 +130,7 @@ def _cap(limit: RateLimit) -> int:
 
 
 def test_stale_admissions_are_given_back_and_a_kept_one_is_rebased():
-    ahead = AdmissionsAhead(AdmissionRequest.of("k", RateLimit(1000, 1.0)), allowance=0.010)
+    ahead = AdmissionsAhead(AdmissionRequest.of("k", RateLimit(1000, 1.0)), allowance=0.00625)
     ahead.plan(0.0)
     ahead.keep([_admitted(0.0), _admitted(0.0, wait=0.004)])
     held, stale = ahead.take(0.006)  # the first is 6 ms late (more than 5): given back

@@ -4,16 +4,17 @@ A caller that makes calls one after another (a paging loop, the threads bulk eng
 loop) would otherwise pay a store round trip per call, a quarter of a fast call's time on Redis. When
 such a caller comes back for an admission soon after its last round trip, it asks for more than one
 (at most twice as many as the last time, :data:`MOST_AHEAD`, and an eighth of any window's permits). The
-extra ones are asked with a ``max_wait`` of their freshness (half of how late a call may go out after
-its slot, ``flow.late_allowance``), so they are only ever slots that are due now: a busy limiter
+extra ones are asked with a ``max_wait`` of their freshness (four fifths of how late a call may go
+out after its slot, ``flow.late_allowance``), so they are only ever slots that are due now: a busy limiter
 grants one, and the caller is back to one admission per call.
 
 An admission taken ahead is used only while its slot is fresh (the same late-slot rule as every
 call) and within :data:`AHEAD_SECONDS`; a stale one, and every one still held when a call fails, a key
-is paused or the caller is flushed, is given back (an ``unused`` verdict: its breaker lease returned,
-the breaker told nothing). What this changes, and its bound: a breaker that opens elsewhere, or a
-``Retry-After`` pause set by another worker, reaches this caller at most ``MOST_AHEAD`` calls and half of
-:data:`AHEAD_SECONDS` later; its own failures end the run of admissions at once. A caller with a
+is paused, the API's rate-limit headers say its window runs low (:data:`AMPLE_REMAINING`) or the
+caller is flushed, is given back (an ``unused`` verdict: its breaker lease returned, a half-open trial
+issued again, the breaker told nothing else). What this changes, and its bound: a breaker that opens elsewhere, or a
+``Retry-After`` pause set by another worker, reaches this caller at most ``MOST_AHEAD`` calls and four
+fifths of :data:`AHEAD_SECONDS` later; its own failures end the run of admissions at once. A caller with a
 bulkhead (``max_in_flight``) never takes admissions ahead (each would hold a place).
 
 How many to ask for is fitted to the caller's pace: as many as it would use while they are fresh,
@@ -48,7 +49,8 @@ class AdmissionsAhead:
 
     def __init__(self, request: AdmissionRequest, allowance: float) -> None:
         self.request = request
-        self.fresh_for = min(allowance, AHEAD_SECONDS) / 2  # half: the flow checks again before sending
+        # the flow checks the slot again microseconds later: keep a fifth of the allowance for that
+        self.fresh_for = min(allowance, AHEAD_SECONDS) * 0.8
         self._held: deque[Admitted] = deque()
         self._size = 1
         self._last_trip: float | None = None
