@@ -5,6 +5,7 @@ the operators unless the DAG sets its own, and never sent as headers."""
 from __future__ import annotations
 
 import json
+import os
 
 import jsonschema
 import pendulum
@@ -156,6 +157,35 @@ def test_provider_info_is_valid_and_offers_the_connection_form():
     assert meta.hook_name == "Resilient HTTP API"
     assert meta.extra_fields["rate_limit_permits"]["schema"]["type"] == ["integer", "null"]
     assert meta.extra_fields["rate_limit_permits"]["schema"]["title"] == "Rate limit: permits"
+
+
+def test_the_state_url_is_a_sensitive_option(tmp_path):
+    """Airflow hides ``[api_orchestration] state_url`` (a Redis password) wherever it shows
+    configuration, and reads it from a command or a secrets backend like its own secrets."""
+    import subprocess
+    import sys
+
+    secret_url = "redis://:hunter2-state@127.0.0.1:6379/0"
+    script = (
+        "from airflow.configuration import conf\n"
+        "shown = conf.as_dict(display_sensitive=False, display_source=True)['api_orchestration']\n"
+        "print(shown['state_url'][0])\n"
+        "from api_orchestration.state import configured_state_url\n"
+        "print(configured_state_url())\n"
+    )
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__API_ORCHESTRATION__STATE_URL": secret_url}
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", script], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["< hidden >", secret_url]
+    del env["AIRFLOW__API_ORCHESTRATION__STATE_URL"]
+    env["AIRFLOW__API_ORCHESTRATION__STATE_URL_CMD"] = f"echo {secret_url}"
+    script = "from api_orchestration.state import configured_state_url\nprint(configured_state_url())\n"
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", script], env=env, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == secret_url, out.stderr[-2000:]
 
 
 # -- the operators use them -----------------------------------------------------------------------

@@ -79,4 +79,40 @@ def get_provider_info() -> dict[str, Any]:
                 "class-name": "api_orchestration.decorators.resilient_http.resilient_http_task",
             },
         ],
+        "config": {"api_orchestration": CONFIG_SECTION},
     }
+
+
+# ``[api_orchestration]``: shown by ``airflow config list``; ``state_url`` may carry a Redis password,
+# so Airflow masks it wherever it shows configuration and reads ``..._SECRET``/``..._CMD`` forms of it
+CONFIG_SECTION: dict[str, Any] = {
+    "description": "Shared state (limiters, breakers, tokens, cache) and results of api-orchestration.",
+    "options": {
+        "state_url": {
+            "description": "The store every worker shares: sqlite:////abs/path.db (one host) or "
+            "redis://[:password@]host:6379/0[?prefix=apiorch:] (many hosts). Empty: "
+            "$AIRFLOW_HOME/api_orchestration_state.db.",
+            "version_added": "0.9.0",
+            "type": "string",
+            "example": "redis://:password@redis:6379/0?prefix=apiorch:",
+            "default": "",
+            "sensitive": True,
+        },
+        "results_url": {
+            "description": "Where bulk results and sync files go (an ObjectStoragePath URI; shared "
+            "storage when workers run on several hosts). Empty: $AIRFLOW_HOME/api_orchestration/results.",
+            "version_added": "0.9.0",
+            "type": "string",
+            "example": "s3://aws_default@my-bucket/api-orchestration",
+            "default": "",
+        },
+        "workflows_dir": {
+            "description": "The folder of YAML workflow specs (read from the environment variable "
+            "AIRFLOW__API_ORCHESTRATION__WORKFLOWS_DIR). Empty: include/workflows next to the DAGs folder.",
+            "version_added": "0.9.0",
+            "type": "string",
+            "example": "/opt/airflow/include/workflows",
+            "default": "",
+        },
+    },
+}
