@@ -118,6 +118,21 @@ def test_throttled_fetch_example_spaces_the_calls(dagbag, demo):
     assert all(b - a >= 8.0 for a, b in itertools.pairwise(arrivals)), arrivals
 
 
+def test_taskflow_example_shares_one_guard_across_sync_and_async_tasks(dagbag, demo):
+    from api_orchestration.state import get_backend
+
+    run = dagbag.get_dag("taskflow_example").test(run_conf={"page": 2, "per_page": 12})
+    assert run.state == "success", _states(run)
+    publish = next(ti for ti in run.get_task_instances() if ti.task_id == "publish")
+    result = publish.xcom_pull(task_ids="publish")
+    assert result["users"] == 12 and result["idempotency_key"].startswith("af-")
+    assert result["idempotency_key"].endswith("-1")  # the task's first unsafe call
+    paths = demo.calls()["paths"]
+    assert paths["/users"] == 1 and paths["/echo/digests"] == 1
+    assert sum(n for p, n in paths.items() if p.startswith("/analytics/users/")) == 12
+    assert get_backend().limiter_status("demo_taskflow").granted == 14  # one limiter for all three
+
+
 def test_idempotency_key_is_stable_across_airflow_retries(demo):
     from airflow.sdk import DAG
 
