@@ -149,7 +149,7 @@ class ResilientCaller:
     def flush(self) -> None:
         """Record the verdicts still pending and give back the admissions taken ahead. A store
         failure is logged, not raised: the calls were made, their results stand, leases expire."""
-        self._give_back(self.ahead.give_back())
+        self._stop_ahead()
         verdicts, self._pending = self._pending, []
         if not verdicts:
             return
@@ -162,8 +162,7 @@ class ResilientCaller:
         except StateBackendError as exc:
             self._not_recorded(verdicts, exc)
             return
-        for verdict, transition in zip(verdicts, recorded, strict=False):
-            self._transition(verdict, transition)
+        self._recorded(verdicts, recorded)
 
     # -- the commands -----------------------------------------------------------------------------
     def _execute(
@@ -193,7 +192,7 @@ class ResilientCaller:
             return None
         if isinstance(command, Report):
             if command.verdict.failed:  # a failure ends the run of admissions taken ahead
-                self._give_back(self.ahead.give_back())
+                self._stop_ahead()
             if not command.urgent:
                 self._pending.append(command.verdict)
                 return None
@@ -201,10 +200,10 @@ class ResilientCaller:
             return guard.backend.record(command.verdict)
         if isinstance(command, ServerBudget):
             if not self.ahead.server_allows(command.remaining, command.limit):
-                self._give_back(self.ahead.give_back())
+                self._stop_ahead()
             return None
         if isinstance(command, Pause):
-            self._give_back(self.ahead.give_back())
+            self._stop_ahead()
             return guard.backend.limiter_pause(guard.limit_key, command.seconds)
         if isinstance(command, CacheLookup):
             found = guard.backend.cache_get(command.scope, command.key)
@@ -234,8 +233,7 @@ class ResilientCaller:
         sent = time.monotonic()
         try:
             batch = guard.backend.admit_many(count, asked, verdicts)
-            for verdict, transition in zip(verdicts, batch.recorded, strict=False):
-                self._transition(verdict, transition)
+            self._recorded(verdicts, batch.recorded)
             if count > 1 and not batch.granted and batch.refused and batch.refused.reason == Refusal.DEFER:
                 sent = time.monotonic()  # no slot due now: ask as for a single call
                 batch = guard.backend.admit_many(1, request)
@@ -258,6 +256,10 @@ class ResilientCaller:
         self.round_trip = min(self.round_trip, now - sent)
         return Admitted(admission, sent, steady)
 
+    def _stop_ahead(self) -> None:
+        """End the run of admissions taken ahead: those held go back with the next verdicts."""
+        self._give_back(self.ahead.give_back())
+
     def _give_back(self, admissions: list[Admission]) -> None:
         """Admissions taken ahead and not used: their breaker leases go back with the next verdicts."""
         for admission in admissions:
@@ -269,6 +271,11 @@ class ResilientCaller:
         for verdict in verdicts:
             if not verdict.unused:
                 self.events.publish(VerdictNotRecorded(_key_of(verdict), 1, exc.cause_text))
+
+    def _recorded(self, verdicts: list[Verdict], transitions: tuple[Transition, ...]) -> None:
+        """Tell the breaker transitions the recorded ``verdicts`` caused, each under its own key."""
+        for verdict, transition in zip(verdicts, transitions, strict=False):
+            self._transition(verdict, transition)
 
     def _transition(self, verdict: Verdict, transition: Transition | None) -> None:
         if transition is not None and transition.changed:
